@@ -1,0 +1,1 @@
+"""Benchmarks that compare Tentacle against a real peer in the same run (python -m bench NAME)."""
