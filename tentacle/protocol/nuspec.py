@@ -1,0 +1,140 @@
+"""A package's identity read from its ``.nuspec`` manifest (pure, no I/O).
+
+How it works: expat parses the document with namespace processing and a handful of
+handlers that keep only what we need (``package/metadata/id`` and ``.../version``). A
+document type declaration is refused the moment expat meets it, before any entity can
+be declared, so entity-expansion ("billion laughs") and external-entity attacks never
+start. Names are matched the way NuGet's own reader does: ``metadata`` by local name in
+any namespace (legacy packages put the namespace there), ``id`` and ``version`` in the
+namespace of ``metadata``; so every nuspec schema namespace NuGet ever used, and none,
+is accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from xml.parsers import expat
+
+from tentacle.errors import TentacleError
+
+MAX_NUSPEC_BYTES = 1024 * 1024
+
+_FIELDS = ("id", "version")
+# NuGet's PackageIdValidator: word characters separated by single dots or dashes.
+_ID = re.compile(r"\w+(?:[.-]\w+)*")
+_MAX_ID_LENGTH = 100
+# Shape only: the NuGet version rules themselves live in their own module.
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,127}")
+
+
+class NuspecError(TentacleError, ValueError):
+    """The manifest is malformed, incomplete, too large or uses a DTD."""
+
+
+@dataclass(frozen=True)
+class NuspecInfo:
+    """What a package says it is."""
+
+    id: str
+    version: str
+
+
+def parse_nuspec(xml: bytes) -> NuspecInfo:
+    """The id and version of a .nuspec document; raises NuspecError when it is unusable."""
+    if len(xml) > MAX_NUSPEC_BYTES:
+        raise NuspecError(f"nuspec is {len(xml)} bytes, more than the {MAX_NUSPEC_BYTES} allowed")
+    values = _ManifestReader().read(xml)
+    return NuspecInfo(id=_checked_id(values.get("id")), version=_checked_version(values))
+
+
+def _checked_id(value: str | None) -> str:
+    if value is None:
+        raise NuspecError("nuspec has no <id> in <metadata>")
+    package_id = value.strip()
+    if len(package_id) > _MAX_ID_LENGTH or not _ID.fullmatch(package_id):
+        raise NuspecError(
+            f"nuspec <id> {package_id!r} is not a NuGet package id"
+            f" (1-{_MAX_ID_LENGTH} letters, digits or '_', separated by '.' or '-')"
+        )
+    return package_id
+
+
+def _checked_version(values: dict[str, str]) -> str:
+    if "version" not in values:
+        raise NuspecError("nuspec has no <version> in <metadata>")
+    version = values["version"].strip()
+    if not _VERSION.fullmatch(version):
+        raise NuspecError(f"nuspec <version> {version!r} is not a version")
+    return version
+
+
+class _ManifestReader:
+    """Expat handlers that collect the text of metadata/id and metadata/version."""
+
+    def __init__(self) -> None:
+        # One role per open element: "package", "metadata", "field" or "other".
+        self._stack: list[str] = []
+        self._seen_metadata = False
+        self._metadata_ns = ""
+        self._field: str | None = None
+        self._text: list[str] = []
+        self.values: dict[str, str] = {}
+
+    def read(self, xml: bytes) -> dict[str, str]:
+        """Parse the whole document and return the fields found."""
+        parser = expat.ParserCreate(namespace_separator=" ")
+        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        parser.StartDoctypeDeclHandler = _refuse_doctype
+        parser.EntityDeclHandler = _refuse_entity
+        parser.ExternalEntityRefHandler = _refuse_external_entity
+        parser.StartElementHandler = self._start
+        parser.EndElementHandler = self._end
+        parser.CharacterDataHandler = self._characters
+        try:
+            parser.Parse(xml, True)
+        except expat.ExpatError as exc:
+            raise NuspecError(f"nuspec is not well-formed XML: {exc}") from exc
+        return self.values
+
+    def _start(self, name: str, _attributes: dict[str, str]) -> None:
+        namespace, _, local = name.rpartition(" ")
+        self._stack.append(self._role(namespace, local))
+
+    def _role(self, namespace: str, local: str) -> str:
+        parent = self._stack[-1] if self._stack else None
+        if parent is None:
+            if local != "package":
+                raise NuspecError(f"nuspec root element is <{local}>, expected <package>")
+            return "package"
+        if parent == "package" and local == "metadata" and not self._seen_metadata:
+            self._seen_metadata = True
+            self._metadata_ns = namespace
+            return "metadata"
+        if parent == "metadata" and local in _FIELDS and namespace == self._metadata_ns:
+            if local in self.values:
+                raise NuspecError(f"nuspec has more than one <{local}> in <metadata>")
+            self._field, self._text = local, []
+            return "field"
+        return "other"
+
+    def _end(self, _name: str) -> None:
+        if self._stack.pop() == "field" and self._field is not None:
+            self.values[self._field] = "".join(self._text)
+            self._field = None
+
+    def _characters(self, data: str) -> None:
+        if self._stack and self._stack[-1] == "field":
+            self._text.append(data)
+
+
+def _refuse_doctype(name: str, _sysid: str | None, _pubid: str | None, _has_internal_subset: bool) -> None:
+    raise NuspecError(f"nuspec declares a DTD (<!DOCTYPE {name}>); DTDs are refused")
+
+
+def _refuse_entity(name: str, *_rest: object) -> None:
+    raise NuspecError(f"nuspec declares an entity ({name!r}); entity declarations are refused")
+
+
+def _refuse_external_entity(*_args: object) -> int:
+    raise NuspecError("nuspec refers to an external entity; external entities are refused")
