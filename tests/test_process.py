@@ -1,0 +1,562 @@
+"""The process document: every validation rule with its path, and the JSON round trip."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tentacle.errors import TentacleError
+from tentacle.protocol.process import (
+    PackageUse,
+    Process,
+    ProcessError,
+    Script,
+    Step,
+    Variable,
+    parse_process,
+)
+
+MiB = 1024 * 1024
+
+
+def example() -> dict[str, Any]:
+    """The process document of design.md, with a runbook and scoped variables."""
+    return {
+        "name": "OctoPetShop",
+        "steps": [
+            {
+                "name": "Open VPN",
+                "phase": "preAcquisition",
+                "roles": ["web"],
+                "script": {"syntax": "bash", "body": "vpn-up.sh"},
+            },
+            {
+                "name": "Deploy web",
+                "roles": ["web"],
+                "package": {"id": "OctoPetShop.Web", "feed": "builtin", "acquisition": "push"},
+                "script": {"syntax": "bash", "body": 'cat "$PACKAGE_DIR/readme.txt"'},
+            },
+            {
+                "name": "Migrate",
+                "roles": ["db"],
+                "package": {"id": "OctoPetShop.Db", "feed": "mirrors", "acquisition": "pull"},
+                "script": {"syntax": "python3", "body": "print('migrate')"},
+                "timeoutSeconds": 600,
+            },
+        ],
+        "runbooks": {
+            "Restart": {
+                "steps": [
+                    {
+                        "name": "Restart",
+                        "roles": ["web"],
+                        "package": {"id": "OctoPetShop.Tools"},
+                        "script": {"syntax": "sh", "body": "systemctl restart web"},
+                    }
+                ]
+            }
+        },
+        "variables": [
+            {
+                "name": "DbPassword",
+                "value": "s3cret",
+                "environments": ["Production"],
+                "sensitive": True,
+            },
+            {"name": "LogLevel", "value": ""},
+        ],
+    }
+
+
+def problems_of(doc: object, name: str | None = None) -> list[tuple[str, str]]:
+    """The problems `parse_process` reports for ``doc``."""
+    with pytest.raises(ProcessError) as caught:
+        parse_process(doc, name)
+    return caught.value.problems
+
+
+def mutated(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
+    """A copy of the example with ``change`` applied to it."""
+    doc = copy.deepcopy(example())
+    change(doc)
+    return doc
+
+
+def test_example_parses_with_defaults() -> None:
+    """The design's example parses into dataclasses, with defaults filled in."""
+    process = parse_process(example())
+    assert process.name == "OctoPetShop"
+    assert process.steps[0] == Step(
+        name="Open VPN",
+        phase="preAcquisition",
+        roles=("web",),
+        script=Script("bash", "vpn-up.sh"),
+    )
+    assert process.steps[1].phase == "deployment"
+    assert process.steps[1].timeout_seconds == 3600
+    assert process.steps[2].timeout_seconds == 600
+    assert process.steps[2].package == PackageUse("OctoPetShop.Db", "mirrors", "pull")
+    assert process.runbooks["Restart"].steps[0].package == PackageUse("OctoPetShop.Tools", "builtin", "push")
+    assert process.variables[0] == Variable(
+        name="DbPassword", value="s3cret", environments=("Production",), sensitive=True
+    )
+    assert process.variables[1].value == ""
+    assert not process.variables[1].sensitive
+
+
+def test_to_json_round_trips_with_camel_case() -> None:
+    """to_json gives a camelCase document that parses back to an equal Process."""
+    process = parse_process(example())
+    doc = process.to_json()
+    assert doc["steps"][2]["timeoutSeconds"] == 600
+    assert "timeout_seconds" not in json.dumps(doc)
+    assert parse_process(json.loads(json.dumps(doc))) == process
+
+
+def test_package_ids_cover_steps_and_runbooks() -> None:
+    """package_ids lists the packages of process steps and runbook steps."""
+    assert parse_process(example()).package_ids() == {
+        "OctoPetShop.Web",
+        "OctoPetShop.Db",
+        "OctoPetShop.Tools",
+    }
+
+
+def test_name_comes_from_caller_when_absent() -> None:
+    """A document without a name takes the project name given by the caller (the URL)."""
+    doc = mutated(lambda d: d.pop("name"))
+    assert parse_process(doc, "FromUrl").name == "FromUrl"
+
+
+def test_steps_and_runbooks_and_variables_are_optional() -> None:
+    """A process of only a name is valid and has no steps."""
+    process = parse_process({"name": "Empty"})
+    assert process == Process("Empty", ())
+    assert process.package_ids() == set()
+
+
+def test_null_means_absent_for_optional_fields() -> None:
+    """null for an optional field is the same as leaving it out."""
+    doc = mutated(lambda d: d["steps"][1].update(timeoutSeconds=None, phase=None))
+    assert parse_process(doc).steps[1].timeout_seconds == 3600
+
+
+def test_error_lists_every_problem_in_the_documented_format() -> None:
+    """All problems are reported at once, joined as 'path: message; path: message'."""
+
+    def change(doc: dict[str, Any]) -> None:
+        doc["steps"][1]["roles"] = []
+        doc["variables"][0]["name"] = ""
+
+    with pytest.raises(ProcessError) as caught:
+        parse_process(mutated(change))
+    assert str(caught.value) == (
+        "steps[1].roles: must be a non-empty list; variables[0].name: must be a non-empty string"
+    )
+    assert caught.value.details["problems"][0] == {
+        "path": "steps[1].roles",
+        "message": "must be a non-empty list",
+    }
+
+
+def test_error_is_a_tentacle_error_and_a_value_error() -> None:
+    """ProcessError fits both the project's hierarchy and ValueError."""
+    with pytest.raises(ProcessError) as caught:
+        parse_process([])
+    assert isinstance(caught.value, TentacleError)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_long_problem_lists_are_shortened_in_the_message_only() -> None:
+    """Past 20 problems the message summarizes; the problems list keeps them all."""
+    doc = {"name": "P", "variables": [{"name": ""} for _ in range(30)]}
+    with pytest.raises(ProcessError) as caught:
+        parse_process(doc)
+    assert len(caught.value.problems) == 60
+    assert str(caught.value).endswith("and 40 more problems")
+
+
+def _step(doc: dict[str, Any], index: int = 1) -> dict[str, Any]:
+    """Step ``index`` of a document."""
+    step: dict[str, Any] = doc["steps"][index]
+    return step
+
+
+def _var(doc: dict[str, Any]) -> dict[str, Any]:
+    """The first variable of a document."""
+    variable: dict[str, Any] = doc["variables"][0]
+    return variable
+
+
+INVALID: list[tuple[str, Callable[[dict[str, Any]], object], tuple[str, str]]] = [
+    ("missing name", lambda d: d.pop("name"), ("name", "is required")),
+    ("empty name", lambda d: d.update(name=""), ("name", "must be a non-empty string")),
+    ("long name", lambda d: d.update(name="n" * 201), ("name", "must be at most 200 characters")),
+    ("unknown top field", lambda d: d.update(stpes=[]), ("stpes", "unknown field")),
+    ("steps not a list", lambda d: d.update(steps="x"), ("steps", "must be a list")),
+    ("steps a dict", lambda d: d.update(steps={}), ("steps", "must be a list")),
+    ("step not an object", lambda d: d["steps"].append(7), ("steps[3]", "must be an object")),
+    (
+        "misspelt field",
+        lambda d: _step(d, 0).update(scirpt={}),
+        ("steps[0].scirpt", "unknown field"),
+    ),
+    (
+        "empty roles",
+        lambda d: _step(d).update(roles=[]),
+        ("steps[1].roles", "must be a non-empty list"),
+    ),
+    (
+        "roles a string",
+        lambda d: _step(d).update(roles="web"),
+        ("steps[1].roles", "must be a non-empty list"),
+    ),
+    ("roles missing", lambda d: _step(d).pop("roles"), ("steps[1].roles", "is required")),
+    (
+        "empty role",
+        lambda d: _step(d).update(roles=[""]),
+        ("steps[1].roles[0]", "must be a non-empty string"),
+    ),
+    (
+        "role not a string",
+        lambda d: _step(d).update(roles=["a", 1]),
+        ("steps[1].roles[1]", "must be a non-empty string"),
+    ),
+    ("step name missing", lambda d: _step(d).pop("name"), ("steps[1].name", "is required")),
+    (
+        "step name long",
+        lambda d: _step(d).update(name="s" * 201),
+        ("steps[1].name", "must be at most 200 characters"),
+    ),
+    (
+        "bad phase",
+        lambda d: _step(d).update(phase="post"),
+        ("steps[1].phase", "must be one of: preAcquisition, deployment"),
+    ),
+    (
+        "neither script nor package",
+        lambda d: _step(d, 0).pop("script"),
+        ("steps[0]", "needs a script, a package or both"),
+    ),
+    (
+        "package in preAcquisition",
+        lambda d: _step(d, 0).update(package={"id": "A"}),
+        ("steps[0].package", "not allowed in a preAcquisition step"),
+    ),
+    (
+        "duplicate step name",
+        lambda d: _step(d, 2).update(name="Open VPN"),
+        ("steps[2].name", "duplicate step name (see steps[0])"),
+    ),
+    (
+        "script not an object",
+        lambda d: _step(d).update(script="ls"),
+        ("steps[1].script", "must be an object"),
+    ),
+    (
+        "bad syntax",
+        lambda d: _step(d).update(script={"syntax": "powershell", "body": "x"}),
+        ("steps[1].script.syntax", "must be one of: bash, sh, python3"),
+    ),
+    (
+        "empty body",
+        lambda d: _step(d).update(script={"syntax": "sh", "body": ""}),
+        ("steps[1].script.body", "must be a non-empty string"),
+    ),
+    (
+        "body missing",
+        lambda d: _step(d).update(script={"syntax": "sh"}),
+        ("steps[1].script.body", "is required"),
+    ),
+    (
+        "body over 1 MiB in UTF-8",
+        lambda d: _step(d).update(script={"syntax": "sh", "body": "é" * (MiB // 2 + 1)}),
+        ("steps[1].script.body", f"must be at most {MiB} bytes"),
+    ),
+    (
+        "body with NUL",
+        lambda d: _step(d).update(script={"syntax": "sh", "body": "a\x00b"}),
+        ("steps[1].script.body", "must not contain NUL characters"),
+    ),
+    (
+        "unknown script field",
+        lambda d: _step(d).update(script={"syntax": "sh", "body": "x", "shell": "zsh"}),
+        ("steps[1].script.shell", "unknown field"),
+    ),
+    (
+        "bad package id",
+        lambda d: _step(d).update(package={"id": "../evil"}),
+        ("steps[1].package.id", "must be a package id (letters, digits, '.', '_', '-')"),
+    ),
+    (
+        "package id too long",
+        lambda d: _step(d).update(package={"id": "p" * 101}),
+        ("steps[1].package.id", "must be at most 100 characters"),
+    ),
+    (
+        "bad acquisition",
+        lambda d: _step(d).update(package={"id": "A", "acquisition": "pigeon"}),
+        ("steps[1].package.acquisition", "must be one of: push, pull"),
+    ),
+    (
+        "empty feed",
+        lambda d: _step(d).update(package={"id": "A", "feed": ""}),
+        ("steps[1].package.feed", "must be a non-empty string"),
+    ),
+    (
+        "unknown package field",
+        lambda d: _step(d).update(package={"id": "A", "version": "1.0"}),
+        ("steps[1].package.version", "unknown field"),
+    ),
+    (
+        "timeout bool",
+        lambda d: _step(d).update(timeoutSeconds=True),
+        ("steps[1].timeoutSeconds", "must be an integer from 1 to 86400"),
+    ),
+    (
+        "timeout zero",
+        lambda d: _step(d).update(timeoutSeconds=0),
+        ("steps[1].timeoutSeconds", "must be an integer from 1 to 86400"),
+    ),
+    (
+        "timeout too long",
+        lambda d: _step(d).update(timeoutSeconds=86401),
+        ("steps[1].timeoutSeconds", "must be an integer from 1 to 86400"),
+    ),
+    (
+        "timeout string",
+        lambda d: _step(d).update(timeoutSeconds="60"),
+        ("steps[1].timeoutSeconds", "must be an integer from 1 to 86400"),
+    ),
+    (
+        "timeout float",
+        lambda d: _step(d).update(timeoutSeconds=1.5),
+        ("steps[1].timeoutSeconds", "must be an integer from 1 to 86400"),
+    ),
+    ("variables not a list", lambda d: d.update(variables={}), ("variables", "must be a list")),
+    (
+        "variable not an object",
+        lambda d: d.update(variables=["x"]),
+        ("variables[0]", "must be an object"),
+    ),
+    (
+        "variable name empty",
+        lambda d: _var(d).update(name=""),
+        ("variables[0].name", "must be a non-empty string"),
+    ),
+    (
+        "variable value missing",
+        lambda d: _var(d).pop("value"),
+        ("variables[0].value", "is required"),
+    ),
+    (
+        "variable value a number",
+        lambda d: _var(d).update(value=5),
+        ("variables[0].value", "must be a string"),
+    ),
+    (
+        "variable value with unpaired surrogate",
+        lambda d: _var(d).update(value="\ud800"),
+        ("variables[0].value", "must be valid Unicode (no unpaired surrogates)"),
+    ),
+    (
+        "sensitive not a bool",
+        lambda d: _var(d).update(sensitive=1),
+        ("variables[0].sensitive", "must be true or false"),
+    ),
+    (
+        "environments a string",
+        lambda d: _var(d).update(environments="Production"),
+        ("variables[0].environments", "must be a list"),
+    ),
+    (
+        "empty environment",
+        lambda d: _var(d).update(environments=[""]),
+        ("variables[0].environments[0]", "must be a non-empty string"),
+    ),
+    (
+        "machines not strings",
+        lambda d: _var(d).update(machines=[None]),
+        ("variables[0].machines[0]", "must be a non-empty string"),
+    ),
+    ("roles a dict", lambda d: _var(d).update(roles={}), ("variables[0].roles", "must be a list")),
+    (
+        "unknown variable field",
+        lambda d: _var(d).update(scope="x"),
+        ("variables[0].scope", "unknown field"),
+    ),
+    ("runbooks a list", lambda d: d.update(runbooks=[]), ("runbooks", "must be an object")),
+    (
+        "runbook without steps",
+        lambda d: d["runbooks"].update(Empty={}),
+        ("runbooks.Empty.steps", "is required"),
+    ),
+    (
+        "runbook with no steps",
+        lambda d: d["runbooks"].update(Empty={"steps": []}),
+        ("runbooks.Empty.steps", "must be a non-empty list"),
+    ),
+    (
+        "runbook not an object",
+        lambda d: d["runbooks"].update(Bad=[]),
+        ("runbooks.Bad", "must be an object"),
+    ),
+    (
+        "runbook unknown field",
+        lambda d: d["runbooks"]["Restart"].update(when="now"),
+        ("runbooks.Restart.when", "unknown field"),
+    ),
+    (
+        "runbook empty name",
+        lambda d: d["runbooks"].update({"": {"steps": []}}),
+        ('runbooks[""]', "must be a non-empty string"),
+    ),
+    (
+        "runbook step problem",
+        lambda d: d["runbooks"]["Restart"]["steps"][0].update(roles=[]),
+        ("runbooks.Restart.steps[0].roles", "must be a non-empty list"),
+    ),
+    (
+        "runbook step problem under an odd name",
+        lambda d: d["runbooks"].update({"Re start": {"steps": [{"name": "x", "package": {"id": "A"}}]}}),
+        ('runbooks["Re start"].steps[0].roles', "is required"),
+    ),
+    (
+        "runbook duplicate step names",
+        lambda d: d["runbooks"]["Restart"]["steps"].append(dict(d["runbooks"]["Restart"]["steps"][0])),
+        ("runbooks.Restart.steps[1].name", "duplicate step name (see runbooks.Restart.steps[0])"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID]
+)
+def test_invalid_documents_name_the_field(
+    change: Callable[[dict[str, Any]], object], problem: tuple[str, str]
+) -> None:
+    """Each rule, when broken, is reported alone, at its path, with its message."""
+    assert problems_of(mutated(change)) == [problem]
+
+
+@pytest.mark.parametrize("doc", [None, [], "process", 3, True])
+def test_document_must_be_an_object(doc: object) -> None:
+    """A document that is not an object is rejected as such."""
+    assert problems_of(doc) == [("document", "must be an object")]
+
+
+def test_name_must_match_the_caller() -> None:
+    """A document naming another project than the URL is rejected."""
+    assert problems_of(example(), "Other") == [("name", "must match the project name 'Other'")]
+
+
+def test_at_most_500_steps() -> None:
+    """More than 500 steps are refused."""
+    step = {"roles": ["r"], "script": {"syntax": "sh", "body": "x"}}
+    many = [dict(step, name=f"s{i}") for i in range(501)]
+    assert problems_of({"name": "P", "steps": many}) == [("steps", "must have at most 500 items")]
+    assert len(parse_process({"name": "P", "steps": many[:500]}).steps) == 500
+
+
+def test_at_most_5000_variables() -> None:
+    """More than 5000 variables are refused."""
+    many = [{"name": f"v{i}", "value": "x"} for i in range(5001)]
+    assert problems_of({"name": "P", "variables": many}) == [("variables", "must have at most 5000 items")]
+    assert len(parse_process({"name": "P", "variables": many[:5000]}).variables) == 5000
+
+
+def test_script_of_exactly_1_mib_is_allowed() -> None:
+    """The body limit counts UTF-8 bytes, and exactly 1 MiB passes."""
+    doc = mutated(lambda d: _step(d).update(script={"syntax": "sh", "body": "x" * MiB}))
+    assert len(parse_process(doc).steps[1].script.body) == MiB  # type: ignore[union-attr]
+
+
+def test_non_string_keys_are_rejected() -> None:
+    """An object key that is not a string is a problem, not a crash."""
+    assert ("document", "keys must be strings") in problems_of({1: "x", "name": "P"})
+
+
+def test_sensitive_value_is_not_in_repr() -> None:
+    """A variable's repr leaves its value out, so logging it cannot leak a secret."""
+    process = parse_process(example())
+    assert "s3cret" not in repr(process)
+
+
+# --- property tests -----------------------------------------------------------------
+
+FIELD_NAMES = [
+    "name", "steps", "runbooks", "variables", "phase", "roles", "script", "package",
+    "timeoutSeconds", "syntax", "body", "id", "feed", "acquisition", "value",
+    "environments", "machines", "sensitive", "Restart",
+]  # fmt: skip
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.sampled_from(["bash", "python3", "preAcquisition", "push", "pull", "web", "builtin"]),
+)
+KEYS = st.one_of(st.sampled_from(FIELD_NAMES), st.text(max_size=4))
+JSON_LIKE = st.recursive(
+    SCALARS,
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(KEYS, children, max_size=6)),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(JSON_LIKE)
+def test_arbitrary_values_raise_only_process_error(doc: object) -> None:
+    """parse_process never raises anything but ProcessError, whatever it is given."""
+    try:
+        process = parse_process(doc)
+    except ProcessError:
+        return
+    assert parse_process(process.to_json()) == process
+
+
+NAMES = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12)
+SCRIPTS = st.builds(Script, st.sampled_from(["bash", "sh", "python3"]), NAMES)
+PACKAGES = st.builds(
+    PackageUse,
+    st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True),
+    NAMES,
+    st.sampled_from(["push", "pull"]),
+)
+STEPS = st.builds(
+    Step,
+    name=NAMES,
+    phase=st.just("deployment"),
+    roles=st.lists(NAMES, min_size=1, max_size=3).map(tuple),
+    script=SCRIPTS,
+    package=st.none() | PACKAGES,
+    timeout_seconds=st.integers(1, 86400),
+)
+VARIABLES = st.builds(
+    Variable,
+    name=NAMES,
+    value=st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=10),
+    environments=st.lists(NAMES, max_size=2).map(tuple),
+    roles=st.lists(NAMES, max_size=2).map(tuple),
+    machines=st.lists(NAMES, max_size=2).map(tuple),
+    sensitive=st.booleans(),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    NAMES,
+    st.lists(STEPS, max_size=5, unique_by=lambda step: step.name),
+    st.lists(VARIABLES, max_size=5),
+)
+def test_valid_processes_round_trip(name: str, steps: list[Step], variables: list[Variable]) -> None:
+    """Any valid Process survives to_json, JSON text and parse_process unchanged."""
+    process = Process(name, tuple(steps), variables=tuple(variables))
+    assert parse_process(json.loads(json.dumps(process.to_json()))) == process
