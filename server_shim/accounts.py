@@ -1,0 +1,79 @@
+"""Secrets the server hands out: registration tokens and API keys, stored hashed.
+
+Both are 160+ bits of randomness, so a plain SHA-256 is the right hash (no need for
+a slow password hash); lookups compare hashes, never the secrets themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import sqlite3
+import time
+
+from tentacle.errors import TentacleError, UsageError
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class TokenRefused(TentacleError):
+    """A registration token that is unknown, expired or used up."""
+
+    api_status = 403
+
+
+def digest(secret: str) -> str:
+    """The stored form of a secret."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '15m', '24h', '7d' in seconds."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise UsageError(f"--expires must look like 30m, 24h or 7d, not {text!r}")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def create_token(conn: sqlite3.Connection, uses: int, ttl: float) -> str:
+    """A new registration token valid for `uses` registrations within `ttl` seconds."""
+    if not 1 <= uses <= 100_000:
+        raise UsageError("--uses must be 1-100000")
+    token = "TOK-" + secrets.token_urlsafe(24)
+    now = time.time()
+    conn.execute("INSERT INTO tokens VALUES (?, ?, ?, ?)", (digest(token), uses, now + ttl, now))
+    return token
+
+
+def check_token(conn: sqlite3.Connection, token: str) -> None:
+    """Raise TokenRefused unless the token can be used now."""
+    row = conn.execute(
+        "SELECT uses_left, expires_at FROM tokens WHERE token_hash = ?", (digest(token),)
+    ).fetchone()
+    if row is None:
+        raise TokenRefused("token: unknown registration token")
+    if row["expires_at"] < time.time():
+        raise TokenRefused("token: the registration token has expired")
+    if row["uses_left"] < 1:
+        raise TokenRefused("token: the registration token has been used up")
+
+
+def use_token(conn: sqlite3.Connection, token: str) -> None:
+    """Count one use (call in the transaction that registers the machine)."""
+    check_token(conn, token)
+    conn.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ?", (digest(token),))
+
+
+def create_api_key(conn: sqlite3.Connection, name: str) -> str:
+    """A new API key under `name` (replacing any key of that name)."""
+    key = "API-" + secrets.token_urlsafe(30)
+    conn.execute("INSERT OR REPLACE INTO api_keys VALUES (?, ?, ?)", (name, digest(key), time.time()))
+    return key
+
+
+def api_key_name(conn: sqlite3.Connection, key: str) -> str | None:
+    """The name of the API key, or None when it is not valid."""
+    row = conn.execute("SELECT name FROM api_keys WHERE key_hash = ?", (digest(key),)).fetchone()
+    return None if row is None else str(row["name"])

@@ -1,0 +1,130 @@
+"""`server-shim run`: the API site, the polling site and the fleet checks.
+
+Two TLS listeners share one state: the API (operators with API keys, tentacles
+registering, later the built-in feed) asks for client certificates but does not
+require them; the polling site requires one. Stops gracefully on SIGTERM/SIGINT
+(a second one exits at once) and tells systemd when it is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from server_shim import api, polling
+from server_shim import config as cfg
+from server_shim.ca import Authority
+from server_shim.config import ServerConfig
+from server_shim.db import Database
+from server_shim.fleet import Fleet
+from server_shim.web import DB, api_key, errors
+from tentacle import pki, sdnotify
+from tentacle.logs import event
+from tentacle.paths import InstancePaths
+from tentacle.tls import client_context, server_context
+
+log = logging.getLogger("server_shim.app")
+POLL_HEARTBEAT = 20.0
+
+
+@dataclass
+class Bound:
+    """The ports actually bound (useful with port 0)."""
+
+    api: int = 0
+    polling: int = 0
+
+
+class Server:
+    """One running server."""
+
+    def __init__(self, paths: InstancePaths, config: ServerConfig) -> None:
+        self.paths, self.config = paths, config
+        conf = paths.config
+        self.db = Database(paths.state / cfg.DATABASE_FILE)
+        self.files = {n: conf / n for n in (cfg.CA_CERT, cfg.CA_KEY, cfg.SERVER_CERT, cfg.SERVER_KEY)}
+        self.fleet = Fleet(
+            self.db,
+            client_context(self.files[cfg.CA_CERT], self.files[cfg.SERVER_CERT], self.files[cfg.SERVER_KEY]),
+            config.checks.interval,
+            config.checks.timeout,
+        )
+        self.stop = asyncio.Event()
+        self.bound = Bound()
+        self._runners: list[web.AppRunner] = []
+
+    def api_app(self) -> web.Application:
+        """The API application."""
+        app = web.Application(middlewares=[errors, api_key], client_max_size=2 * 1024 * 1024)
+        app[DB] = self.db
+        app[api.FLEET] = self.fleet
+        app[api.AUTHORITY] = Authority(self.paths.config)
+        server_cert = pki.load_cert(self.files[cfg.SERVER_CERT])
+        app[api.SETTINGS] = api.ApiSettings(
+            server_thumbprint=pki.cert_thumbprint(server_cert),
+            polling_url=self.config.polling_url(),
+            ca_pem=self.files[cfg.CA_CERT].read_text(),
+        )
+        api.add_routes(app)
+        return app
+
+    async def _site(self, app: web.Application, host: str, port: int, require: bool) -> int:
+        ctx = server_context(
+            self.files[cfg.SERVER_CERT], self.files[cfg.SERVER_KEY], self.files[cfg.CA_CERT], require=require
+        )
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, host, port, ssl_context=ctx, reuse_address=True, backlog=1024)
+        await site.start()
+        server = site._server  # aiohttp keeps the bound socket private; we need port 0's answer
+        return int(server.sockets[0].getsockname()[1]) if server is not None else port  # type: ignore[attr-defined]
+
+    async def start(self) -> None:
+        """Bind both sites and start the fleet checks."""
+        base = self.api_app()
+        self.bound.api = await self._site(base, self.config.listen.host, self.config.listen.port, False)
+        self.bound.polling = await self._site(
+            polling.make_app(base, POLL_HEARTBEAT), self.config.polling.host, self.config.polling.port, True
+        )
+        event(log, "server.started", api=self.bound.api, polling=self.bound.polling)
+
+    async def serve(self) -> None:
+        """Run until `stop` is set, then close everything."""
+        await self.start()
+        checks = asyncio.create_task(self.fleet.check_loop())
+        watchdog = asyncio.create_task(sdnotify.watchdog_loop())
+        sdnotify.ready(f"api on {self.bound.api}, polling on {self.bound.polling}")
+        try:
+            await self.stop.wait()
+        finally:
+            sdnotify.stopping()
+            checks.cancel()
+            watchdog.cancel()
+            await self.fleet.close()
+            for runner in reversed(self._runners):
+                await runner.cleanup()
+            self.db.close()
+            event(log, "server.stopped")
+
+
+async def run(paths: InstancePaths, config: ServerConfig) -> int:
+    """The body of `server-shim run`."""
+    server = Server(paths, config)
+    loop = asyncio.get_running_loop()
+
+    def on_stop(name: str) -> None:
+        if server.stop.is_set():
+            os._exit(1)
+        event(log, "server.stopping", signal=name)
+        server.stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop, sig.name)
+    await server.serve()
+    return 0

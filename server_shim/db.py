@@ -1,0 +1,99 @@
+"""The server's database: SQLite in WAL mode, schema by numbered migrations.
+
+All access goes through `Database`. The daemon calls it from the event loop with
+`await db.run(fn, ...)`, which runs `fn(connection)` on one dedicated thread, so the
+loop never blocks on disk and SQLite sees a single writer. Command-line tools call
+`db.sync(fn)` directly. Migrations are applied in order and recorded in
+``PRAGMA user_version``; a later PostgreSQL backend keeps the same function shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from tentacle.errors import ConfigError
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE spaces (name TEXT PRIMARY KEY);
+    INSERT INTO spaces (name) VALUES ('Default');
+    CREATE TABLE api_keys (
+        name TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL);
+    CREATE TABLE tokens (
+        token_hash TEXT PRIMARY KEY, uses_left INTEGER NOT NULL, expires_at REAL NOT NULL,
+        created_at REAL NOT NULL);
+    CREATE TABLE machines (
+        space TEXT NOT NULL REFERENCES spaces(name), name TEXT NOT NULL,
+        thumbprint TEXT NOT NULL UNIQUE, certificate TEXT NOT NULL,
+        mode TEXT NOT NULL CHECK (mode IN ('listening', 'polling')), endpoint TEXT,
+        environments TEXT NOT NULL, roles TEXT NOT NULL,
+        registered_at REAL NOT NULL, last_seen REAL,
+        PRIMARY KEY (space, name));
+    CREATE TABLE revoked_certificates (
+        thumbprint TEXT PRIMARY KEY, machine_name TEXT NOT NULL, revoked_at REAL NOT NULL);
+    """,
+]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (and migrate) the database file."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{path}: cannot open database: {exc}") from exc
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the migrations this file knows and the database lacks."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise ConfigError(f"database schema {version} is newer than this server ({len(MIGRATIONS)})")
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+
+
+class Database:
+    """One connection, used from one thread at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = connect(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
+        self._lock = threading.Lock()
+
+    def sync(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(connection, *args)` in one transaction, here and now."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self.conn, *args)
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+            return result
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """`sync` on the database thread, awaited from the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.sync, fn, *args)
+
+    def close(self) -> None:
+        """Finish pending work and close."""
+        self._executor.shutdown(wait=True)
+        self.conn.close()

@@ -1,0 +1,140 @@
+"""Registered machines in the database: insert, find, list, revoke.
+
+A machine is identified on the wire by its certificate's thumbprint; removing a
+machine records that thumbprint as revoked, so that its certificate (still signed
+by our CA) is refused forever after, even if the machine registers again with a
+new one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tentacle.errors import TentacleError
+
+
+class MachineConflict(TentacleError):
+    """A machine of that name exists and --force was not given."""
+
+
+class MachineNotFound(TentacleError):
+    """No machine of that name."""
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One registered tentacle."""
+
+    space: str
+    name: str
+    thumbprint: str
+    certificate: str
+    mode: str
+    endpoint: str | None
+    environments: tuple[str, ...]
+    roles: tuple[str, ...]
+    registered_at: float
+    last_seen: float | None = None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Machine:
+        """Build from a ``machines`` row."""
+        values = dict(row)
+        values["environments"] = tuple(json.loads(values["environments"]))
+        values["roles"] = tuple(json.loads(values["roles"]))
+        return cls(**values)
+
+
+def insert(conn: sqlite3.Connection, machine: Machine, *, force: bool) -> None:
+    """Record a new machine; with `force`, replace (and revoke) one of the same name."""
+    existing = find(conn, machine.space, machine.name)
+    if existing is not None:
+        if not force:
+            raise MachineConflict(
+                f"name: a machine named {machine.name!r} is already registered;"
+                " register with --force to replace it"
+            )
+        revoke(conn, machine.space, machine.name)
+    conn.execute(
+        "INSERT INTO machines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            machine.space,
+            machine.name,
+            machine.thumbprint,
+            machine.certificate,
+            machine.mode,
+            machine.endpoint,
+            json.dumps(machine.environments),
+            json.dumps(machine.roles),
+            machine.registered_at,
+            machine.last_seen,
+        ),
+    )
+
+
+def find(conn: sqlite3.Connection, space: str, name: str) -> Machine | None:
+    """The machine named `name`, or None."""
+    row = conn.execute("SELECT * FROM machines WHERE space = ? AND name = ?", (space, name)).fetchone()
+    return None if row is None else Machine.from_row(row)
+
+
+def by_thumbprint(conn: sqlite3.Connection, thumbprint: str) -> Machine | None:
+    """The machine holding the certificate with this thumbprint, or None."""
+    row = conn.execute("SELECT * FROM machines WHERE thumbprint = ?", (thumbprint,)).fetchone()
+    return None if row is None else Machine.from_row(row)
+
+
+def is_revoked(conn: sqlite3.Connection, thumbprint: str) -> bool:
+    """Whether this certificate belonged to a removed machine."""
+    row = conn.execute("SELECT 1 FROM revoked_certificates WHERE thumbprint = ?", (thumbprint,))
+    return row.fetchone() is not None
+
+
+def listing(conn: sqlite3.Connection, space: str) -> list[Machine]:
+    """Every machine of the space, by name."""
+    rows = conn.execute("SELECT * FROM machines WHERE space = ? ORDER BY name", (space,))
+    return [Machine.from_row(row) for row in rows]
+
+
+def revoke(conn: sqlite3.Connection, space: str, name: str) -> Machine:
+    """Remove the machine and revoke its certificate."""
+    machine = find(conn, space, name)
+    if machine is None:
+        raise MachineNotFound(f"machine {name!r} does not exist in space {space!r}")
+    conn.execute(
+        "INSERT OR REPLACE INTO revoked_certificates VALUES (?, ?, ?)",
+        (machine.thumbprint, name, time.time()),
+    )
+    conn.execute("DELETE FROM machines WHERE space = ? AND name = ?", (space, name))
+    return machine
+
+
+def save_last_seen(conn: sqlite3.Connection, seen: dict[str, float]) -> None:
+    """Persist when machines were last heard from (batched by the fleet)."""
+    conn.executemany(
+        "UPDATE machines SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE name = ?",
+        [(stamp, name) for name, stamp in seen.items()],
+    )
+
+
+def to_json(machine: Machine, online: bool, last_seen: float | None) -> dict[str, Any]:
+    """The machines-list entry of design.md."""
+    seen = last_seen or machine.last_seen
+    return {
+        "name": machine.name,
+        "thumbprint": machine.thumbprint,
+        "mode": machine.mode,
+        "endpoint": machine.endpoint,
+        "environments": list(machine.environments),
+        "roles": list(machine.roles),
+        "status": "online" if online else "offline",
+        "lastSeen": _iso(seen) if seen else None,
+    }
+
+
+def _iso(stamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))

@@ -1,0 +1,5 @@
+import sys
+
+from tentacle.cli import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""The tentacle's configuration: ``tentacle.toml`` in the instance's config folder.
+
+    name = "web-01"
+    mode = "listening"              # or "polling"
+    environments = ["Production"]
+    roles = ["web"]
+
+    [server]
+    url = "https://deploy.example:8443"
+    polling_url = "wss://deploy.example:10943/poll/v1"
+    thumbprints = ["3f2a..."]       # pinned: only these certificates are the server
+
+    [listen]
+    host = "0.0.0.0"
+    port = 10933
+
+Loaded once into frozen dataclasses (`tentacle.configfile`); ``TENTACLE_*`` variables
+override the file (``TENTACLE_LISTEN_PORT``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tentacle import configfile
+from tentacle.errors import ConfigError
+from tentacle.paths import InstancePaths
+from tentacle.pki import write_private
+from tentacle.protocol.identity import check_name, normalize_thumbprint
+
+CONFIG_FILE = "tentacle.toml"
+KEY_FILE = "tentacle.key"
+CERT_FILE = "tentacle.crt"
+SERVER_CA_FILE = "server-ca.pem"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How to reach and recognise the server."""
+
+    url: str = ""
+    polling_url: str = ""
+    thumbprints: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for i, value in enumerate(self.thumbprints):
+            try:
+                normalize_thumbprint(value)
+            except ValueError as exc:
+                raise ValueError(f"server.thumbprints[{i}]: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Where a listening tentacle accepts the server's connections."""
+
+    host: str = "0.0.0.0"
+    port: int = 10933
+    public_hostname: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"listen.port: must be 1-65535, not {self.port}")
+
+
+@dataclass(frozen=True)
+class HeartbeatConfig:
+    """How often the polling connection proves it is alive (seconds)."""
+
+    interval: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.interval <= 300:
+            raise ValueError(f"heartbeat.interval: must be 1-300 seconds, not {self.interval}")
+
+
+@dataclass(frozen=True)
+class TentacleConfig:
+    """Everything `tentacle run` needs, validated."""
+
+    name: str = ""
+    mode: str = ""
+    environments: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    log_level: str = "info"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("", "listening", "polling"):
+            raise ValueError(f"mode: must be 'listening' or 'polling', not {self.mode!r}")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"log_level: must be debug, info, warning or error, not {self.log_level!r}")
+        for key in ("environments", "roles"):
+            for i, value in enumerate(getattr(self, key)):
+                try:
+                    check_name(key[:-1], value)
+                except ValueError as exc:
+                    raise ValueError(f"{key}[{i}]: {exc}") from exc
+
+    @property
+    def registered(self) -> bool:
+        """Whether `register` has completed."""
+        return bool(self.name and self.mode and self.server.thumbprints)
+
+    def require_registered(self, paths: InstancePaths) -> TentacleConfig:
+        """Self, or a ConfigError saying how to register."""
+        if not self.registered:
+            raise ConfigError(
+                f"{paths.config / CONFIG_FILE}: this tentacle is not registered;"
+                " run `tentacle register --server URL --token T --server-thumbprint SHA256 ...`"
+            )
+        return self
+
+    def with_changes(self, **changes: object) -> TentacleConfig:
+        """A copy with some fields replaced."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load(paths: InstancePaths, env: Mapping[str, str] | None = None) -> TentacleConfig:
+    """Read and validate ``tentacle.toml`` with ``TENTACLE_*`` overrides."""
+    path = paths.config / CONFIG_FILE
+    data = configfile.read(path)
+    try:
+        return configfile.load(TentacleConfig, data, os.environ if env is None else env, "TENTACLE")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}") from exc
+
+
+def save(paths: InstancePaths, config: TentacleConfig) -> None:
+    """Write ``tentacle.toml`` atomically."""
+    text = "# Written by `tentacle register`; edit with care, then `systemctl reload`.\n"
+    write_private(paths.config / CONFIG_FILE, (text + configfile.dump(config)).encode(), 0o640)
+
+
+def file(paths: InstancePaths, name: str) -> Path:
+    """A file in the config folder (key, certificate, server CA)."""
+    return paths.config / name
