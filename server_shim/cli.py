@@ -12,6 +12,7 @@ import json
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from server_shim import accounts, app, ca
@@ -25,6 +26,19 @@ from tentacle.logs import setup_logging
 from tentacle.paths import InstancePaths, resolve
 
 Command = Callable[[InstancePaths, argparse.Namespace], int]
+
+
+class CommandModule(Protocol):
+    """A module that adds commands: `add_parsers(sub)` and a `COMMANDS` table."""
+
+    COMMANDS: dict[str, Command]
+
+    def add_parsers(self, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        """Add this module's subcommands."""
+
+
+# Later layers (feed, projects, deployments) register their command modules here.
+EXTENSIONS: list[CommandModule] = []
 
 
 def _client_flags(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("name")
     _client_flags(remove)
     _service_parser(sub)
+    for module in EXTENSIONS:
+        module.add_parsers(sub)
     return parser
 
 
@@ -218,8 +234,11 @@ COMMANDS: dict[str, Command] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `server-shim` command."""
     args = _parser().parse_args(argv)
+    commands = dict(COMMANDS)
+    for module in EXTENSIONS:
+        commands.update(module.COMMANDS)
     try:
-        return COMMANDS[args.command](resolve("server-shim", args.home), args)
+        return commands[args.command](resolve("server-shim", args.home), args)
     except TentacleError as exc:
         print(f"server-shim: error: {exc.message}", file=sys.stderr)
         return exc.exit_code

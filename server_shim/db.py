@@ -41,6 +41,36 @@ MIGRATIONS: list[str] = [
     CREATE TABLE revoked_certificates (
         thumbprint TEXT PRIMARY KEY, machine_name TEXT NOT NULL, revoked_at REAL NOT NULL);
     """,
+    """
+    CREATE TABLE projects (
+        space TEXT NOT NULL REFERENCES spaces(name), name TEXT NOT NULL,
+        document TEXT NOT NULL, updated_at REAL NOT NULL,
+        PRIMARY KEY (space, name));
+    CREATE TABLE releases (
+        space TEXT NOT NULL, project TEXT NOT NULL, version TEXT NOT NULL,
+        process TEXT NOT NULL, packages TEXT NOT NULL, created_at REAL NOT NULL,
+        PRIMARY KEY (space, project, version),
+        FOREIGN KEY (space, project) REFERENCES projects(space, name) ON DELETE CASCADE);
+    CREATE TABLE packages (
+        lower_id TEXT NOT NULL, version TEXT NOT NULL, id TEXT NOT NULL,
+        sha512 TEXT NOT NULL, size INTEGER NOT NULL, file_name TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (lower_id, version));
+    CREATE TABLE feeds (name TEXT PRIMARY KEY, mirrors TEXT NOT NULL, updated_at REAL NOT NULL);
+    CREATE TABLE tasks (
+        task_id TEXT PRIMARY KEY, space TEXT NOT NULL, kind TEXT NOT NULL,
+        project TEXT NOT NULL, release_version TEXT NOT NULL, runbook TEXT,
+        environment TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'success', 'failed', 'cancelled')),
+        error TEXT, created_at REAL NOT NULL, finished_at REAL,
+        plans TEXT NOT NULL, coordinator TEXT NOT NULL);
+    CREATE INDEX tasks_by_state ON tasks(state);
+    CREATE TABLE task_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL REFERENCES tasks(task_id),
+        machine TEXT NOT NULL, machine_seq INTEGER NOT NULL, time REAL NOT NULL,
+        stream TEXT NOT NULL, step TEXT, text TEXT NOT NULL,
+        UNIQUE (task_id, machine, machine_seq));
+    """,
 ]
 
 
