@@ -25,10 +25,10 @@ unit: $(STAMP)
 	$(BIN)/pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m tentacle.demo
+	demo/demo.sh
 
 demo-stop: $(STAMP)
-	$(BIN)/python -m tentacle.demo --stop
+	demo/stop.sh
 
 bench: $(STAMP)
 	$(BIN)/python -m bench all

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server_shim import api, polling
+from server_shim import api, feed_api, polling, projects_api
 from server_shim import config as cfg
 from server_shim.ca import Authority
 from server_shim.config import ServerConfig
@@ -64,14 +64,21 @@ class Server:
         app[DB] = self.db
         app[api.FLEET] = self.fleet
         app[api.AUTHORITY] = Authority(self.paths.config)
-        server_cert = pki.load_cert(self.files[cfg.SERVER_CERT])
-        app[api.SETTINGS] = api.ApiSettings(
-            server_thumbprint=pki.cert_thumbprint(server_cert),
-            polling_url=self.config.polling_url(),
+        api.add_routes(app)
+        projects_api.add_routes(app)
+        feed_api.add_routes(app, self.paths.state)  # sets feed_api.FEED_DIR to <state>/feed
+        return app
+
+    def settings(self) -> api.ApiSettings:
+        """What the registration answer tells tentacles about this server."""
+        polling_url = self.config.polling_url()
+        if self.config.polling.port == 0 and not self.config.polling_public_url:
+            polling_url = polling_url.replace(":0/", f":{self.bound.polling}/", 1)
+        return api.ApiSettings(
+            server_thumbprint=pki.cert_thumbprint(pki.load_cert(self.files[cfg.SERVER_CERT])),
+            polling_url=polling_url,
             ca_pem=self.files[cfg.CA_CERT].read_text(),
         )
-        api.add_routes(app)
-        return app
 
     async def _site(self, app: web.Application, host: str, port: int, require: bool) -> int:
         ctx = server_context(
@@ -88,10 +95,11 @@ class Server:
     async def start(self) -> None:
         """Bind both sites and start the fleet checks."""
         base = self.api_app()
-        self.bound.api = await self._site(base, self.config.listen.host, self.config.listen.port, False)
         self.bound.polling = await self._site(
             polling.make_app(base, POLL_HEARTBEAT), self.config.polling.host, self.config.polling.port, True
         )
+        base[api.SETTINGS] = self.settings()  # after binding: port 0 becomes the real polling port
+        self.bound.api = await self._site(base, self.config.listen.host, self.config.listen.port, False)
         event(log, "server.started", api=self.bound.api, polling=self.bound.polling)
 
     async def serve(self) -> None:
@@ -106,11 +114,16 @@ class Server:
             sdnotify.stopping()
             checks.cancel()
             watchdog.cancel()
-            await self.fleet.close()
-            for runner in reversed(self._runners):
-                await runner.cleanup()
-            self.db.close()
-            event(log, "server.stopped")
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the links, the sites and the database."""
+        await self.fleet.close()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        self.db.close()
+        event(log, "server.stopped")
 
 
 async def run(paths: InstancePaths, config: ServerConfig) -> int:

@@ -22,6 +22,7 @@ from tentacle.logs import event
 log = logging.getLogger("server_shim.web")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DB = web.AppKey("db", Database)
+API_KEY_NAME = web.RequestKey("api_key_name", str)
 MAX_JSON_BYTES = 2 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 
@@ -138,7 +139,7 @@ async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
         event(log, "api.unauthorized", logging.WARNING, path=request.path, peer=request.remote)
         reason = "missing X-Api-Key header" if not key else "invalid API key"
         return error_response(401, "unauthorized", reason)
-    request["api_key_name"] = name
+    request[API_KEY_NAME] = name
     return await handler(request)
 
 

@@ -44,6 +44,7 @@ class Agent:
         self.listener: ListeningServer | None = None
         self.poller: PollingClient | None = None
         self.bound_port: int | None = None
+        self.started = asyncio.Event()
 
     def _files(self) -> tuple[Path, ...]:
         names = (config_mod.CERT_FILE, config_mod.KEY_FILE, config_mod.SERVER_CA_FILE)
@@ -97,6 +98,7 @@ class Agent:
     async def serve(self) -> None:
         """Run until `stop` is set."""
         await self.start()
+        self.started.set()
         sdnotify.ready(f"{self.config.mode} as {self.config.name}")
         watchdog = asyncio.create_task(sdnotify.watchdog_loop())
         try:

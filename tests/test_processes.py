@@ -1,0 +1,136 @@
+"""The real commands as subprocesses: what a new user types, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+
+def cli(program: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `tentacle` or `server-shim` and capture its output."""
+    module = program.replace("-", "_")
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=60)
+    if check and done.returncode != 0:
+        pytest.fail(f"{program} {' '.join(args)} exited {done.returncode}: {done.stderr}")
+    return done
+
+
+def daemon(program: str, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    """Start a daemon in the background, its output in `log`."""
+    module = program.replace("-", "_")
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate, timeout: float) -> float:  # type: ignore[no-untyped-def]
+    """Poll `predicate` until true; returns how long it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"not within {timeout} s")
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Daemons to kill at the end of the test, whatever happens."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_two_tentacles_register_and_show_online_then_offline(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """Listening and polling tentacles are online within 10 s of starting and offline within 20 s of stopping."""
+    api, poll, listen = free_port(), free_port(), free_port()
+    server = ["--home", str(tmp_path / "server")]
+    cli("server-shim", *server, "init", "--public-url", f"https://127.0.0.1:{api}",
+        "--listen", f"127.0.0.1:{api}", "--polling-listen", f"127.0.0.1:{poll}")
+    processes.append(daemon("server-shim", *server, "run", log=tmp_path / "server.log"))
+    thumb = cli("server-shim", *server, "show-thumbprint").stdout.strip()
+    token = cli("server-shim", *server, "token", "create", "--uses", "2").stdout.strip()
+    common = ["--server", f"https://127.0.0.1:{api}", "--token", token, "--server-thumbprint", thumb,
+              "--environment", "Dev", "--role", "web"]
+    wait_for(lambda: "server.started" in (tmp_path / "server.log").read_text(), 15)
+    cli("tentacle", "--home", str(tmp_path / "t1"), "register", *common, "--name", "web-01", "--polling")
+    cli("tentacle", "--home", str(tmp_path / "t2"), "register", *common, "--name", "web-02",
+        "--listen", f"127.0.0.1:{listen}")
+
+    def statuses() -> dict[str, str]:
+        listed = json.loads(cli("server-shim", *server, "machines", "--json").stdout)
+        return {m["name"]: m["status"] for m in listed}
+
+    assert statuses() == {"web-01": "offline", "web-02": "offline"}
+    agents = [daemon("tentacle", "--home", str(tmp_path / t), "run", log=tmp_path / f"{t}.log") for t in ("t1", "t2")]
+    processes.extend(agents)
+    wait_for(lambda: statuses() == {"web-01": "online", "web-02": "online"}, 10)
+    status = json.loads(cli("tentacle", "--home", str(tmp_path / "t1"), "status", "--json").stdout)
+    assert status["connection"]["state"] == "connected" and status["mode"] == "polling"
+    for agent in agents:
+        agent.send_signal(signal.SIGTERM)
+    assert [agent.wait(15) for agent in agents] == [0, 0]
+    wait_for(lambda: statuses() == {"web-01": "offline", "web-02": "offline"}, 20)
+    processes[0].send_signal(signal.SIGTERM)
+    assert processes[0].wait(15) == 0
+
+
+def test_bad_configuration_exits_78_naming_the_key(tmp_path: Path) -> None:
+    """A bad tentacle.toml makes `tentacle run` exit 78 with the key and the reason."""
+    (tmp_path / "tentacle.toml").write_text('name = "web-01"\n[listen]\nport = 99999\n')
+    done = cli("tentacle", "--home", str(tmp_path), "run", check=False)
+    assert done.returncode == 78
+    assert "listen.port: must be 1-65535" in done.stderr
+
+
+def test_unknown_configuration_key_exits_78(tmp_path: Path) -> None:
+    """A typo in the configuration is an error that names it, not silence."""
+    (tmp_path / "tentacle.toml").write_text('name = "web-01"\nrols = ["web"]\n')
+    done = cli("tentacle", "--home", str(tmp_path), "run", check=False)
+    assert done.returncode == 78 and "rols: unknown key" in done.stderr
+
+
+def test_unregistered_tentacle_run_exits_78(tmp_path: Path) -> None:
+    """Running before registering says how to register, with the configuration exit code."""
+    done = cli("tentacle", "--home", str(tmp_path), "run", check=False)
+    assert done.returncode == 78 and "tentacle register" in done.stderr
+
+
+def test_server_run_before_init_exits_78(tmp_path: Path) -> None:
+    """`server-shim run` on an empty home tells the user to run init."""
+    done = cli("server-shim", "--home", str(tmp_path), "run", check=False)
+    assert done.returncode == 78 and "server-shim init" in done.stderr
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    """Missing or malformed flags are usage errors (exit 2) with a message."""
+    done = cli("tentacle", "--home", str(tmp_path), "register", "--server", "https://x", check=False)
+    assert done.returncode == 2 and "required" in done.stderr
+    done = cli("tentacle", "--home", str(tmp_path), "register", "--server", "https://127.0.0.1:1",
+               "--token", "t", "--server-thumbprint", "nothex", "--name", "a", "--environment", "E",
+               "--role", "r", "--polling", check=False)
+    assert done.returncode == 2 and "thumbprint" in done.stderr
+
+
+def test_new_certificate_prints_its_thumbprint_alone(tmp_path: Path) -> None:
+    """`new-certificate` and `show-thumbprint` print the same single value; a second run needs --force."""
+    made = cli("tentacle", "--home", str(tmp_path), "new-certificate").stdout
+    shown = cli("tentacle", "--home", str(tmp_path), "show-thumbprint").stdout
+    assert made == shown and len(made.strip()) == 64 and made.count("\n") == 1
+    again = cli("tentacle", "--home", str(tmp_path), "new-certificate", check=False)
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert oct(os.stat(tmp_path / "tentacle.key").st_mode & 0o777) == "0o600"

@@ -1,0 +1,102 @@
+"""Registration, presence and calls over both transports, on real mutual TLS."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from server_shim import machines
+from tests.conftest import LiveServer, Tentacles, eventually
+
+
+async def _status(live: LiveServer, name: str) -> str:
+    return str((await live.machines())[name]["status"])
+
+
+async def test_registered_machine_is_listed_with_its_details(live_server: LiveServer, tentacles: Tentacles,
+                                                             mode: str) -> None:
+    """Registration records name, thumbprint, mode, endpoint, roles and environments."""
+    paths = await tentacles.register("web-01", mode, roles=("web", "api"), environment="Staging")
+    entry = (await live_server.machines())["web-01"]
+    from tentacle import config, pki
+
+    cert = pki.load_cert(config.file(paths, config.CERT_FILE))
+    assert entry["thumbprint"] == pki.cert_thumbprint(cert)
+    assert entry["mode"] == mode
+    assert entry["roles"] == ["web", "api"] and entry["environments"] == ["Staging"]
+    assert (entry["endpoint"] or "").startswith("https://127.0.0.1:") == (mode == "listening")
+    assert entry["status"] == "offline" and entry["lastSeen"] is None
+
+
+async def test_tentacle_goes_online_and_offline(live_server: LiveServer, tentacles: Tentacles, mode: str) -> None:
+    """A started tentacle shows online within 10 s and offline within 20 s of stopping."""
+    await tentacles.register("web-01", mode)
+    await tentacles.start("web-01")
+
+    async def online() -> bool:
+        return await _status(live_server, "web-01") == "online"
+
+    await eventually(online, 10)
+    assert (await live_server.machines())["web-01"]["lastSeen"] is not None
+    await tentacles.stop("web-01")
+
+    async def offline() -> bool:
+        return await _status(live_server, "web-01") == "offline"
+
+    await eventually(offline, 20)
+
+
+async def test_server_calls_tentacle_with_the_same_messages(live_server: LiveServer, tentacles: Tentacles,
+                                                            mode: str) -> None:
+    """The server's ping reaches the tentacle and returns its answer, whatever the mode."""
+    await tentacles.register("db-01", mode, roles=("db",))
+    await tentacles.start("db-01")
+    fleet = live_server.server.fleet
+    await eventually(lambda: _is_online(live_server, "db-01"), 10)
+    machine = live_server.server.db.sync(machines.find, "Default", "db-01")
+    assert machine is not None
+    answer = await fleet.call(machine, "ping", {}, timeout=5)
+    assert answer["name"] == "db-01" and answer["mode"] == mode
+
+
+async def _is_online(live: LiveServer, name: str) -> bool:
+    return live.server.fleet.is_online(name)
+
+
+async def test_polling_tentacle_reconnects_after_server_restart(server_home, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A polling tentacle comes back online by itself when the server restarts on the same ports."""
+    from tests.conftest import start_server, stop_server
+
+    live = await start_server(server_home)
+    ports = (live.server.bound.api, live.server.bound.polling)
+    fleet = Tentacles(live, tmp_path / "t")
+    await fleet.register("web-01", "polling")
+    await fleet.start("web-01")
+    await eventually(lambda: _is_online(live, "web-01"), 10)
+    await stop_server(live)
+    await asyncio.sleep(0.5)
+    live = await start_server(server_home, *ports)
+    fleet.server = live
+    try:
+        took = await eventually(lambda: _is_online(live, "web-01"), 15)
+        assert took < 15
+    finally:
+        await fleet.stop_all()
+        await stop_server(live)
+
+
+@pytest.mark.parametrize("count", [2])
+async def test_many_tentacles_in_both_modes_at_once(live_server: LiveServer, tentacles: Tentacles,
+                                                     count: int) -> None:
+    """Listening and polling tentacles coexist on one server, all online."""
+    names = [f"{mode}-{i}" for mode in ("listening", "polling") for i in range(count)]
+    for name in names:
+        await tentacles.register(name, name.split("-")[0])
+        await tentacles.start(name)
+
+    async def all_online() -> bool:
+        listed = await live_server.machines()
+        return all(listed[n]["status"] == "online" for n in names)
+
+    await eventually(all_online, 10)

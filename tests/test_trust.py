@@ -1,0 +1,226 @@
+"""Every refusal of the trust model, each shown on real TLS connections."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from server_shim import accounts
+from server_shim import config as server_config
+from server_shim.ca import Authority
+from server_shim.links import ListeningLink
+from tentacle import config, pki, registration
+from tentacle.errors import RemoteError, TrustError
+from tentacle.paths import InstancePaths
+from tentacle.tls import client_context
+from tests.conftest import LiveServer, Tentacles, eventually
+
+
+def _files(paths: InstancePaths) -> tuple[Path, Path, Path]:
+    return (config.file(paths, config.CERT_FILE), config.file(paths, config.KEY_FILE),
+            config.file(paths, config.SERVER_CA_FILE))
+
+
+def _polling_url(live: LiveServer) -> str:
+    return f"wss://127.0.0.1:{live.server.bound.polling}/poll/v1"
+
+
+async def _ws_status(url: str, ctx: ssl.SSLContext) -> int:
+    """Open a websocket; return 101 when accepted, else the refusal's HTTP status."""
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.ws_connect(url, ssl=ctx):
+                return 101
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+
+
+def _ca_signed_stranger(live: LiveServer, tmp_path: Path) -> tuple[Path, Path, str]:
+    """A certificate signed by the server's CA that no machine registered."""
+    key = pki.new_key()
+    cert = Authority(live.paths.config).sign(pki.build_csr(key, "stranger").decode(), "stranger")
+    cert_path, key_path = tmp_path / "stranger.crt", tmp_path / "stranger.key"
+    pki.write_private(cert_path, pki.cert_pem(cert))
+    pki.write_private(key_path, pki.key_pem(key))
+    return cert_path, key_path, pki.cert_thumbprint(cert)
+
+
+async def test_polling_port_refuses_a_client_without_certificate(live_server: LiveServer) -> None:
+    """The polling endpoint's TLS handshake fails when no client certificate is sent."""
+    ctx = client_context(live_server.paths.config / server_config.CA_CERT)
+    with pytest.raises(aiohttp.ClientError):
+        await _ws_status(_polling_url(live_server), ctx)
+
+
+async def test_polling_port_refuses_a_self_signed_certificate(live_server: LiveServer, tmp_path: Path) -> None:
+    """A certificate never signed by our CA fails the handshake."""
+    key = pki.new_key()
+    pki.write_private(tmp_path / "k", pki.key_pem(key))
+    pki.write_private(tmp_path / "c", pki.cert_pem(pki.self_signed(key, "rogue")))
+    ctx = client_context(live_server.paths.config / server_config.CA_CERT, tmp_path / "c", tmp_path / "k")
+    with pytest.raises(aiohttp.ClientError):
+        await _ws_status(_polling_url(live_server), ctx)
+
+
+async def test_polling_port_refuses_an_unregistered_certificate_naming_it(
+    live_server: LiveServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CA-signed certificate that no machine holds gets 403, and the log names its thumbprint."""
+    cert, key, thumb = _ca_signed_stranger(live_server, tmp_path)
+    ctx = client_context(live_server.paths.config / server_config.CA_CERT, cert, key)
+    with caplog.at_level(logging.WARNING):
+        assert await _ws_status(_polling_url(live_server), ctx) == 403
+    assert any("trust.refused" in r.getMessage() and thumb in r.getMessage() for r in caplog.records)
+
+
+async def test_removed_machine_is_dropped_and_refused(live_server: LiveServer, tentacles: Tentacles) -> None:
+    """Removing a machine revokes its certificate: its connection drops and it cannot come back."""
+    paths = await tentacles.register("web-01", "polling")
+    await tentacles.start("web-01")
+    fleet = live_server.server.fleet
+    await eventually(lambda: _true(fleet.is_online("web-01")), 10)
+    status, body = await live_server.api("DELETE", "/api/Default/machines/web-01/v1")
+    assert status == 200, body
+    assert not fleet.is_online("web-01")
+    assert "web-01" not in await live_server.machines()
+    cert, key, ca = _files(paths)
+    assert await _ws_status(_polling_url(live_server), client_context(ca, cert, key)) == 403
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_listening_tentacle_refuses_another_tentacle_posing_as_server(
+    live_server: LiveServer, tentacles: Tentacles, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A certificate from the same CA but not the pinned server's is refused, naming both thumbprints."""
+    listener = await tentacles.register("web-01", "listening")
+    impostor = await tentacles.register("web-02", "polling")
+    agent = await tentacles.start("web-01")
+    await eventually(lambda: _true(live_server.server.fleet.is_online("web-01")), 10)
+    cert, key, ca = _files(impostor)
+    impostor_thumb = pki.cert_thumbprint(pki.load_cert(cert))
+    web01 = pki.cert_thumbprint(pki.load_cert(_files(listener)[0]))
+    link = ListeningLink(f"https://127.0.0.1:{agent.bound_port}", web01, client_context(ca, cert, key))
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(Exception, match="403"):
+            await link.call("ping", {}, 5)
+    await link.close()
+    refusal = [r.getMessage() for r in caplog.records if "trust.refused" in r.getMessage()]
+    assert refusal and impostor_thumb in refusal[0] and live_server.thumbprint in refusal[0]
+
+
+async def test_listening_tentacle_refuses_a_client_without_certificate(
+    live_server: LiveServer, tentacles: Tentacles
+) -> None:
+    """The listening port's handshake fails without a client certificate."""
+    paths = await tentacles.register("web-01", "listening")
+    agent = await tentacles.start("web-01")
+    ctx = client_context(_files(paths)[2])
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientError):
+            await session.post(f"https://127.0.0.1:{agent.bound_port}/rpc/v1", data=b"{}", ssl=ctx)
+
+
+async def test_server_refuses_a_listening_endpoint_with_the_wrong_certificate(
+    live_server: LiveServer, tentacles: Tentacles
+) -> None:
+    """The server pins each listening tentacle: another certificate there is a TrustError naming both."""
+    await tentacles.register("web-01", "listening")
+    agent = await tentacles.start("web-01")
+    files = live_server.server.files
+    ctx = client_context(files["ca.pem"], files["server.pem"], files["server.key"])
+    link = ListeningLink(f"https://127.0.0.1:{agent.bound_port}", "ab" * 32, ctx)
+    with pytest.raises(TrustError, match="expected thumbprint abab.*presented [0-9a-f]{64}"):
+        await link.call("ping", {}, 5)
+    await link.close()
+
+
+def _registration(live: LiveServer, token: str, thumbprint: str) -> registration.Registration:
+    return registration.Registration(
+        server=live.url, token=token, server_thumbprint=thumbprint, name="web-01",
+        environments=("Dev",), roles=("web",), listen=None,
+    )
+
+
+async def test_wrong_server_thumbprint_stops_registration_before_the_token_is_sent(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """A wrong --server-thumbprint fails, naming both thumbprints; the token stays unused."""
+    token = live_server.token(uses=1)
+    paths = InstancePaths(tmp_path, tmp_path / "s", tmp_path / "c", tmp_path / "l")
+    with pytest.raises(TrustError) as caught:
+        await registration.register(paths, _registration(live_server, token, "cd" * 32))
+    assert "cd" * 32 in caught.value.message and live_server.thumbprint in caught.value.message
+    await registration.register(paths, _registration(live_server, token, live_server.thumbprint))
+
+
+async def test_expired_token_is_refused(live_server: LiveServer, tmp_path: Path) -> None:
+    """A token past its expiry cannot register a machine."""
+    token = live_server.server.db.sync(accounts.create_token, 5, -1.0)
+    paths = InstancePaths(tmp_path, tmp_path / "s", tmp_path / "c", tmp_path / "l")
+    with pytest.raises(RemoteError, match="expired") as caught:
+        await registration.register(paths, _registration(live_server, token, live_server.thumbprint))
+    assert caught.value.status == 403
+    assert live_server.server.db.sync(lambda c: c.execute("SELECT COUNT(*) FROM machines").fetchone()[0]) == 0
+
+
+async def test_used_up_token_is_refused(live_server: LiveServer, tmp_path: Path) -> None:
+    """A single-use token registers one machine and no second."""
+    token = live_server.token(uses=1)
+    first = InstancePaths(tmp_path / "a", tmp_path / "a/s", tmp_path / "a/c", tmp_path / "a/l")
+    await registration.register(first, _registration(live_server, token, live_server.thumbprint))
+    second = InstancePaths(tmp_path / "b", tmp_path / "b/s", tmp_path / "b/c", tmp_path / "b/l")
+    reg = _registration(live_server, token, live_server.thumbprint)
+    with pytest.raises(RemoteError, match="used up"):
+        await registration.register(second, registration.Registration(**{**reg.__dict__, "name": "web-02"}))
+
+
+async def test_existing_name_needs_force(live_server: LiveServer, tmp_path: Path) -> None:
+    """Registering a name that exists fails with 409 unless forced."""
+    paths = InstancePaths(tmp_path, tmp_path / "s", tmp_path / "c", tmp_path / "l")
+    await registration.register(paths, _registration(live_server, live_server.token(), live_server.thumbprint))
+    with pytest.raises(RemoteError, match="already registered") as caught:
+        await registration.register(paths, _registration(live_server, live_server.token(), live_server.thumbprint))
+    assert caught.value.status == 409
+    forced = registration.Registration(**{**_registration(live_server, live_server.token(),
+                                                          live_server.thumbprint).__dict__, "force": True})
+    await registration.register(paths, forced)
+
+
+def _client_at(version: ssl.TLSVersion) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer old protocols; the server must say no
+    ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+
+async def _handshake(port: int, ctx: ssl.SSLContext) -> None:
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    writer.close()
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("port_name", ["api", "polling"])
+async def test_tls_below_1_2_is_refused_by_the_server(live_server: LiveServer, port_name: str) -> None:
+    """The same client that completes a TLS 1.2 handshake is refused when it offers only TLS 1.1."""
+    port = getattr(live_server.server.bound, port_name)
+    if port_name == "api":  # the polling port wants a client certificate before the handshake completes
+        await _handshake(port, _client_at(ssl.TLSVersion.TLSv1_2))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await _handshake(port, _client_at(ssl.TLSVersion.TLSv1_1))
+
+
+async def test_api_needs_a_valid_key(live_server: LiveServer) -> None:
+    """API routes answer 401 with a JSON error body without a valid X-Api-Key."""
+    for key in ("", "API-not-a-real-key"):
+        status, body = await live_server.api("GET", "/api/Default/machines/v1", key=key)
+        assert status == 401
+        assert body["error"]["code"] == "unauthorized" and body["error"]["message"]
