@@ -1,0 +1,534 @@
+"""The built-in feed: push, resolve, mirror feeds, static export, CLI, and its HTTPS routes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import ssl
+import tarfile
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict
+
+from server_shim import cli, feed, machines
+from server_shim import config as server_config
+from server_shim.ca import Authority
+from server_shim.db import Database
+from server_shim.feed import FeedCorrupt, FeedError, PackageConflict, PackageError, PackageNotFound
+from tentacle import pki
+from tentacle.paths import InstancePaths
+from tentacle.protocol.plan import PackageRef
+from tentacle.tls import client_context
+from tests.conftest import LiveServer
+
+# --- package files ---------------------------------------------------------------------------
+
+
+def nuspec(package_id: str, version: str) -> bytes:
+    """A minimal .nuspec in the current schema namespace."""
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<package xmlns="http://schemas.microsoft.com/packaging/2013/05/nuspec.xsd">'
+        f"<metadata><id>{package_id}</id><version>{version}</version><authors>me</authors></metadata>"
+        "</package>"
+    ).encode()
+
+
+def make_nupkg(path: Path, package_id: str, version: str, payload: bytes = b"hello") -> Path:
+    """A real .nupkg: a zip with a root .nuspec and one content file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(f"{package_id}.nuspec", nuspec(package_id, version))
+        archive.writestr("content/readme.txt", payload)
+    return path
+
+
+def make_zip(path: Path, payload: bytes = b"hello") -> Path:
+    """A real zip with one file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("readme.txt", payload)
+    return path
+
+
+def make_tar_gz(path: Path, payload: bytes = b"hello") -> Path:
+    """A real gzip-compressed tar with one file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as archive:
+        info = tarfile.TarInfo("readme.txt")
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def sha512_of(path: Path) -> str:
+    """The hex SHA-512 of a file."""
+    return hashlib.sha512(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Store:
+    """A database and feed folder, and a folder to build package files in."""
+
+    db: Database
+    feed_dir: Path
+    src: Path
+
+    def push(self, path: Path) -> PackageRef:
+        """Push one file into this feed."""
+        return feed.push(self.db, self.feed_dir, path)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """An empty built-in feed."""
+    db = Database(tmp_path / "server.db")
+    yield Store(db, tmp_path / "state" / "feed", tmp_path / "src")
+    db.close()
+
+
+# --- push -----------------------------------------------------------------------------------
+
+
+def test_push_nupkg_takes_identity_from_its_nuspec(store: Store) -> None:
+    """A .nupkg's id and version come from its nuspec; hash, size and stored bytes are exact."""
+    source = make_nupkg(store.src / "anything.nupkg", "Octo.Web", "1.02.3-Beta.1")
+    ref = store.push(source)
+    assert (ref.id, ref.version) == ("Octo.Web", "1.2.3-Beta.1")
+    assert (ref.sha512, ref.size) == (sha512_of(source), source.stat().st_size)
+    assert ref.file_name == "octo.web.1.2.3-beta.1.nupkg"
+    stored = feed.file_path(store.feed_dir, ref)
+    assert stored == store.feed_dir / "octo.web" / "1.2.3-beta.1" / "octo.web.1.2.3-beta.1.nupkg"
+    assert stored.read_bytes() == source.read_bytes()
+    row = store.db.sync(lambda c: dict(c.execute("SELECT * FROM packages").fetchone()))
+    assert (row["lower_id"], row["version"], row["sha512"]) == ("octo.web", "1.2.3-Beta.1", ref.sha512)
+
+
+@pytest.mark.parametrize(
+    ("name", "stored_name"),
+    [
+        ("My.Pkg.1.2.3-beta.1.tar.gz", "my.pkg.1.2.3-beta.1.tar.gz"),
+        ("My.Pkg.1.2.3-beta.1.tgz", "my.pkg.1.2.3-beta.1.tar.gz"),
+        ("My.Pkg.1.2.3-beta.1.zip", "my.pkg.1.2.3-beta.1.zip"),
+    ],
+)
+def test_push_archive_takes_identity_from_its_name(store: Store, name: str, stored_name: str) -> None:
+    """A .zip or .tar.gz/.tgz is ID.VERSION.ext; it is stored under a lowercase canonical name."""
+    build = make_zip if name.endswith(".zip") else make_tar_gz
+    source = build(store.src / name)
+    ref = store.push(source)
+    assert (ref.id, ref.version, ref.file_name) == ("My.Pkg", "1.2.3-beta.1", stored_name)
+    assert feed.file_path(store.feed_dir, ref).read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "package_id", "version"),
+    [
+        ("My.Pkg.1.2.3-beta.1.tar.gz", "My.Pkg", "1.2.3-beta.1"),
+        ("Foo.2.0.zip", "Foo", "2.0.0"),
+        ("A.1.2.0.1.zip", "A", "1.2.0.1"),
+        ("Pkg.v2.3.1.tgz", "Pkg.v2", "3.1.0"),
+        ("Lib-9.1.0+sha.5.zip", "Lib-9", "1.0.0"),
+        ("Foo.1.2.3.4.5.zip", "Foo.1", "2.3.4.5"),
+    ],
+)
+def test_split_file_name_finds_where_the_version_starts(name: str, package_id: str, version: str) -> None:
+    """The version starts at the first '.digit' where the rest is a NuGet version."""
+    found_id, found_version = feed.split_file_name(name)
+    assert (found_id, str(found_version)) == (package_id, version)
+
+
+@pytest.mark.parametrize("name", ["NoVersion.zip", ".1.0.0.zip", "Foo.x1.zip", "Foo..1.0.zip", "Foo.1.0.exe"])
+def test_split_file_name_refuses_names_without_id_and_version(name: str) -> None:
+    """A name without an id, a version or a known ending is refused with a hint."""
+    with pytest.raises(PackageError, match=name.replace(".", r"\.")):
+        feed.split_file_name(name)
+
+
+def test_push_refuses_nupkg_without_nuspec(store: Store) -> None:
+    """A zip named .nupkg without a root .nuspec is refused and nothing is stored."""
+    source = make_zip(store.src / "Foo.1.0.0.nupkg")
+    with pytest.raises(PackageError, match=r"exactly one \.nuspec"):
+        store.push(source)
+    assert list(store.feed_dir.iterdir()) == []
+    assert store.db.sync(feed.packages) == []
+
+
+def test_push_refuses_nupkg_with_bad_nuspec(store: Store) -> None:
+    """A nuspec whose version is not a NuGet version is refused, naming the file."""
+    source = make_nupkg(store.src / "x.nupkg", "Foo", "1.x")
+    with pytest.raises(PackageError, match=r"x\.nupkg: .*1\.x"):
+        store.push(source)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"), [("Foo.1.0.0.zip", "not a zip"), ("Foo.1.0.0.tar.gz", "not a gzip")]
+)
+def test_push_refuses_file_that_is_not_what_its_name_says(store: Store, name: str, why: str) -> None:
+    """A .zip that is no zip, a .tar.gz that is no gzip, are refused."""
+    source = store.src / name
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"plain text, not an archive")
+    with pytest.raises(PackageError, match=why):
+        store.push(source)
+
+
+def test_push_refuses_file_over_the_size_limit(store: Store) -> None:
+    """A file larger than the limit is refused and its partial copy removed."""
+    source = make_tar_gz(store.src / "Big.1.0.0.tar.gz", bytes(range(256)) * 64)
+    with pytest.raises(PackageError, match="larger than the 100 bytes"):
+        feed.push(store.db, store.feed_dir, source, max_bytes=100)
+    assert list(store.feed_dir.iterdir()) == []
+
+
+def test_push_refuses_missing_file_and_unknown_kind(store: Store) -> None:
+    """A file that cannot be read, or is not a package kind, fails with its name."""
+    with pytest.raises(PackageError, match="cannot read"):
+        store.push(store.src / "Gone.1.0.0.zip")
+    with pytest.raises(PackageError, match=r"Foo\.1\.0\.0\.rpm: not a package file"):
+        store.push(store.src / "Foo.1.0.0.rpm")
+
+
+def test_repush_of_identical_bytes_changes_nothing(store: Store) -> None:
+    """Pushing the same id, version and bytes again is a no-op (even under another name)."""
+    first = store.push(make_zip(store.src / "Foo.1.0.0.zip"))
+    stored = feed.file_path(store.feed_dir, first)
+    mtime = stored.stat().st_mtime_ns
+    again = store.push(make_zip(store.src / "again" / "foo.1.0.zip"))
+    assert again == first
+    assert stored.stat().st_mtime_ns == mtime
+    assert len(store.db.sync(feed.packages)) == 1
+    assert [p.name for p in store.feed_dir.iterdir()] == ["foo"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("second_version", ["1.0.0-beta", "1.0.0-BETA", "1.0-beta"])
+def test_repush_of_other_bytes_conflicts(store: Store, second_version: str) -> None:
+    """The same version (by NuGet equality) with other bytes is a 409 conflict; the file stays."""
+    first = store.push(make_nupkg(store.src / "a.nupkg", "Foo", "1.0.0-beta", b"one"))
+    with pytest.raises(PackageConflict, match="already in the built-in feed with other content") as caught:
+        store.push(make_nupkg(store.src / "b.nupkg", "foo", second_version, b"two"))
+    assert caught.value.api_status == 409
+    assert sha512_of(feed.file_path(store.feed_dir, first)) == first.sha512
+    assert store.db.sync(feed.packages) == [first]
+
+
+# --- resolve and versions -------------------------------------------------------------------
+
+
+def push_versions(store: Store, package_id: str, version_list: list[str]) -> None:
+    """Push one small zip per version."""
+    for version in version_list:
+        store.push(make_zip(store.src / f"{package_id}.{version}.zip", version.encode()))
+
+
+def test_resolve_newest_stable_exact_and_missing(store: Store) -> None:
+    """None picks the newest stable; an exact version matches by NuGet equality; absent is named."""
+    push_versions(store, "Web", ["1.0.0", "2.0.0", "1.10.0", "2.1.0-beta"])
+    assert store.db.sync(feed.resolve, "web", None).version == "2.0.0"
+    assert store.db.sync(feed.resolve, "WEB", "2.1.0-BETA").version == "2.1.0-beta"
+    assert store.db.sync(feed.resolve, "Web", "1.10").version == "1.10.0"
+    with pytest.raises(PackageNotFound, match=r"package Web version 3\.0\.0 is not in the built-in feed"):
+        store.db.sync(feed.resolve, "Web", "3.0.0")
+    with pytest.raises(PackageNotFound, match="package Nope is not in the built-in feed"):
+        store.db.sync(feed.resolve, "Nope", None)
+
+
+def test_resolve_newest_prerelease_when_only_prereleases(store: Store) -> None:
+    """Without a stable version, None picks the newest prerelease by NuGet order."""
+    push_versions(store, "Db", ["1.0.0-alpha.2", "1.0.0-alpha.10", "1.0.0-alpha.9"])
+    assert store.db.sync(feed.resolve, "Db", None).version == "1.0.0-alpha.10"
+
+
+def test_versions_in_nuget_order(store: Store) -> None:
+    """versions() lists normalized versions in NuGet order, not text order."""
+    push_versions(store, "Lib", ["1.10.0", "1.2.0", "1.0.0", "1.0.0-rc.1", "1.0.0.5"])
+    assert store.db.sync(feed.versions, "lib") == ["1.0.0-rc.1", "1.0.0", "1.0.0.5", "1.2.0", "1.10.0"]
+    assert store.db.sync(feed.versions, "other") == []
+
+
+# --- mirror feeds ---------------------------------------------------------------------------
+
+
+def test_add_feed_replaces_and_lists(store: Store) -> None:
+    """A named mirror feed keeps its URLs in order without duplicates; re-adding replaces it."""
+    one, two = "https://mirror-a.example/feed/index.json", "https://mirror-b.example:8443/index.json"
+    store.db.sync(feed.add_feed, "near", [one, two, one])
+    assert store.db.sync(feed.feed_mirrors) == {"near": [one, two]}
+    store.db.sync(feed.add_feed, "near", [two])
+    store.db.sync(feed.add_feed, "far", [one])
+    assert store.db.sync(feed.feed_mirrors) == {"far": [one], "near": [two]}
+
+
+@pytest.mark.parametrize(
+    ("name", "mirrors", "why"),
+    [
+        ("builtin", ["https://m.example/index.json"], "reserved"),
+        ("Builtin", ["https://m.example/index.json"], "reserved"),
+        ("near", [], "at least one"),
+        ("near", ["http://m.example/index.json"], "https://"),
+        ("near", ["https:///index.json"], "https://"),
+        ("near", ["https://user:pw@m.example/index.json"], "credentials"),
+        ("bad name", ["https://m.example/index.json"], "letters, digits"),
+    ],
+)
+def test_add_feed_refuses_bad_definitions(store: Store, name: str, mirrors: list[str], why: str) -> None:
+    """Reserved names, empty lists and non-https URLs are refused; nothing is stored."""
+    with pytest.raises(FeedError, match=why):
+        store.db.sync(feed.add_feed, name, mirrors)
+    assert store.db.sync(feed.feed_mirrors) == {}
+
+
+# --- static export --------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content."""
+    return json.loads(path.read_text())
+
+
+def test_export_writes_a_static_v3_feed(store: Store, tmp_path: Path) -> None:
+    """index.json, per-package version lists and the package files, in the flat-container layout."""
+    push_versions(store, "My.App", ["1.10.0", "1.2.0-RC"])
+    nupkg = store.push(make_nupkg(store.src / "x.nupkg", "Other", "3.0.0"))
+    out = tmp_path / "export"
+    report = feed.export(store.db, store.feed_dir, out, None)
+    assert (report.packages, report.copied, report.skipped) == (3, 3, 0)
+    resource = read_json(out / "index.json")["resources"][0]
+    assert (resource["@type"], resource["@id"]) == ("PackageBaseAddress/3.0.0", "flatcontainer/")
+    assert read_json(out / "flatcontainer/my.app/index.json") == {"versions": ["1.2.0-rc", "1.10.0"]}
+    assert read_json(out / "flatcontainer/other/index.json") == {"versions": ["3.0.0"]}
+    exported = out / "flatcontainer/other/3.0.0/other.3.0.0.nupkg"
+    assert sha512_of(exported) == nupkg.sha512
+    rc = store.db.sync(feed.resolve, "My.App", "1.2.0-rc")
+    exported_rc = out / "flatcontainer/my.app/1.2.0-rc/my.app.1.2.0-rc.zip"
+    assert exported_rc.read_bytes() == feed.file_path(store.feed_dir, rc).read_bytes()
+    assert exported.stat().st_mode & 0o777 == 0o644  # a web server's own user must read it
+    feed.export(store.db, store.feed_dir, out, "https://mirror.example/tentacle/")
+    assert read_json(out / "index.json")["resources"][0]["@id"] == (
+        "https://mirror.example/tentacle/flatcontainer/"
+    )
+
+
+def test_export_is_incremental(store: Store, tmp_path: Path) -> None:
+    """A second export copies nothing; a new version copies one file; a lost file is copied again."""
+    push_versions(store, "Web", ["1.0.0", "1.1.0"])
+    out = tmp_path / "export"
+    feed.export(store.db, store.feed_dir, out, None)
+    index = out / "flatcontainer/web/index.json"
+    index_mtime = index.stat().st_mtime_ns
+    again = feed.export(store.db, store.feed_dir, out, None)
+    assert (again.copied, again.skipped, again.bytes_copied) == (0, 2, 0)
+    assert index.stat().st_mtime_ns == index_mtime  # unchanged index files are not rewritten
+    added = store.push(make_zip(store.src / "Web.2.0.0.zip", b"two"))
+    newer = feed.export(store.db, store.feed_dir, out, None)
+    assert (newer.copied, newer.skipped, newer.bytes_copied) == (1, 2, added.size)
+    assert read_json(index) == {"versions": ["1.0.0", "1.1.0", "2.0.0"]}
+    (out / "flatcontainer/web/1.0.0/web.1.0.0.zip").unlink()
+    repaired = feed.export(store.db, store.feed_dir, out, None)
+    assert (repaired.copied, repaired.skipped) == (1, 2)
+    leftovers = [p.name for p in out.rglob(".*") if p.name != feed.MANIFEST_FILE]
+    assert leftovers == []  # no temp files left behind
+
+
+def test_export_refuses_a_corrupted_store(store: Store, tmp_path: Path) -> None:
+    """A stored file whose bytes changed since push is not exported."""
+    ref = store.push(make_zip(store.src / "Web.1.0.0.zip"))
+    feed.file_path(store.feed_dir, ref).write_bytes(b"tampered")
+    with pytest.raises(FeedCorrupt, match="does not match the sha512"):
+        feed.export(store.db, store.feed_dir, tmp_path / "export", None)
+    assert not (tmp_path / "export/flatcontainer/web/1.0.0/web.1.0.0.zip").exists()
+
+
+def test_export_refuses_a_bad_base_url(store: Store, tmp_path: Path) -> None:
+    """--base-url must be an http(s) URL."""
+    with pytest.raises(FeedError, match="base-url"):
+        feed.export(store.db, store.feed_dir, tmp_path / "export", "ftp://mirror.example/")
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def test_cli_push_prints_one_line_per_package_and_fails_on_bad_files(
+    server_home: InstancePaths, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`package push` prints ID VERSION sha512= size= per file; a bad file is named, exit 1."""
+    good = make_tar_gz(tmp_path / "src/Octo.Web.1.0.0.tar.gz")
+    bad = make_zip(tmp_path / "src/broken.nupkg")
+    home = ["--home", str(server_home.config)]
+    assert cli.main([*home, "package", "push", str(good), str(bad)]) == 1
+    out, err = capsys.readouterr()
+    assert out == f"Octo.Web 1.0.0 sha512={sha512_of(good)} size={good.stat().st_size}\n"
+    assert "broken.nupkg: a .nupkg needs exactly one .nuspec" in err
+    assert cli.main([*home, "package", "push", str(good)]) == 0
+
+
+def test_cli_feed_add_list_and_export(
+    server_home: InstancePaths, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`feed add` names mirrors, `feed list --json` shows them and builtin, `feed export` writes."""
+    home = ["--home", str(server_home.config)]
+    url = "https://mirror.example/index.json"
+    assert cli.main([*home, "feed", "add", "near", "--mirror", url]) == 0
+    assert cli.main([*home, "feed", "add", "builtin", "--mirror", url]) == 2
+    assert cli.main([*home, "package", "push", str(make_zip(tmp_path / "src/Web.1.0.0.zip"))]) == 0
+    capsys.readouterr()
+    assert cli.main([*home, "feed", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed == [
+        {"name": "builtin", "kind": "builtin", "packages": 1, "mirrors": []},
+        {"name": "near", "kind": "mirrors", "mirrors": [url]},
+    ]
+    out = tmp_path / "export"
+    assert cli.main([*home, "feed", "export", str(out), "--base-url", "https://m.example"]) == 0
+    assert "1 copied" in capsys.readouterr().out
+    assert (out / "flatcontainer/web/1.0.0/web.1.0.0.zip").is_file()
+
+
+# --- HTTPS routes on a real server ----------------------------------------------------------
+
+
+def tentacle_tls(live: LiveServer, folder: Path, name: str, *, register: bool) -> ssl.SSLContext:
+    """A client context with a CA-signed certificate for `name` (registered as a machine if asked)."""
+    key = pki.new_key()
+    cert = Authority(live.paths.config).sign(pki.build_csr(key, name).decode(), name)
+    pki.write_private(folder / name / "key.pem", pki.key_pem(key))
+    pki.write_private(folder / name / "cert.pem", pki.cert_pem(cert))
+    if register:
+        machine = machines.Machine(
+            space="Default",
+            name=name,
+            thumbprint=pki.cert_thumbprint(cert),
+            certificate=pki.cert_pem(cert).decode(),
+            mode="polling",
+            endpoint=None,
+            environments=("Dev",),
+            roles=("web",),
+            registered_at=time.time(),
+        )
+        live.server.db.sync(lambda conn: machines.insert(conn, machine, force=False))
+    ca = live.paths.config / server_config.CA_CERT
+    return client_context(ca, folder / name / "cert.pem", folder / name / "key.pem")
+
+
+@dataclass
+class Answer:
+    """An HTTP response, read."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON."""
+        return json.loads(self.body)
+
+
+async def get(url: str, tls: ssl.SSLContext, headers: dict[str, str] | None = None) -> Answer:
+    """One GET over a fresh connection."""
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.get(url, ssl=tls, headers=headers or {}) as resp,
+    ):
+        return Answer(resp.status, resp.headers.copy(), await resp.read())
+
+
+async def push_live(live: LiveServer, path: Path) -> PackageRef:
+    """Push into the running server's feed, as `package push` would."""
+    return await asyncio.to_thread(feed.push, live.server.db, feed.store_dir(live.paths.state), path)
+
+
+async def test_registered_tentacle_reads_the_feed(live_server: LiveServer, tmp_path: Path) -> None:
+    """Over mutual TLS a registered tentacle gets the service index, versions and the file."""
+    payload = os.urandom(200_000)
+    ref = await push_live(live_server, make_tar_gz(tmp_path / "src/My.Pkg.1.2.3-beta.1.tar.gz", payload))
+    await push_live(live_server, make_tar_gz(tmp_path / "src/My.Pkg.1.0.0.tar.gz", payload))
+    tls = tentacle_tls(live_server, tmp_path, "web-1", register=True)
+    index = await get(f"{live_server.url}/nuget/v3/index.json", tls)
+    assert index.status == 200, index.body
+    base = index.json()["resources"][0]
+    assert (base["@type"], base["@id"]) == (
+        "PackageBaseAddress/3.0.0",
+        f"{live_server.url}/nuget/v3/flatcontainer/",
+    )
+    listed = await get(base["@id"] + "my.pkg/index.json", tls)
+    assert listed.json() == {"versions": ["1.0.0", "1.2.3-beta.1"]}
+    got = await get(base["@id"] + "my.pkg/1.2.3-beta.1/my.pkg.1.2.3-beta.1.tar.gz", tls)
+    assert got.status == 200
+    assert got.headers["Content-Type"] == "application/octet-stream"
+    assert "Content-Encoding" not in got.headers  # the client must get the .tar.gz bytes as they are
+    stored = feed.file_path(feed.store_dir(live_server.paths.state), ref).read_bytes()
+    assert hashlib.sha512(got.body).hexdigest() == hashlib.sha512(stored).hexdigest() == ref.sha512
+
+
+async def test_range_and_if_range_resume_a_download(live_server: LiveServer, tmp_path: Path) -> None:
+    """Range gives the exact slice; If-Range with a current validator resumes, a stale one restarts."""
+    source = make_nupkg(tmp_path / "src/x.nupkg", "Big", "1.0.0", os.urandom(300_000))
+    await push_live(live_server, source)
+    tls = tentacle_tls(live_server, tmp_path, "web-1", register=True)
+    url = f"{live_server.url}/nuget/v3/flatcontainer/big/1.0.0/big.1.0.0.nupkg"
+    whole = await get(url, tls)
+    etag = whole.headers["ETag"]
+    part = await get(url, tls, {"Range": "bytes=1000-", "If-Range": etag})
+    assert part.status == 206
+    assert part.body == source.read_bytes()[1000:]
+    assert part.headers["Content-Range"] == f"bytes 1000-{len(whole.body) - 1}/{len(whole.body)}"
+    stale = await get(url, tls, {"Range": "bytes=1000-", "If-Range": '"not-the-etag"'})
+    assert (stale.status, stale.body) == (200, source.read_bytes())
+
+
+async def test_request_without_credentials_is_401(live_server: LiveServer) -> None:
+    """No client certificate and no API key: 401 with a JSON error."""
+    tls = client_context(live_server.paths.config / server_config.CA_CERT)
+    answer = await get(f"{live_server.url}/nuget/v3/index.json", tls)
+    assert answer.status == 401
+    assert answer.json()["error"]["code"] == "unauthorized"
+
+
+async def test_unregistered_or_revoked_certificate_is_403(live_server: LiveServer, tmp_path: Path) -> None:
+    """A certificate signed by our CA but not registered, or of a removed machine, gets 403."""
+    url = f"{live_server.url}/nuget/v3/index.json"
+    stranger = tentacle_tls(live_server, tmp_path, "stranger", register=False)
+    answer = await get(url, stranger)
+    assert (answer.status, answer.json()["error"]["code"]) == (403, "unregistered")
+    removed = tentacle_tls(live_server, tmp_path, "old-web", register=True)
+    assert (await get(url, removed)).status == 200
+    live_server.server.db.sync(machines.revoke, "Default", "old-web")
+    answer = await get(url, removed)
+    assert (answer.status, answer.json()["error"]["code"]) == (403, "revoked")
+
+
+async def test_operator_api_key_reads_the_feed(live_server: LiveServer, tmp_path: Path) -> None:
+    """A valid X-Api-Key gets in without a certificate; a wrong one gets 401."""
+    await push_live(live_server, make_zip(tmp_path / "src/Web.1.0.0.zip"))
+    tls = client_context(live_server.paths.config / server_config.CA_CERT)
+    url = f"{live_server.url}/nuget/v3/flatcontainer/web/index.json"
+    answer = await get(url, tls, {"X-Api-Key": live_server.admin_key})
+    assert (answer.status, answer.json()) == (200, {"versions": ["1.0.0"]})
+    wrong = await get(url, tls, {"X-Api-Key": "not-a-key"})
+    assert (wrong.status, wrong.json()["error"]["message"]) == (401, "invalid API key")
+
+
+async def test_unknown_package_version_or_file_is_404(live_server: LiveServer, tmp_path: Path) -> None:
+    """Unknown ids, versions and file names are 404 with a JSON error."""
+    await push_live(live_server, make_zip(tmp_path / "src/Web.1.0.0.zip"))
+    tls = tentacle_tls(live_server, tmp_path, "web-1", register=True)
+    base = f"{live_server.url}/nuget/v3/flatcontainer/"
+    for path in (
+        "nope/index.json",
+        "web/2.0.0/web.2.0.0.zip",
+        "web/x.y/web.x.y.zip",
+        "web/1.0.0/web.1.0.0.nupkg",
+    ):
+        answer = await get(base + path, tls)
+        assert answer.status == 404, path
+        assert answer.json()["error"]["code"] == "not-found"
