@@ -64,8 +64,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _code(name: str) -> str:
-    out = "".join("-" + c.lower() if c.isupper() else c for c in name).strip("-")
-    return out.replace(" ", "-") or "error"
+    """'PackageNotFound' and 'Not Found' both become 'package-not-found' / 'not-found'."""
+    out = "".join("-" + c.lower() if c.isupper() else c for c in name.replace(" ", ""))
+    return out.strip("-") or "error"
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -84,9 +85,15 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body, or a 4xx naming what is wrong."""
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
         raise ApiError(413, "too-large", f"request body over {MAX_JSON_BYTES} bytes")
-    raw = await request.content.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise ApiError(413, "too-large", f"request body over {MAX_JSON_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    # read(n) returns what has arrived, not n bytes: loop, and stop as soon as it is too big.
+    while chunk := await request.content.read(64 * 1024):
+        size += len(chunk)
+        if size > MAX_JSON_BYTES:
+            raise ApiError(413, "too-large", f"request body over {MAX_JSON_BYTES} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:

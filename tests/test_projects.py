@@ -1,0 +1,616 @@
+"""Projects and releases against a real server on 127.0.0.1 over TLS: the routes, every
+kind of bad input (4xx naming the field, nothing created, never a 5xx), and the command
+line's one request per command, counted at the server."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from server_shim import cli as server_cli
+from server_shim import config as server_config
+from server_shim import projects
+from server_shim.app import Server
+from server_shim.web import Handler
+from tentacle.paths import InstancePaths
+from tentacle.tls import client_context
+from tests.conftest import LiveServer, stop_server
+from tests.test_process import example
+
+MiB = 1024 * 1024
+PROJECT = "OctoPetShop"
+WEB, DB, TOOLS = "OctoPetShop.Web", "OctoPetShop.Db", "OctoPetShop.Tools"
+
+
+class CountingServer(Server):
+    """The real server, recording every request its API site receives."""
+
+    def __init__(self, paths: InstancePaths, config: server_config.ServerConfig) -> None:
+        super().__init__(paths, config)
+        self.requests: list[str] = []
+
+    def api_app(self) -> web.Application:
+        """The real API app with a counting middleware in front."""
+        app = super().api_app()
+
+        @web.middleware
+        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+            self.requests.append(f"{request.method} {request.path}")
+            return await handler(request)
+
+        app.middlewares.insert(0, count)
+        return app
+
+
+@dataclass
+class Shim:
+    """A live counting server and one client session to it."""
+
+    live: LiveServer
+    session: aiohttp.ClientSession
+    ssl: ssl.SSLContext
+
+    @property
+    def server(self) -> CountingServer:
+        """The server under test."""
+        assert isinstance(self.live.server, CountingServer)
+        return self.live.server
+
+    async def send(
+        self, method: str, path: str, body: Any = None, *, data: bytes | AsyncIterator[bytes] | None = None
+    ) -> tuple[int, Any]:
+        """One request (``body`` as JSON, or raw ``data``); returns (status, decoded answer)."""
+        headers = {"X-Api-Key": self.live.admin_key, "Content-Type": "application/json"}
+        payload = data if data is not None else json.dumps(body).encode()
+        async with self.session.request(
+            method, self.live.url + path, data=payload, headers=headers, ssl=self.ssl
+        ) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def apply(self, doc: Any, name: str = PROJECT) -> tuple[int, Any]:
+        """PUT a process document."""
+        return await self.send("PUT", f"/api/Default/projects/{name}/v1", doc)
+
+    async def release(self, body: Any) -> tuple[int, Any]:
+        """POST releases/create/v1."""
+        return await self.send("POST", "/api/Default/releases/create/v1", body)
+
+    async def add_package(self, package_id: str, version: str) -> None:
+        """A package row in the built-in feed (the feed's push code is tested elsewhere)."""
+        sha = hashlib.sha512(f"{package_id}@{version}".encode()).hexdigest()
+        row = (
+            package_id.lower(),
+            version,
+            package_id,
+            sha,
+            1234,
+            f"{package_id}.{version}.nupkg",
+            time.time(),
+        )
+        await self.server.db.run(
+            lambda conn: conn.execute("INSERT INTO packages VALUES (?,?,?,?,?,?,?)", row)
+        )
+
+    async def counts(self) -> tuple[int, int]:
+        """How many projects and releases exist."""
+
+        def count(conn: Any) -> tuple[int, int]:
+            projects = conn.execute("SELECT count(*) FROM projects").fetchone()[0]
+            return projects, conn.execute("SELECT count(*) FROM releases").fetchone()[0]
+
+        return await self.server.db.run(count)
+
+
+@pytest.fixture
+async def shim(server_home: InstancePaths) -> AsyncIterator[Shim]:
+    """A running server that counts requests, with a client session."""
+    config = server_config.load(server_home).with_changes(
+        listen=server_config.Endpoint("127.0.0.1", 0), polling=server_config.Endpoint("127.0.0.1", 0)
+    )
+    server = CountingServer(server_home, config)
+    await server.start()
+    live = LiveServer(server, server_home, asyncio.create_task(server.fleet.check_loop()))
+    async with aiohttp.ClientSession() as session:
+        # One context for every request: connections are pooled per context.
+        yield Shim(live, session, client_context(server_home.config / server_config.CA_CERT))
+    await stop_server(live)
+
+
+@pytest.fixture
+async def released(shim: Shim) -> Shim:
+    """The example project applied and every package it uses in the feed."""
+    assert (await shim.apply(example()))[0] == 201
+    for package_id, version in [
+        (WEB, "1.0.0"),
+        (WEB, "1.10.0"),
+        (WEB, "1.9.0"),
+        (DB, "2.0.0"),
+        (TOOLS, "0.1.0"),
+    ]:
+        await shim.add_package(package_id, version)
+    return shim
+
+
+def error_of(answer: Any) -> str:
+    """The message of an error body (asserting its shape)."""
+    assert set(answer) == {"error"}
+    assert set(answer["error"]) == {"code", "message", "details"}
+    message = answer["error"]["message"]
+    assert isinstance(message, str)
+    assert message
+    return message
+
+
+# --- projects -------------------------------------------------------------------------------
+
+
+async def test_apply_creates_then_get_returns_the_normalized_document(shim: Shim) -> None:
+    """A new project answers 201 with its shape; GET gives the document with defaults spelled out."""
+    status, answer = await shim.apply(example())
+    assert (status, answer) == (201, {"name": PROJECT, "steps": 3, "runbooks": ["Restart"]})
+    status, doc = await shim.send("GET", f"/api/Default/projects/{PROJECT}/v1")
+    assert status == 200
+    assert doc["steps"][1]["phase"] == "deployment"
+    assert doc["steps"][1]["timeoutSeconds"] == 3600
+    assert doc["variables"][0] == {
+        "name": "DbPassword",
+        "value": "s3cret",
+        "environments": ["Production"],
+        "roles": [],
+        "machines": [],
+        "sensitive": True,
+    }
+
+
+async def test_apply_again_replaces_and_answers_200(shim: Shim) -> None:
+    """Applying an existing project replaces its process and answers 200."""
+    await shim.apply(example())
+    changed = example()
+    del changed["steps"][0]
+    changed.pop("runbooks")
+    status, answer = await shim.apply(changed)
+    assert (status, answer) == (200, {"name": PROJECT, "steps": 2, "runbooks": []})
+    _, doc = await shim.send("GET", f"/api/Default/projects/{PROJECT}/v1")
+    assert [step["name"] for step in doc["steps"]] == ["Deploy web", "Migrate"]
+    assert await shim.counts() == (1, 0)
+
+
+async def test_name_comes_from_the_url_when_the_document_has_none(shim: Shim) -> None:
+    """A document without a name is stored under the URL's name (spaces and all)."""
+    doc = example()
+    doc.pop("name")
+    status, answer = await shim.apply(doc, "Pet%20Shop")
+    assert status == 201
+    assert answer["name"] == "Pet Shop"
+    assert (await shim.send("GET", "/api/Default/projects/Pet%20Shop/v1"))[1]["name"] == "Pet Shop"
+
+
+async def test_unknown_project_and_space_are_404(shim: Shim) -> None:
+    """GET of a project or space that does not exist is a 404 naming it."""
+    status, answer = await shim.send("GET", "/api/Default/projects/Nope/v1")
+    assert status == 404
+    assert error_of(answer) == "project 'Nope' does not exist in space 'Default'"
+    status, answer = await shim.send("PUT", f"/api/Elsewhere/projects/{PROJECT}/v1", example())
+    assert status == 404
+    assert "space 'Elsewhere' does not exist" in error_of(answer)
+
+
+def replaced(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    """A copy of ``doc`` with the value at ``path`` replaced."""
+    out = copy.deepcopy(doc)
+    target = out
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return out
+
+
+def _set(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
+    """The example document with the value at ``path`` set (added when absent)."""
+    doc: dict[str, Any] = replaced(example(), path, value)
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "message"),
+    [
+        (_set(("steps", 1, "roles"), []), "steps[1].roles", "must be a non-empty list"),
+        (_set(("steps", 0, "scirpt"), {}), "steps[0].scirpt", "unknown field"),
+        (_set(("colour",), "blue"), "colour", "unknown field"),
+        (_set(("name",), "Other"), "name", "must match the project name 'OctoPetShop'"),
+        (
+            _set(("steps", 0, "phase"), "later"),
+            "steps[0].phase",
+            "must be one of: preAcquisition, deployment",
+        ),
+        (
+            _set(("steps", 2, "timeoutSeconds"), 0),
+            "steps[2].timeoutSeconds",
+            "must be an integer from 1 to 86400",
+        ),
+        (_set(("steps", 1, "package", "id"), "../x"), "steps[1].package.id", "must be a package id"),
+        (
+            _set(("steps", 0, "package"), {"id": "A"}),
+            "steps[0].package",
+            "not allowed in a preAcquisition step",
+        ),
+        (_set(("variables", 0, "sensitive"), "yes"), "variables[0].sensitive", "must be true or false"),
+        (_set(("runbooks", "Restart", "steps"), []), "runbooks.Restart.steps", "must be a non-empty list"),
+        (_set(("steps",), {"name": "x"}), "steps", "must be a list"),
+        (_set(("steps", 2, "name"), "Open VPN"), "steps[2].name", "duplicate step name (see steps[0])"),
+        (_set(("steps", 1, "script", "body"), "x" * (MiB + 1)), "steps[1].script.body", "must be at most"),
+    ],
+)
+async def test_each_validation_error_names_its_field_and_creates_nothing(
+    shim: Shim, doc: dict[str, Any], path: str, message: str
+) -> None:
+    """An invalid document is a 400 whose message and details name the field; nothing is stored."""
+    status, answer = await shim.apply(doc)
+    assert status == 400
+    assert f"{path}: {message}" in error_of(answer)
+    problems = answer["error"]["details"]["problems"]
+    assert any(p["path"] == path and p["message"].startswith(message) for p in problems), problems
+    assert await shim.counts() == (0, 0)
+
+
+async def test_every_problem_is_listed_in_one_answer(shim: Shim) -> None:
+    """Several problems come back together, each with its path."""
+    doc = _set(("steps", 1, "roles"), [])
+    doc["variables"][0]["name"] = ""
+    status, answer = await shim.apply(doc)
+    assert status == 400
+    assert error_of(answer) == (
+        "steps[1].roles: must be a non-empty list; variables[0].name: must be a non-empty string"
+    )
+    assert len(answer["error"]["details"]["problems"]) == 2
+
+
+async def test_a_refused_update_keeps_the_old_process(shim: Shim) -> None:
+    """A bad document for an existing project leaves the stored process as it was."""
+    await shim.apply(example())
+    assert (await shim.apply(_set(("steps", 1, "roles"), [])))[0] == 400
+    _, doc = await shim.send("GET", f"/api/Default/projects/{PROJECT}/v1")
+    assert doc["steps"][1]["roles"] == ["web"]
+
+
+# --- releases -------------------------------------------------------------------------------
+
+
+async def test_release_pins_the_newest_version_of_every_package(released: Shim) -> None:
+    """Without packageVersions each package is the newest in the feed by NuGet order (1.10 > 1.9)."""
+    status, answer = await released.release({"projectName": PROJECT, "releaseVersion": "1.0"})
+    assert status == 201
+    assert answer == {
+        "projectName": PROJECT,
+        "releaseVersion": "1.0.0",
+        "packageVersions": {WEB: "1.10.0", DB: "2.0.0", TOOLS: "0.1.0"},
+    }
+
+
+async def test_release_takes_a_given_version_matching_ids_case_insensitively(released: Shim) -> None:
+    """A given version wins over the newest; the id matches in any case and the version normalizes."""
+    body = {"projectName": PROJECT, "releaseVersion": "2.0.0-rc.1", "packageVersions": {WEB.lower(): "1.9"}}
+    status, answer = await released.release(body)
+    assert status == 201
+    assert answer["releaseVersion"] == "2.0.0-rc.1"
+    assert answer["packageVersions"] == {WEB: "1.9.0", DB: "2.0.0", TOOLS: "0.1.0"}
+
+
+async def test_release_snapshots_the_process_and_exact_files(released: Shim) -> None:
+    """A release keeps its process and package files even after the project changes."""
+    await released.release({"projectName": PROJECT, "releaseVersion": "1.0.0"})
+    await released.apply(_set(("steps", 1, "script", "body"), "echo changed"))
+    db = released.server.db
+    release = await db.run(projects.get_release, "Default", PROJECT, "1.0")
+    assert release.process.steps[1].script is not None
+    assert release.process.steps[1].script.body == 'cat "$PACKAGE_DIR/readme.txt"'
+    assert release.process == (await db.run(projects.get_release, "Default", PROJECT, "1.0.0")).process
+    web_ref = release.packages[WEB]
+    assert (web_ref.id, web_ref.version, web_ref.size) == (WEB, "1.10.0", 1234)
+    assert web_ref.sha512 == hashlib.sha512(f"{WEB}@1.10.0".encode()).hexdigest()
+
+
+async def test_latest_release_is_the_highest_version(released: Shim) -> None:
+    """latest_release follows NuGet ordering, not creation order; a project without releases has none."""
+    db = released.server.db
+    assert await db.run(projects.latest_release, "Default", PROJECT) is None
+    for version in ("1.10.0", "1.9.0", "1.10.0-beta"):
+        assert (await released.release({"projectName": PROJECT, "releaseVersion": version}))[0] == 201
+    latest = await db.run(projects.latest_release, "Default", PROJECT)
+    assert latest is not None
+    assert latest.version == "1.10.0"
+
+
+async def test_get_release_of_an_unknown_version_is_not_found(released: Shim) -> None:
+    """get_release names the missing release, also for a text that is no version at all."""
+    for version in ("9.9.9", "not a version"):
+        with pytest.raises(projects.ReleaseNotFound, match="does not exist"):
+            await released.server.db.run(projects.get_release, "Default", PROJECT, version)
+
+
+async def test_a_version_the_feed_lacks_is_404_naming_package_and_version(released: Shim) -> None:
+    """A given version that is not in the feed is a 4xx naming the package and the version."""
+    body = {"projectName": PROJECT, "releaseVersion": "1.0.0", "packageVersions": {WEB: "3.0.0"}}
+    status, answer = await released.release(body)
+    assert status == 404
+    message = error_of(answer)
+    assert "'OctoPetShop.Web' version '3.0.0' is not in the feed" in message
+    assert answer["error"]["details"]["packages"] == [{"id": WEB, "version": "3.0.0"}]
+    assert await released.counts() == (1, 0)
+
+
+async def test_a_package_with_no_version_in_the_feed_is_404_naming_it(shim: Shim) -> None:
+    """A package the process uses but the feed has never seen is a 404 naming it; runbooks count."""
+    await shim.apply(example())
+    await shim.add_package(WEB, "1.0.0")
+    await shim.add_package(DB, "1.0.0")
+    status, answer = await shim.release({"projectName": PROJECT, "releaseVersion": "1.0.0"})
+    assert status == 404
+    assert error_of(answer) == "package 'OctoPetShop.Tools' has no version in the feed (push one first)"
+    assert await shim.counts() == (1, 0)
+
+
+async def test_a_package_the_process_does_not_use_is_400_naming_it(released: Shim) -> None:
+    """packageVersions may only name packages the process uses."""
+    body = {"projectName": PROJECT, "releaseVersion": "1.0.0", "packageVersions": {"Other.Pkg": "1.0.0"}}
+    status, answer = await released.release(body)
+    assert status == 400
+    assert "the process uses no package 'Other.Pkg'" in error_of(answer)
+    assert answer["error"]["details"]["problems"][0]["path"] == 'packageVersions["Other.Pkg"]'
+    assert await released.counts() == (1, 0)
+
+
+@pytest.mark.parametrize("again", ["1.0.0", "1.0", "1.0.0.0", "1.0.0+build.7"])
+async def test_an_existing_release_version_is_409(released: Shim, again: str) -> None:
+    """A version equal (by NuGet rules) to an existing release is a 409; the first release stays."""
+    assert (await released.release({"projectName": PROJECT, "releaseVersion": "1.0.0"}))[0] == 201
+    status, answer = await released.release({"projectName": PROJECT, "releaseVersion": again})
+    assert status == 409
+    assert "release '1.0.0' of project 'OctoPetShop' already exists" in error_of(answer)
+    assert await released.counts() == (1, 1)
+
+
+async def test_prerelease_labels_differing_in_case_are_the_same_release(released: Shim) -> None:
+    """NuGet compares labels case-insensitively, so 1.0.0-Beta and 1.0.0-beta are one release."""
+    assert (await released.release({"projectName": PROJECT, "releaseVersion": "1.0.0-Beta"}))[0] == 201
+    assert (await released.release({"projectName": PROJECT, "releaseVersion": "1.0.0-beta"}))[0] == 409
+
+
+async def test_release_of_an_unknown_project_is_404(shim: Shim) -> None:
+    """An unknown projectName is a 404 naming the project and the space."""
+    status, answer = await shim.release({"projectName": "Nope", "releaseVersion": "1.0.0"})
+    assert status == 404
+    assert error_of(answer) == "project 'Nope' does not exist in space 'Default'"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"releaseVersion": "1.0.0"}, "projectName: is required"),
+        ({"projectName": PROJECT}, "releaseVersion: is required"),
+        ({"projectName": 5, "releaseVersion": "1.0.0"}, "projectName: must be a non-empty string"),
+        ({"projectName": None, "releaseVersion": "1.0.0"}, "projectName: is required"),
+        ({"projectName": [PROJECT], "releaseVersion": "1.0.0"}, "projectName: must be a non-empty string"),
+        ({"projectName": PROJECT, "releaseVersion": 1}, "releaseVersion: must be a non-empty string"),
+        ({"projectName": PROJECT, "releaseVersion": "one"}, "releaseVersion: must be a NuGet version"),
+        (
+            {"projectName": PROJECT, "releaseVersion": "1.0.0", "packageVersions": []},
+            "packageVersions: must be an object",
+        ),
+        (
+            {"projectName": PROJECT, "releaseVersion": "1.0.0", "packageVersions": {WEB: 1}},
+            'packageVersions["OctoPetShop.Web"]: must be a non-empty string',
+        ),
+        (
+            {"projectName": PROJECT, "releaseVersion": "1.0.0", "packageVersions": {WEB: "x.y"}},
+            'packageVersions["OctoPetShop.Web"]: must be a NuGet version',
+        ),
+        ({"projectName": PROJECT, "releaseVersion": "1.0.0", "channel": "x"}, "channel: unknown field"),
+        (
+            {"projectName": "x" * MiB, "releaseVersion": "1.0.0"},
+            "projectName: must be at most 200 characters",
+        ),
+        ({"projectName": "\ud800", "releaseVersion": "1.0.0"}, "projectName: must be valid Unicode"),
+        ({"projectName": "a\x00b", "releaseVersion": "1.0.0"}, "projectName: must not contain NUL"),
+    ],
+)
+async def test_each_bad_release_field_is_400_naming_it(
+    released: Shim, body: dict[str, Any], message: str
+) -> None:
+    """Wrong, missing, unknown or oversized release fields are a 400 naming the field."""
+    status, answer = await released.release(body)
+    assert status == 400
+    assert message in error_of(answer)
+    assert await released.counts() == (1, 0)
+
+
+# --- hostile bodies ------------------------------------------------------------------------
+
+RAW_BODIES = {
+    "malformed": b'{"name": "OctoPetShop", "steps": [',
+    "trailing garbage": b'{"name": "OctoPetShop"} {}',
+    "empty": b"",
+    "array": b"[]",
+    "string": b'"OctoPetShop"',
+    "invalid UTF-8": b'{"name": "Octo\xff\xfePetShop"}',
+    "lone surrogate in a value": b'{"projectName": "\\ud800", "name": "\\udfff", "releaseVersion": "1.0.0"}',
+    "lone surrogate as a key": b'{"\\ud800": 1, "projectName": "OctoPetShop", "releaseVersion": "1.0.0"}',
+    "lone surrogate in a step": b'{"steps": [{"name": "\\ud800", "roles": ["web"], "script": null}]}',
+    "lone surrogate in a variable": b'{"variables": [{"name": "A", "value": "\\udc00"}]}',
+    "deep nesting": b'{"steps": ' + b"[" * 100 + b"]" * 100 + b"}",
+    "very deep nesting": b'{"steps": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+    "huge number": b'{"projectName": 1e999999, "steps": 1e999999, "releaseVersion": "1"}',
+    "huge integer": b'{"steps": [{"name": "a", "roles": ["web"], "timeoutSeconds": ' + b"9" * 5000 + b"}]}",
+    "NaN": b'{"projectName": NaN, "releaseVersion": "1.0.0", "steps": NaN}',
+    "null": b"null",
+}
+ROUTES = [("PUT", f"/api/Default/projects/{PROJECT}/v1"), ("POST", "/api/Default/releases/create/v1")]
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=["project", "release"])
+async def test_hostile_bodies_are_4xx_and_create_nothing(shim: Shim, route: tuple[str, str]) -> None:
+    """Malformed JSON, bad UTF-8, lone surrogates, deep nesting, odd numbers: each a 4xx, nothing stored."""
+    for name, data in RAW_BODIES.items():
+        status, answer = await shim.send(*route, data=data)
+        assert 400 <= status < 500, (name, status, answer)
+        error_of(answer)
+    assert await shim.counts() == (0, 0)
+
+
+async def _chunked(data: bytes) -> AsyncIterator[bytes]:
+    """``data`` as a chunked body (no Content-Length for the server to check first)."""
+    for start in range(0, len(data), 256 * 1024):
+        yield data[start : start + 256 * 1024]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["sized", "chunked"])
+@pytest.mark.parametrize("route", ROUTES, ids=["project", "release"])
+async def test_a_3_mib_body_is_413(shim: Shim, route: tuple[str, str], chunked: bool) -> None:
+    """A body over the 2 MiB limit, announced or not, is refused with 413 and nothing is stored."""
+    data = b'{"name": "' + b"x" * (3 * MiB) + b'"}'
+    status, answer = await shim.send(*route, data=_chunked(data) if chunked else data)
+    assert status == 413
+    assert "request body over" in error_of(answer)
+    assert await shim.counts() == (0, 0)
+
+
+HOSTILE_VALUES: list[Any] = [
+    None, 0, -1, 2**70, 1.5, True, "", "x", "\ud800", "\x00", "y" * 5000, [], [None], [[]], {}, {"": None},
+]  # fmt: skip
+
+
+def mutations(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """The path of every value inside a JSON document."""
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    for key, child in children:
+        yield (*path, key)
+        yield from mutations(child, (*path, key))
+
+
+async def test_no_mutation_of_a_valid_document_gives_a_5xx(shim: Shim) -> None:
+    """Every value of the process document swapped for every hostile value: never a 5xx."""
+    doc = example()
+    for path in mutations(doc):
+        for value in HOSTILE_VALUES:
+            status, answer = await shim.apply(replaced(doc, path, value), "Fuzz")
+            assert status < 500, (path, value, answer)
+            if status >= 400:
+                error_of(answer)
+
+
+async def test_no_mutation_of_a_release_request_gives_a_5xx(released: Shim) -> None:
+    """Every value of a release request swapped for every hostile value: never a 5xx."""
+    body = {"projectName": PROJECT, "releaseVersion": "1.0.0", "packageVersions": {WEB: "1.0.0"}}
+    for path in mutations(body):
+        for value in HOSTILE_VALUES:
+            status, answer = await released.release(replaced(body, path, value))
+            assert status < 500, (path, value, answer)
+            if status >= 400:
+                error_of(answer)
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+async def cli(shim: Shim, *argv: str) -> tuple[int, list[str]]:
+    """Run ``server-shim ARGV`` in a thread against the live server; (exit code, requests it made)."""
+    before = len(shim.server.requests)
+    home = str(shim.live.paths.config)
+    code = await asyncio.to_thread(server_cli.main, ["--home", home, *argv, "--server", shim.live.url])
+    return code, shim.server.requests[before:]
+
+
+async def test_project_apply_makes_one_put(
+    shim: Shim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`project apply FILE` sends the document in exactly one PUT and reports the answer."""
+    file = tmp_path / "process.json"
+    file.write_text(json.dumps(example()))
+    code, requests = await cli(shim, "project", "apply", str(file))
+    assert (code, requests) == (0, [f"PUT /api/Default/projects/{PROJECT}/v1"])
+    assert "applied project 'OctoPetShop': 3 steps; runbooks: Restart" in capsys.readouterr().out
+    assert await shim.counts() == (1, 0)
+
+
+async def test_project_apply_takes_the_name_from_the_flag(shim: Shim, tmp_path: Path) -> None:
+    """A document without a name is applied under --name."""
+    doc = example()
+    doc.pop("name")
+    file = tmp_path / "process.json"
+    file.write_text(json.dumps(doc))
+    code, requests = await cli(shim, "project", "apply", str(file), "--name", "Pet Shop")
+    assert (code, requests) == (0, ["PUT /api/Default/projects/Pet Shop/v1"])
+    assert (await shim.send("GET", "/api/Default/projects/Pet%20Shop/v1"))[0] == 200
+
+
+async def test_project_apply_reports_the_server_problems(
+    shim: Shim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An invalid document exits 1 with the server's message naming the field."""
+    file = tmp_path / "process.json"
+    file.write_text(json.dumps(_set(("steps", 1, "roles"), [])))
+    code, requests = await cli(shim, "project", "apply", str(file))
+    assert (code, len(requests)) == (1, 1)
+    assert "steps[1].roles: must be a non-empty list" in capsys.readouterr().err
+
+
+async def test_project_apply_refuses_a_bad_file_without_a_request(
+    shim: Shim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that is not a JSON object, or has no name and no --name, sends nothing."""
+    cases = {"broken.json": "{", "list.json": "[]", "nameless.json": "{}", "missing.json": None}
+    for name, text in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        code, requests = await cli(shim, "project", "apply", str(tmp_path / name))
+        assert code in (1, 2)
+        assert requests == []
+        assert name in capsys.readouterr().err
+
+
+async def test_release_create_makes_one_post_and_prints_the_version(
+    released: Shim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`release create` is exactly one POST and prints the normalized version alone."""
+    argv = ["release", "create", "--project", PROJECT, "--version", "1.2", "--package", f"{WEB}=1.9.0"]
+    code, requests = await cli(released, *argv)
+    assert (code, requests) == (0, ["POST /api/Default/releases/create/v1"])
+    assert capsys.readouterr().out == "1.2.0\n"
+    release = await released.server.db.run(projects.get_release, "Default", PROJECT, "1.2.0")
+    assert release.packages[WEB].version == "1.9.0"
+
+
+async def test_release_create_failure_exits_1_after_one_request(
+    released: Shim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused release exits 1 with the server's message, after exactly one request."""
+    argv = ["release", "create", "--project", PROJECT, "--version", "1.0.0", "--package", f"{WEB}=7.0.0"]
+    code, requests = await cli(released, *argv)
+    assert (code, len(requests)) == (1, 1)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "'OctoPetShop.Web' version '7.0.0' is not in the feed" in captured.err
+
+
+@pytest.mark.parametrize("package", ["NoEquals", "=1.0.0", f"{WEB}="])
+async def test_release_create_refuses_a_malformed_package_flag(
+    released: Shim, package: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--package must be ID=VERSION: anything else exits 2 without a request."""
+    code, requests = await cli(
+        released, "release", "create", "--project", PROJECT, "--version", "1", "--package", package
+    )
+    assert (code, requests) == (2, [])
+    assert "--package must be ID=VERSION" in capsys.readouterr().err
