@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server_shim import api, feed_api, polling, projects_api
+from server_shim import api, feed_api, polling, projects_api, tasks_api
 from server_shim import config as cfg
 from server_shim.ca import Authority
 from server_shim.config import ServerConfig
 from server_shim.db import Database
+from server_shim.dispatcher import Dispatcher
 from server_shim.fleet import Fleet
 from server_shim.web import DB, api_key, errors
 from tentacle import pki, sdnotify
@@ -54,6 +55,7 @@ class Server:
             config.checks.interval,
             config.checks.timeout,
         )
+        self.dispatcher = Dispatcher(self.db, self.fleet, config.tasks.target_lost_after)
         self.stop = asyncio.Event()
         self.bound = Bound()
         self._runners: list[web.AppRunner] = []
@@ -67,6 +69,8 @@ class Server:
         api.add_routes(app)
         projects_api.add_routes(app)
         feed_api.add_routes(app, self.paths.state)  # sets feed_api.FEED_DIR to <state>/feed
+        app[tasks_api.DISPATCHER] = self.dispatcher
+        tasks_api.add_routes(app)
         return app
 
     def settings(self) -> api.ApiSettings:
@@ -100,6 +104,7 @@ class Server:
         )
         base[api.SETTINGS] = self.settings()  # after binding: port 0 becomes the real polling port
         self.bound.api = await self._site(base, self.config.listen.host, self.config.listen.port, False)
+        await self.dispatcher.start()
         event(log, "server.started", api=self.bound.api, polling=self.bound.polling)
 
     async def serve(self) -> None:
@@ -118,6 +123,7 @@ class Server:
 
     async def close(self) -> None:
         """Close the links, the sites and the database."""
+        await self.dispatcher.close()
         await self.fleet.close()
         for runner in reversed(self._runners):
             await runner.cleanup()

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from server_shim import accounts, app, ca
+from server_shim import accounts, app, ca, feed_cli, projects_cli, tasks_cli
 from server_shim import config as cfg
 from server_shim.client import ApiClient
 from server_shim.config import Endpoint, ServerConfig
@@ -38,7 +38,7 @@ class CommandModule(Protocol):
 
 
 # Later layers (feed, projects, deployments) register their command modules here.
-EXTENSIONS: list[CommandModule] = []
+EXTENSIONS: list[CommandModule] = [projects_cli, feed_cli, tasks_cli]
 
 
 def _client_flags(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@
     [listen]   host = "0.0.0.0"  port = 8443       # API and built-in feed
     [polling]  host = "0.0.0.0"  port = 10943      # polling tentacles' websockets
     [checks]   interval = 5.0    timeout = 5.0     # how often listening tentacles are pinged
+    [tasks]    target_lost_after = 120.0           # a target unreachable this long fails its task
 
 ``SERVER_SHIM_*`` variables override the file; `run --listen/--polling-listen` override both.
 """
@@ -48,6 +49,19 @@ class Checks:
 
 
 @dataclass(frozen=True)
+class Tasks:
+    """How tasks treat unreachable targets (seconds)."""
+
+    target_lost_after: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.target_lost_after <= 86400:
+            raise ValueError(
+                f"tasks.target_lost_after: must be 1-86400 seconds, not {self.target_lost_after}"
+            )
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything `server-shim run` needs, validated."""
 
@@ -57,6 +71,7 @@ class ServerConfig:
     listen: Endpoint = field(default_factory=Endpoint)
     polling: Endpoint = field(default_factory=lambda: Endpoint(port=10943))
     checks: Checks = field(default_factory=Checks)
+    tasks: Tasks = field(default_factory=Tasks)
 
     def __post_init__(self) -> None:
         url = urlsplit(self.public_url)

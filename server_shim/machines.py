@@ -82,6 +82,12 @@ def find(conn: sqlite3.Connection, space: str, name: str) -> Machine | None:
     return None if row is None else Machine.from_row(row)
 
 
+def by_name(conn: sqlite3.Connection, name: str) -> Machine | None:
+    """The machine named `name` in any space (names are unique where tasks use them)."""
+    row = conn.execute("SELECT * FROM machines WHERE name = ?", (name,)).fetchone()
+    return None if row is None else Machine.from_row(row)
+
+
 def by_thumbprint(conn: sqlite3.Connection, thumbprint: str) -> Machine | None:
     """The machine holding the certificate with this thumbprint, or None."""
     row = conn.execute("SELECT * FROM machines WHERE thumbprint = ?", (thumbprint,)).fetchone()

@@ -27,6 +27,7 @@ from tentacle.paths import InstancePaths
 from tentacle.pki import write_private
 from tentacle.polling import PollingClient
 from tentacle.service import Service
+from tentacle.tasks import TaskRunner
 from tentacle.tls import client_context, server_context
 
 log = logging.getLogger("tentacle.agent")
@@ -40,6 +41,8 @@ class Agent:
         self.paths = paths
         self.config = config.require_registered(paths)
         self.service = Service(config.name, config.mode)
+        self.runner = TaskRunner(paths.state)
+        self.runner.register(self.service)
         self.stop = asyncio.Event()
         self.listener: ListeningServer | None = None
         self.poller: PollingClient | None = None
@@ -109,6 +112,7 @@ class Agent:
         finally:
             sdnotify.stopping()
             watchdog.cancel()
+            await self.runner.shutdown(self.config.tasks.stop_grace)
             if self.listener is not None:
                 await self.listener.stop()
             self.record_state("stopped")

@@ -78,6 +78,17 @@ class HeartbeatConfig:
 
 
 @dataclass(frozen=True)
+class TasksConfig:
+    """How the agent treats running steps when it stops (seconds)."""
+
+    stop_grace: float = 45.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.stop_grace <= 3600:
+            raise ValueError(f"tasks.stop_grace: must be 0-3600 seconds, not {self.stop_grace}")
+
+
+@dataclass(frozen=True)
 class TentacleConfig:
     """Everything `tentacle run` needs, validated."""
 
@@ -89,6 +100,7 @@ class TentacleConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
 
     def __post_init__(self) -> None:
         if self.mode not in ("", "listening", "polling"):

@@ -133,13 +133,19 @@ class Tentacles:
     root: Path
     running: dict[str, tuple[Agent, asyncio.Task[None]]] = field(default_factory=dict)
 
-    async def register(self, name: str, mode: str, roles: tuple[str, ...] = ("web",),
-                       environment: str = "Dev") -> InstancePaths:
+    async def register(
+        self, name: str, mode: str, roles: tuple[str, ...] = ("web",), environment: str = "Dev"
+    ) -> InstancePaths:
         paths = resolve("tentacle", str(self.root / name))
         listen = ListenConfig(host="127.0.0.1", port=free_port()) if mode == "listening" else None
         reg = registration.Registration(
-            server=self.server.url, token=self.server.token(), server_thumbprint=self.server.thumbprint,
-            name=name, environments=(environment,), roles=roles, listen=listen,
+            server=self.server.url,
+            token=self.server.token(),
+            server_thumbprint=self.server.thumbprint,
+            name=name,
+            environments=(environment,),
+            roles=roles,
+            listen=listen,
         )
         await registration.register(paths, reg)
         return paths

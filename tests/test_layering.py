@@ -6,8 +6,24 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IO_MODULES = {"asyncio", "aiohttp", "aiofiles", "ssl", "socket", "os", "io", "pathlib", "shutil",
-              "tempfile", "subprocess", "sqlite3", "urllib.request", "http", "select", "selectors"}
+IO_MODULES = {
+    "asyncio",
+    "aiohttp",
+    "aiofiles",
+    "ssl",
+    "socket",
+    "os",
+    "io",
+    "pathlib",
+    "shutil",
+    "tempfile",
+    "subprocess",
+    "sqlite3",
+    "urllib.request",
+    "http",
+    "select",
+    "selectors",
+}
 
 
 def _imports(path: Path) -> set[str]:

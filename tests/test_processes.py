@@ -56,27 +56,58 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 def test_two_tentacles_register_and_show_online_then_offline(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    """Listening and polling tentacles are online within 10 s of starting and offline within 20 s of stopping."""
+    """Both modes show online within 10 s of starting and offline within 20 s of stopping."""
     api, poll, listen = free_port(), free_port(), free_port()
     server = ["--home", str(tmp_path / "server")]
-    cli("server-shim", *server, "init", "--public-url", f"https://127.0.0.1:{api}",
-        "--listen", f"127.0.0.1:{api}", "--polling-listen", f"127.0.0.1:{poll}")
+    cli(
+        "server-shim",
+        *server,
+        "init",
+        "--public-url",
+        f"https://127.0.0.1:{api}",
+        "--listen",
+        f"127.0.0.1:{api}",
+        "--polling-listen",
+        f"127.0.0.1:{poll}",
+    )
     processes.append(daemon("server-shim", *server, "run", log=tmp_path / "server.log"))
     thumb = cli("server-shim", *server, "show-thumbprint").stdout.strip()
     token = cli("server-shim", *server, "token", "create", "--uses", "2").stdout.strip()
-    common = ["--server", f"https://127.0.0.1:{api}", "--token", token, "--server-thumbprint", thumb,
-              "--environment", "Dev", "--role", "web"]
+    common = [
+        "--server",
+        f"https://127.0.0.1:{api}",
+        "--token",
+        token,
+        "--server-thumbprint",
+        thumb,
+        "--environment",
+        "Dev",
+        "--role",
+        "web",
+    ]
     wait_for(lambda: "server.started" in (tmp_path / "server.log").read_text(), 15)
     cli("tentacle", "--home", str(tmp_path / "t1"), "register", *common, "--name", "web-01", "--polling")
-    cli("tentacle", "--home", str(tmp_path / "t2"), "register", *common, "--name", "web-02",
-        "--listen", f"127.0.0.1:{listen}")
+    cli(
+        "tentacle",
+        "--home",
+        str(tmp_path / "t2"),
+        "register",
+        *common,
+        "--name",
+        "web-02",
+        "--listen",
+        f"127.0.0.1:{listen}",
+    )
 
     def statuses() -> dict[str, str]:
         listed = json.loads(cli("server-shim", *server, "machines", "--json").stdout)
         return {m["name"]: m["status"] for m in listed}
 
     assert statuses() == {"web-01": "offline", "web-02": "offline"}
-    agents = [daemon("tentacle", "--home", str(tmp_path / t), "run", log=tmp_path / f"{t}.log") for t in ("t1", "t2")]
+    agents = [
+        daemon("tentacle", "--home", str(tmp_path / t), "run", log=tmp_path / f"{t}.log")
+        for t in ("t1", "t2")
+    ]
     processes.extend(agents)
     wait_for(lambda: statuses() == {"web-01": "online", "web-02": "online"}, 10)
     status = json.loads(cli("tentacle", "--home", str(tmp_path / "t1"), "status", "--json").stdout)
@@ -120,9 +151,26 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     """Missing or malformed flags are usage errors (exit 2) with a message."""
     done = cli("tentacle", "--home", str(tmp_path), "register", "--server", "https://x", check=False)
     assert done.returncode == 2 and "required" in done.stderr
-    done = cli("tentacle", "--home", str(tmp_path), "register", "--server", "https://127.0.0.1:1",
-               "--token", "t", "--server-thumbprint", "nothex", "--name", "a", "--environment", "E",
-               "--role", "r", "--polling", check=False)
+    done = cli(
+        "tentacle",
+        "--home",
+        str(tmp_path),
+        "register",
+        "--server",
+        "https://127.0.0.1:1",
+        "--token",
+        "t",
+        "--server-thumbprint",
+        "nothex",
+        "--name",
+        "a",
+        "--environment",
+        "E",
+        "--role",
+        "r",
+        "--polling",
+        check=False,
+    )
     assert done.returncode == 2 and "thumbprint" in done.stderr
 
 

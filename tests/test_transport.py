@@ -14,8 +14,9 @@ async def _status(live: LiveServer, name: str) -> str:
     return str((await live.machines())[name]["status"])
 
 
-async def test_registered_machine_is_listed_with_its_details(live_server: LiveServer, tentacles: Tentacles,
-                                                             mode: str) -> None:
+async def test_registered_machine_is_listed_with_its_details(
+    live_server: LiveServer, tentacles: Tentacles, mode: str
+) -> None:
     """Registration records name, thumbprint, mode, endpoint, roles and environments."""
     paths = await tentacles.register("web-01", mode, roles=("web", "api"), environment="Staging")
     entry = (await live_server.machines())["web-01"]
@@ -29,7 +30,9 @@ async def test_registered_machine_is_listed_with_its_details(live_server: LiveSe
     assert entry["status"] == "offline" and entry["lastSeen"] is None
 
 
-async def test_tentacle_goes_online_and_offline(live_server: LiveServer, tentacles: Tentacles, mode: str) -> None:
+async def test_tentacle_goes_online_and_offline(
+    live_server: LiveServer, tentacles: Tentacles, mode: str
+) -> None:
     """A started tentacle shows online within 10 s and offline within 20 s of stopping."""
     await tentacles.register("web-01", mode)
     await tentacles.start("web-01")
@@ -47,8 +50,9 @@ async def test_tentacle_goes_online_and_offline(live_server: LiveServer, tentacl
     await eventually(offline, 20)
 
 
-async def test_server_calls_tentacle_with_the_same_messages(live_server: LiveServer, tentacles: Tentacles,
-                                                            mode: str) -> None:
+async def test_server_calls_tentacle_with_the_same_messages(
+    live_server: LiveServer, tentacles: Tentacles, mode: str
+) -> None:
     """The server's ping reaches the tentacle and returns its answer, whatever the mode."""
     await tentacles.register("db-01", mode, roles=("db",))
     await tentacles.start("db-01")
@@ -87,8 +91,9 @@ async def test_polling_tentacle_reconnects_after_server_restart(server_home, tmp
 
 
 @pytest.mark.parametrize("count", [2])
-async def test_many_tentacles_in_both_modes_at_once(live_server: LiveServer, tentacles: Tentacles,
-                                                     count: int) -> None:
+async def test_many_tentacles_in_both_modes_at_once(
+    live_server: LiveServer, tentacles: Tentacles, count: int
+) -> None:
     """Listening and polling tentacles coexist on one server, all online."""
     names = [f"{mode}-{i}" for mode in ("listening", "polling") for i in range(count)]
     for name in names:

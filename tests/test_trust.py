@@ -22,8 +22,11 @@ from tests.conftest import LiveServer, Tentacles, eventually
 
 
 def _files(paths: InstancePaths) -> tuple[Path, Path, Path]:
-    return (config.file(paths, config.CERT_FILE), config.file(paths, config.KEY_FILE),
-            config.file(paths, config.SERVER_CA_FILE))
+    return (
+        config.file(paths, config.CERT_FILE),
+        config.file(paths, config.KEY_FILE),
+        config.file(paths, config.SERVER_CA_FILE),
+    )
 
 
 def _polling_url(live: LiveServer) -> str:
@@ -57,7 +60,9 @@ async def test_polling_port_refuses_a_client_without_certificate(live_server: Li
         await _ws_status(_polling_url(live_server), ctx)
 
 
-async def test_polling_port_refuses_a_self_signed_certificate(live_server: LiveServer, tmp_path: Path) -> None:
+async def test_polling_port_refuses_a_self_signed_certificate(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
     """A certificate never signed by our CA fails the handshake."""
     key = pki.new_key()
     pki.write_private(tmp_path / "k", pki.key_pem(key))
@@ -108,9 +113,8 @@ async def test_listening_tentacle_refuses_another_tentacle_posing_as_server(
     impostor_thumb = pki.cert_thumbprint(pki.load_cert(cert))
     web01 = pki.cert_thumbprint(pki.load_cert(_files(listener)[0]))
     link = ListeningLink(f"https://127.0.0.1:{agent.bound_port}", web01, client_context(ca, cert, key))
-    with caplog.at_level(logging.WARNING):
-        with pytest.raises(Exception, match="403"):
-            await link.call("ping", {}, 5)
+    with caplog.at_level(logging.WARNING), pytest.raises(Exception, match="403"):
+        await link.call("ping", {}, 5)
     await link.close()
     refusal = [r.getMessage() for r in caplog.records if "trust.refused" in r.getMessage()]
     assert refusal and impostor_thumb in refusal[0] and live_server.thumbprint in refusal[0]
@@ -137,15 +141,20 @@ async def test_server_refuses_a_listening_endpoint_with_the_wrong_certificate(
     files = live_server.server.files
     ctx = client_context(files["ca.pem"], files["server.pem"], files["server.key"])
     link = ListeningLink(f"https://127.0.0.1:{agent.bound_port}", "ab" * 32, ctx)
-    with pytest.raises(TrustError, match="expected thumbprint abab.*presented [0-9a-f]{64}"):
+    with pytest.raises(TrustError, match=r"expected thumbprint abab.*presented [0-9a-f]{64}"):
         await link.call("ping", {}, 5)
     await link.close()
 
 
 def _registration(live: LiveServer, token: str, thumbprint: str) -> registration.Registration:
     return registration.Registration(
-        server=live.url, token=token, server_thumbprint=thumbprint, name="web-01",
-        environments=("Dev",), roles=("web",), listen=None,
+        server=live.url,
+        token=token,
+        server_thumbprint=thumbprint,
+        name="web-01",
+        environments=("Dev",),
+        roles=("web",),
+        listen=None,
     )
 
 
@@ -185,12 +194,17 @@ async def test_used_up_token_is_refused(live_server: LiveServer, tmp_path: Path)
 async def test_existing_name_needs_force(live_server: LiveServer, tmp_path: Path) -> None:
     """Registering a name that exists fails with 409 unless forced."""
     paths = InstancePaths(tmp_path, tmp_path / "s", tmp_path / "c", tmp_path / "l")
-    await registration.register(paths, _registration(live_server, live_server.token(), live_server.thumbprint))
+    await registration.register(
+        paths, _registration(live_server, live_server.token(), live_server.thumbprint)
+    )
     with pytest.raises(RemoteError, match="already registered") as caught:
-        await registration.register(paths, _registration(live_server, live_server.token(), live_server.thumbprint))
+        await registration.register(
+            paths, _registration(live_server, live_server.token(), live_server.thumbprint)
+        )
     assert caught.value.status == 409
-    forced = registration.Registration(**{**_registration(live_server, live_server.token(),
-                                                          live_server.thumbprint).__dict__, "force": True})
+    forced = registration.Registration(
+        **{**_registration(live_server, live_server.token(), live_server.thumbprint).__dict__, "force": True}
+    )
     await registration.register(paths, forced)
 
 

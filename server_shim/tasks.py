@@ -1,0 +1,152 @@
+"""Tasks and their logs in the database.
+
+A task row holds everything needed to carry on after a restart: the plan of every
+target (`plans`) and the coordinator's snapshot (`coordinator`), rewritten after
+every event. Log lines are keyed by (task, machine, the machine's own sequence
+number), so a line delivered twice (a retried status call) is stored once; the
+task-wide ``seq`` is what ``log/v1?since=`` pages by.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tentacle.errors import TentacleError
+from tentacle.protocol.plan import Plan
+
+FINAL_STATES = ("success", "failed", "cancelled")
+
+
+class TaskNotFound(TentacleError):
+    """No task with that id."""
+
+    api_status = 404
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One task row."""
+
+    task_id: str
+    space: str
+    kind: str
+    project: str
+    release_version: str
+    runbook: str | None
+    environment: str
+    state: str
+    error: str | None
+    created_at: float
+    finished_at: float | None
+    plans: dict[str, Plan]
+    coordinator: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> TaskRecord:
+        """Build from a ``tasks`` row."""
+        values = dict(row)
+        values["plans"] = {name: Plan.from_json(p) for name, p in json.loads(values["plans"]).items()}
+        values["coordinator"] = json.loads(values["coordinator"])
+        return cls(**values)
+
+
+def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
+    """Store a new (queued) task."""
+    plans = json.dumps({name: plan.to_json() for name, plan in record.plans.items()})
+    conn.execute(
+        "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.task_id,
+            record.space,
+            record.kind,
+            record.project,
+            record.release_version,
+            record.runbook,
+            record.environment,
+            record.state,
+            record.error,
+            record.created_at,
+            record.finished_at,
+            plans,
+            json.dumps(record.coordinator),
+        ),
+    )
+
+
+def get(conn: sqlite3.Connection, task_id: str) -> TaskRecord:
+    """The task, or TaskNotFound."""
+    row = conn.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    if row is None:
+        raise TaskNotFound(f"task {task_id!r} does not exist")
+    return TaskRecord.from_row(row)
+
+
+def unfinished(conn: sqlite3.Connection) -> list[TaskRecord]:
+    """Queued and running tasks, oldest first (what a starting server picks up)."""
+    rows = conn.execute("SELECT * FROM tasks WHERE state IN ('queued', 'running') ORDER BY created_at, rowid")
+    return [TaskRecord.from_row(row) for row in rows]
+
+
+def save_progress(
+    conn: sqlite3.Connection, task_id: str, state: str, error: str | None, coordinator: dict[str, Any]
+) -> None:
+    """Record the coordinator's snapshot and the task state it implies."""
+    finished = time.time() if state in FINAL_STATES else None
+    conn.execute(
+        "UPDATE tasks SET state = ?, error = ?, coordinator = ?, finished_at = COALESCE(finished_at, ?)"
+        " WHERE task_id = ?",
+        (state, error, json.dumps(coordinator), finished, task_id),
+    )
+
+
+def append_log(conn: sqlite3.Connection, task_id: str, machine: str, lines: list[dict[str, Any]]) -> int:
+    """Store a target's log lines (duplicates ignored); returns the highest machine seq seen."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO task_log (task_id, machine, machine_seq, time, stream, step, text)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                task_id,
+                machine,
+                int(line["seq"]),
+                float(line["time"]),
+                str(line["stream"]),
+                line.get("step"),
+                str(line["text"]),
+            )
+            for line in lines
+        ],
+    )
+    return max((int(line["seq"]) for line in lines), default=0)
+
+
+def last_machine_seq(conn: sqlite3.Connection, task_id: str, machine: str) -> int:
+    """The highest log line number stored for this target (where to resume reading)."""
+    row = conn.execute(
+        "SELECT MAX(machine_seq) FROM task_log WHERE task_id = ? AND machine = ?", (task_id, machine)
+    ).fetchone()
+    return int(row[0] or 0)
+
+
+def read_log(conn: sqlite3.Connection, task_id: str, since: int, limit: int = 1000) -> list[dict[str, Any]]:
+    """Log lines after `since`, in order."""
+    rows = conn.execute(
+        "SELECT seq, time, machine, stream, step, text FROM task_log WHERE task_id = ? AND seq > ?"
+        " ORDER BY seq LIMIT ?",
+        (task_id, since, limit),
+    )
+    return [
+        {
+            "seq": r["seq"],
+            "time": r["time"],
+            "machineName": r["machine"],
+            "stream": r["stream"],
+            "step": r["step"],
+            "text": r["text"],
+        }
+        for r in rows
+    ]
