@@ -21,7 +21,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from server_shim import machines, tasks
@@ -41,10 +41,14 @@ from tentacle.protocol.gates import (
     TaskFinished,
 )
 from tentacle.protocol.masking import Masker
+from tentacle.protocol.plan import Plan
 
 log = logging.getLogger("server_shim.dispatcher")
 STATUS_WAIT = 20.0
 RETRY_DELAY = 1.0
+
+
+GateHook = Callable[[Plan, str], Awaitable[None]]  # (the target's plan, the gate's name), on each OpenGate
 
 
 class TargetGone(Exception):
@@ -62,6 +66,8 @@ class TaskRun:
         self.lock = asyncio.Lock()
         self.finished = asyncio.Event()
         self.opened: dict[str, set[int]] = {name: set() for name in record.plans}
+        # A gate must not reach a target before its task.start did: set by the driver.
+        self.started: dict[str, asyncio.Event] = {name: asyncio.Event() for name in record.plans}
         self.jobs: set[asyncio.Task[None]] = set()
 
     @property
@@ -94,6 +100,8 @@ class TaskRun:
             self.opened[action.machine].add(action.gate_index)
             params = {"taskId": self.task_id, "gateIndex": action.gate_index, "gateName": action.gate_name}
             self.spawn(self.send(action.machine, "task.gate", params))
+            for hook in self.d.gate_hooks:  # e.g. pushing packages to a listening target
+                self.spawn(hook(self.record.plans[action.machine], action.gate_name))
             event(log, "gate.opened", task=self.task_id, target=action.machine, gate=action.gate_name)
         elif isinstance(action, CancelTarget):
             self.spawn(self.send(action.machine, "task.cancel", {"taskId": self.task_id}))
@@ -105,6 +113,7 @@ class TaskRun:
     async def send(self, name: str, method: str, params: dict[str, Any]) -> None:
         """Deliver one idempotent call, retrying until it lands or the target is gone."""
         try:
+            await self.started[name].wait()
             await self.d.call_until(self, name, method, params, timeout=30.0)
         except TargetGone as exc:
             reason = str(exc)
@@ -120,6 +129,7 @@ class TaskRun:
                 if not started:
                     await self.d.call_until(self, name, "task.start", {"plan": plan}, timeout=30.0)
                     started = True
+                    self.started[name].set()
                 params = {"taskId": self.task_id, "logSince": since, "version": version, "wait": STATUS_WAIT}
                 status = await self.d.call_until(self, name, "task.status", params, timeout=STATUS_WAIT + 15)
                 since = await self._store_log(name, status, since)
@@ -166,6 +176,7 @@ class Dispatcher:
         self.runs: dict[str, TaskRun] = {}
         self.queue: list[TaskRecord] = []
         self.drivers: set[asyncio.Task[None]] = set()
+        self.gate_hooks: list[GateHook] = []
 
     async def start(self) -> None:
         """Pick up the tasks a previous server left unfinished."""

@@ -209,9 +209,11 @@ async def test_tasks_on_one_target_wait_their_turn(two: LiveServer) -> None:
     await apply(two, doc)
     first = await deploy(two, "Turns", await release(two, "Turns"))
     second = await deploy(two, "Turns", await release(two, "Turns"))
-    assert (await task(two, second))["state"] == "queued"
-    assert (await wait_task(two, first))["state"] == "success"
-    assert (await wait_task(two, second))["state"] == "success"
+    assert (await task(two, second))["state"] == "queued", await task(two, first)
+    first_done = await wait_task(two, first)
+    assert first_done["state"] == "success", first_done.get("error")
+    second_done = await wait_task(two, second)
+    assert second_done["state"] == "success", second_done.get("error")
 
 
 @pytest.mark.parametrize(
