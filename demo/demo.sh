@@ -46,12 +46,34 @@ if [ "$(server machines --json | grep -c '"online"')" != 2 ]; then
   exit 1
 fi
 
+step "pushing two packages into the built-in NuGet feed"
+"$BIN/python" demo/packages.py "$DEMO/packages"
+server package push "$DEMO/packages/OctoPetShop.Web.1.0.0.zip" "$DEMO/packages/OctoPetShop.Db.1.0.0.nupkg"
+# The built-in feed doubles as the "nearest mirror" here; in real life, nginx near the targets
+# serves `server-shim feed export DIR` and checks client certificates against `server-shim show-ca`.
+server feed add mirrors --mirror "https://127.0.0.1:$API/nuget/v3/index.json"
+
+step "applying the project, creating release 1.0.0"
+server project apply demo/project.json
+server release create --project OctoPetShop --version 1.0.0 >/dev/null
+
+step "deploying 1.0.0 to Demo (pre-acquisition, then every package everywhere, then the steps)"
+set +e
+server deploy --project OctoPetShop --version 1.0.0 --environment Demo --follow
+RESULT=$?
+set -e
+
+if [ $RESULT = 0 ]; then OUTCOME="success"; else OUTCOME="FAILED (exit $RESULT)"; fi
 cat <<MSG
 
-The demo is running:
+Deployment: $OUTCOME
+
+The demo is still running:
   server      https://127.0.0.1:$API   (home $DEMO/server, log $DEMO/server.log)
-  web-01      polling                   (home $DEMO/web-01)
-  db-01       listening on :$LISTEN     (home $DEMO/db-01)
+  web-01      polling                   (home $DEMO/web-01, log $DEMO/web-01.log)
+  db-01       listening on :$LISTEN     (home $DEMO/db-01, log $DEMO/db-01.log)
 Try:   .venv/bin/server-shim --home .demo/server machines
+       .venv/bin/server-shim --home .demo/server runbook run --project OctoPetShop --runbook Restart --environment Demo --follow
 Stop:  make demo-stop
 MSG
+exit $RESULT

@@ -1,0 +1,129 @@
+"""Pure parts of the channel: reconnect schedule, message envelopes, typed configuration."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tentacle import configfile
+from tentacle.errors import ConfigError
+from tentacle.protocol import messages
+from tentacle.protocol.backoff import Backoff
+from tentacle.protocol.messages import MessageError, Request, Response
+
+
+def test_backoff_doubles_from_one_second_up_to_sixty() -> None:
+    """Without jitter the delays are 1, 2, 4 ... capped at 60."""
+    backoff = Backoff(rand=lambda: 1.0)
+    assert [backoff.next_delay() for _ in range(9)] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+
+
+def test_backoff_jitter_stays_within_half_to_full_delay() -> None:
+    """With the lowest jitter every delay is half the ceiling, never below the 1 s base."""
+    backoff = Backoff(rand=lambda: 0.0)
+    assert [backoff.next_delay() for _ in range(8)] == [1, 1, 2, 4, 8, 16, 30, 30]
+
+
+def test_backoff_resets_after_success() -> None:
+    """After `reset` the next delay is the base again."""
+    backoff = Backoff(rand=lambda: 1.0)
+    for _ in range(5):
+        backoff.next_delay()
+    backoff.reset()
+    assert backoff.next_delay() == 1
+
+
+@given(st.floats(min_value=0, max_value=1), st.integers(min_value=0, max_value=200))
+def test_backoff_is_always_between_one_and_sixty(jitter: float, attempts: int) -> None:
+    """Whatever the attempt count and jitter, delays stay in [1, 60]."""
+    backoff = Backoff(rand=lambda: jitter, attempt=attempts)
+    assert 1 <= backoff.next_delay() <= 60
+
+
+def test_messages_round_trip() -> None:
+    """Requests and responses decode to what was encoded."""
+    request = Request("r1", "task.start", {"plan": {"x": 1}})
+    assert messages.decode(messages.encode(request)) == request
+    ok, failed = Response("r1", result={"a": 1}), Response.failure("r2", "bad", "no")
+    assert messages.decode(messages.encode(ok)) == ok
+    assert messages.decode(messages.encode(failed)) == failed
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nope", "not JSON"),
+        ("[]", "JSON object"),
+        ('{"kind": "other"}', "kind"),
+        ('{"kind": "request", "id": "", "method": "ping"}', "id"),
+        ('{"kind": "request", "id": "1", "method": "ping", "params": []}', "params"),
+        ('{"kind": "response", "id": "1", "error": "x"}', "error"),
+    ],
+)
+def test_bad_messages_are_refused_with_the_reason(text: str, message: str) -> None:
+    """Malformed envelopes raise MessageError naming what is wrong."""
+    with pytest.raises(MessageError, match=message):
+        messages.decode(text)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+        max_leaves=20,
+    )
+)
+def test_decode_raises_only_message_error(value: object) -> None:
+    """Any JSON value decodes to a message or raises MessageError, nothing else."""
+    try:
+        messages.decode(json.dumps(value))
+    except MessageError:
+        pass
+
+
+@dataclass(frozen=True)
+class _Inner:
+    port: int = 1
+    hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Outer:
+    name: str = ""
+    ratio: float = 0.5
+    inner: _Inner = field(default_factory=_Inner)
+
+
+def test_config_environment_overrides_the_file() -> None:
+    """PREFIX_SECTION_KEY beats the file value, parsed to the field's type."""
+    loaded = configfile.load(_Outer, {"inner": {"port": 5}}, {"X_INNER_PORT": "7", "X_NAME": "a b"}, "X")
+    assert loaded == _Outer(name="a b", inner=_Inner(port=7))
+
+
+@pytest.mark.parametrize(
+    ("data", "env", "message"),
+    [
+        ({"inner": {"port": "5"}}, {}, "inner.port: must be an integer"),
+        ({"inner": {"port": True}}, {}, "inner.port: must be an integer"),
+        ({"inner": {"hosts": "a"}}, {}, "inner.hosts: must be a list"),
+        ({"inner": {"hosts": [1]}}, {}, r"inner.hosts\[0\]: must be a string"),
+        ({"innr": {}}, {}, "innr: unknown key"),
+        ({}, {"X_INNER_PORT": "many"}, r"inner.port \(\$X_INNER_PORT\)"),
+    ],
+)
+def test_config_errors_name_the_key(data: dict[str, object], env: dict[str, str], message: str) -> None:
+    """Every configuration error names the key (and the variable when it came from one)."""
+    with pytest.raises(ConfigError, match=message):
+        configfile.load(_Outer, data, env, "X")
+
+
+def test_config_dump_reads_back() -> None:
+    """`dump` writes TOML that `load` reads back to the same configuration."""
+    import tomllib
+
+    config = _Outer(name='quote " and \\ backslash', ratio=2.0, inner=_Inner(port=9, hosts=("a", "b")))
+    assert configfile.load(_Outer, tomllib.loads(configfile.dump(config)), {}, "X") == config
