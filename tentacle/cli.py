@@ -191,6 +191,7 @@ def cmd_service(paths: InstancePaths, args: argparse.Namespace) -> int:
         as_root=args.as_root,
         start=args.start,
         dry_run=args.dry_run,
+        instance_dirs=[paths.config],
     )
     if args.dry_run:
         print(text, end="")
@@ -215,6 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TentacleError as exc:
         print(f"tentacle: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
+    except PermissionError as exc:
+        # Unreadable keys or folders are a setup problem: exit 78 so systemd does not restart-loop.
+        print(
+            f"tentacle: error: {exc.filename}: permission denied (can the service user read it?)",
+            file=sys.stderr,
+        )
+        return 78
     except KeyboardInterrupt:
         return 130
 

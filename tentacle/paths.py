@@ -33,8 +33,9 @@ class InstancePaths:
     logs: Path
 
     def create(self) -> None:
-        """Make the directories (private to the owner)."""
-        for directory in (self.config, self.state, self.cache, self.logs):
+        """Make the directories: configuration 0750 (the service's group reads it), the rest 0700."""
+        self.config.mkdir(mode=0o750, parents=True, exist_ok=True)
+        for directory in (self.state, self.cache, self.logs):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 

@@ -155,8 +155,13 @@ def install_service(
     unit_dir: Path = DEFAULT_UNIT_DIR,
     run: Runner = run_command,
     booted_marker: Path = BOOTED_MARKER,
+    instance_dirs: Sequence[Path] = (),
 ) -> str:
     """Write, enable and optionally start the unit for this instance; return the unit text.
+
+    ``instance_dirs`` (the instance's configuration folder, or its whole home) are handed
+    to the service user in the hardened profile: `init` and `register` ran as root and
+    left them root-only, and the service could not read its own keys otherwise.
 
     Creates the service user when it does not exist. ``daemon-reload`` and ``start`` run
     only when systemd is the running init; ``enable`` works without it (image builds).
@@ -172,6 +177,8 @@ def install_service(
     _check_writable(unit_dir)
     if not as_root:
         _ensure_user(user or program, run)
+        for directory in instance_dirs:
+            hand_over(directory, user or program)
     _write_atomically(path, text)
     booted = booted_marker.exists()
     if booted:
@@ -216,6 +223,21 @@ def uninstall_service(
     return name
 
 
+def hand_over(directory: Path, user: str) -> None:
+    """Make `user` own `directory` and everything in it: folders 0750, files 0640."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError as exc:
+        raise ServiceError(f"user {user!r} does not exist") from exc
+    if not directory.exists():
+        return
+    for path in [directory, *directory.rglob("*")]:
+        if path.is_symlink():
+            continue  # never follow a link out of the instance's folder
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+        path.chmod(0o750 if path.is_dir() else 0o640)
+
+
 def _lifecycle(name: str, program: Sequence[str], home: str | None) -> list[Directive]:
     """Start, readiness, watchdog, reload, restart and stop behaviour."""
     command = [*program, *(["--home", home] if home else []), "run"]
@@ -223,7 +245,8 @@ def _lifecycle(name: str, program: Sequence[str], home: str | None) -> list[Dire
         ("Type", "notify"),
         ("NotifyAccess", "main"),
         ("ExecStart", " ".join(_exec_word(word) for word in command)),
-        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        # /bin/kill is procps, absent from minimal images; the shell's kill is always there.
+        ("ExecReload", "/bin/sh -c 'kill -HUP $$MAINPID'"),
         ("WatchdogSec", "30"),
         ("Restart", "on-failure"),
         ("RestartSec", "2"),
@@ -245,7 +268,7 @@ def _directories(program: str, as_root: bool) -> list[Directive]:
     for kind in ("State", "Cache", "Configuration", "Logs"):
         private = as_root or kind != "Configuration"
         directives += [(f"{kind}Directory", program)]
-        directives += [(f"{kind}DirectoryMode", "0700" if private else "0755")]
+        directives += [(f"{kind}DirectoryMode", "0700" if private else "0750")]
     return directives
 
 

@@ -129,7 +129,7 @@ def test_unit_carries_the_service_contract(tmp_path: Path, profile: str) -> None
         "RestartPreventExitStatus": ["78"],
         "KillMode": ["mixed"],
         "TimeoutStopSec": ["60"],
-        "ExecReload": ["/bin/kill -HUP $MAINPID"],
+        "ExecReload": ["/bin/sh -c 'kill -HUP $$MAINPID'"],
         "SystemCallErrorNumber": ["EPERM"],
         "After": ["network-online.target"],
         "Wants": ["network-online.target"],
