@@ -17,7 +17,7 @@ from aiohttp import web
 from server_shim import machines
 from server_shim.api import FLEET
 from server_shim.links import PollingLink
-from server_shim.web import DB, error_response
+from server_shim.web import DB, error_response, errors
 from tentacle.logs import event
 from tentacle.protocol import messages
 from tentacle.protocol.messages import MessageError, Response
@@ -92,7 +92,7 @@ def _deliver(link: PollingLink, data: str, name: str) -> None:
 
 def make_app(base: web.Application, heartbeat: float) -> web.Application:
     """The polling site's application, sharing the API app's state."""
-    app = web.Application(middlewares=[])
+    app = web.Application(middlewares=[errors])  # a request that is not a websocket gets a JSON error too
     app[DB] = base[DB]
     app[FLEET] = base[FLEET]
     app[HEARTBEAT] = heartbeat

@@ -138,6 +138,8 @@ async def get_log(request: web.Request) -> web.Response:
         since = int(request.query.get("since", "0"))
     except ValueError as exc:
         raise ApiError(400, "invalid", "since: must be an integer", {"field": "since"}) from exc
+    if not -(2**63) <= since < 2**63:  # SQLite's integers are 64-bit: a bigger one would crash the query
+        raise ApiError(400, "invalid", "since: must be a 64-bit integer", {"field": "since"})
     lines = await request.app[DB].run(tasks.read_log, record.task_id, since, MAX_LOG_PAGE)
     return web.json_response(
         {

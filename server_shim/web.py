@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +26,9 @@ DB = web.AppKey("db", Database)
 API_KEY_NAME = web.RequestKey("api_key_name", str)
 MAX_JSON_BYTES = 2 * 1024 * 1024
 MAX_JSON_DEPTH = 64
+# json.loads joins escaped surrogate pairs; a surrogate left over is lone, which no
+# encoder (UTF-8 for SQLite, hashing, logs) accepts.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -81,6 +85,21 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _LONE_SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body, or a 4xx naming what is wrong."""
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
@@ -106,6 +125,8 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, "bad-json", "request body must be a JSON object")
     if _depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise ApiError(400, "bad-json", f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+    if _has_lone_surrogate(body):
+        raise ApiError(400, "bad-json", "request body has a lone surrogate escape (not valid Unicode text)")
     return body
 
 

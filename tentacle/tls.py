@@ -21,11 +21,15 @@ import aiohttp
 from tentacle.protocol.identity import thumbprint
 
 _SHA256_PLACEHOLDER = bytes(32)
+# TLS 1.2 suites: forward secrecy (ECDHE) and authenticated encryption (AEAD) only; the
+# defaults also offer CBC with HMAC. TLS 1.3 suites are all AEAD and are not affected.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 def _base(purpose: ssl.Purpose) -> ssl.SSLContext:
     ctx = ssl.create_default_context(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
     return ctx
 
 

@@ -73,7 +73,7 @@ def decode(text: str | bytes) -> Request | Response:
         raise MessageError(f"message of {len(text)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
         body = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise MessageError(f"message is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise MessageError("message must be a JSON object")
