@@ -14,6 +14,7 @@ in one transaction (nothing is stored when anything is wrong), then queued.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from aiohttp import web
@@ -118,7 +119,9 @@ def task_json(record: tasks.TaskRecord, coordinator: TaskCoordinator | None) -> 
 
 async def _record(request: web.Request) -> tasks.TaskRecord:
     space = await space_of(request)
-    record = await request.app[DB].run(tasks.get, request.match_info["taskId"])
+    record = await request.app[DB].run(
+        functools.partial(tasks.get, with_plans=False), request.match_info["taskId"]
+    )
     if record.space != space:
         raise ApiError(404, "not-found", f"task {record.task_id!r} does not exist in space {space!r}")
     return record

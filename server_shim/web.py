@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from server_shim import accounts
 from server_shim.db import Database
 from tentacle.errors import TentacleError
 from tentacle.logs import event
+from tentacle.protocol.json_fields import text_problem
 
 log = logging.getLogger("server_shim.web")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -26,9 +26,6 @@ DB = web.AppKey("db", Database)
 API_KEY_NAME = web.RequestKey("api_key_name", str)
 MAX_JSON_BYTES = 2 * 1024 * 1024
 MAX_JSON_DEPTH = 64
-# json.loads joins escaped surrogate pairs; a surrogate left over is lone, which no
-# encoder (UTF-8 for SQLite, hashing, logs) accepts.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -85,21 +82,6 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def _has_lone_surrogate(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if _LONE_SURROGATE.search(item):
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body, or a 4xx naming what is wrong."""
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
@@ -125,8 +107,6 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, "bad-json", "request body must be a JSON object")
     if _depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise ApiError(400, "bad-json", f"request body nests deeper than {MAX_JSON_DEPTH} levels")
-    if _has_lone_surrogate(body):
-        raise ApiError(400, "bad-json", "request body has a lone surrogate escape (not valid Unicode text)")
     return body
 
 
@@ -139,6 +119,8 @@ def field(body: dict[str, Any], name: str, kind: type, *, required: bool = True,
     value = body[name]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ApiError(400, "invalid", f"{name}: must be {_kind(kind)}", {"field": name})
+    if isinstance(value, str):
+        _check_text(name, value)
     return value
 
 
@@ -147,7 +129,16 @@ def string_list(body: dict[str, Any], name: str, *, required: bool = True) -> li
     value = field(body, name, list, required=required, default=[])
     if not all(isinstance(item, str) for item in value):
         raise ApiError(400, "invalid", f"{name}: must be a list of strings", {"field": name})
+    for item in value:
+        _check_text(name, item)
     return list(value)
+
+
+def _check_text(name: str, value: str) -> None:
+    """A lone surrogate (JSON allows its escape) would crash whatever encodes it next: SQLite, hashing."""
+    problem = text_problem(value)
+    if problem is not None:
+        raise ApiError(400, "invalid", f"{name}: {problem}", {"field": name})
 
 
 def _kind(kind: type) -> str:
