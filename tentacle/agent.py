@@ -16,19 +16,22 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tentacle import config as config_mod
 from tentacle import sdnotify
+from tentacle.atomicfile import write_private
 from tentacle.config import TentacleConfig
 from tentacle.errors import ConfigError, TentacleError
-from tentacle.listening import ListeningServer
 from tentacle.logs import event
 from tentacle.paths import InstancePaths
-from tentacle.pki import write_private
 from tentacle.polling import PollingClient
 from tentacle.service import Service
 from tentacle.tasks import TaskRunner
 from tentacle.tls import client_context, server_context
+
+if TYPE_CHECKING:
+    from tentacle.listening import ListeningServer
 
 log = logging.getLogger("tentacle.agent")
 STATE_FILE = "connection.json"
@@ -82,6 +85,8 @@ class Agent:
         cert, key, ca = self._files()
         self.paths.create()
         if self.config.mode == "listening":
+            from tentacle.listening import ListeningServer  # aiohttp.web: only a listener needs it
+
             ctx = server_context(cert, key, ca, require=True)
             self.listener = ListeningServer(self.service, self.pins, ctx)
             self.bound_port = await self.listener.start(self.config.listen.host, self.config.listen.port)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tentacle import agent, pki, registration
+from tentacle import agent
 from tentacle import config as config_mod
 from tentacle.config import ListenConfig
 from tentacle.errors import TentacleError, UsageError
@@ -85,6 +85,8 @@ def cmd_new_certificate(paths: InstancePaths, args: argparse.Namespace) -> int:
     key_path = config_mod.file(paths, config_mod.KEY_FILE)
     if key_path.exists() and not args.force:
         raise UsageError(f"{key_path} exists; use --force to replace it (then register again)")
+    from tentacle import pki  # cryptography: `run` never loads it (8 MB resident)
+
     paths.create()
     key = pki.new_key()
     cert = pki.self_signed(key, config_mod.load(paths).name or "tentacle")
@@ -95,6 +97,8 @@ def cmd_new_certificate(paths: InstancePaths, args: argparse.Namespace) -> int:
 
 
 def cmd_show_thumbprint(paths: InstancePaths, args: argparse.Namespace) -> int:
+    from tentacle import pki
+
     cert_path = config_mod.file(paths, config_mod.CERT_FILE)
     if not cert_path.exists():
         raise UsageError(f"{cert_path} does not exist; run `tentacle new-certificate` first")
@@ -103,6 +107,8 @@ def cmd_show_thumbprint(paths: InstancePaths, args: argparse.Namespace) -> int:
 
 
 def cmd_register(paths: InstancePaths, args: argparse.Namespace) -> int:
+    from tentacle import pki, registration
+
     listen = parse_listen(args.listen, args.public_hostname) if args.listen else None
     reg = registration.Registration(
         server=args.server,
@@ -129,6 +135,8 @@ def cmd_run(paths: InstancePaths, args: argparse.Namespace) -> int:
 
 def status_report(paths: InstancePaths) -> dict[str, object]:
     """What `tentacle status` shows, as data."""
+    from tentacle import pki
+
     config = config_mod.load(paths)
     cert_path = config_mod.file(paths, config_mod.CERT_FILE)
     state_path = paths.state / agent.STATE_FILE

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tentacle import configfile
+from tentacle.atomicfile import write_private
 from tentacle.errors import ConfigError
 from tentacle.paths import InstancePaths
-from tentacle.pki import write_private
 from tentacle.protocol.identity import check_name, normalize_thumbprint
 
 CONFIG_FILE = "tentacle.toml"

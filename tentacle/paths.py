@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-
 _SYSTEMD = {
     "config": ("CONFIGURATION_DIRECTORY", "/etc"),
     "state": ("STATE_DIRECTORY", "/var/lib"),
@@ -49,6 +47,8 @@ def resolve(program: str, home: str | None, env: Mapping[str, str] | None = None
     if os.geteuid() == 0 or any(variable in env for variable, _ in _SYSTEMD.values()):
         # Under systemd the unit's *Directory= settings win, whichever user runs us.
         return InstancePaths(*(_system_dir(program, kind, env) for kind in _SYSTEMD))
+    import platformdirs  # only here: a daemon with --home or under systemd never needs it
+
     return InstancePaths(
         Path(platformdirs.user_config_dir(program)),
         Path(platformdirs.user_state_dir(program)),

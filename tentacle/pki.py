@@ -9,8 +9,6 @@ Private keys are written 0600 through a temporary file and a rename.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -18,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tentacle.atomicfile import write_private as write_private  # re-exported: callers predate the move
 from tentacle.errors import ConfigError
 from tentacle.protocol.identity import thumbprint
 
@@ -98,22 +97,6 @@ def build_csr(key: PrivateKey, common_name: str) -> bytes:
     """A PEM certificate signing request for `key`."""
     csr = x509.CertificateSigningRequestBuilder().subject_name(_name(common_name))
     return csr.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-
-
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write a file atomically with `mode`, never world-readable for a moment."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_key(path: Path) -> PrivateKey:

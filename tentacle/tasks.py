@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from tentacle.errors import TentacleError
-from tentacle.extraction import ArchiveError, DestinationError, extract
 from tentacle.logs import event
 from tentacle.protocol.gates import ACQUISITION, PRE_ACQUISITION
 from tentacle.protocol.masking import Masker
@@ -555,12 +554,9 @@ class TaskRunner:
         if source is None:
             raise _StepFailed(f"package {package.id} {package.version} was not acquired on this tentacle")
         dest = workdir / f"{step.index}-package"
-        try:
-            await asyncio.to_thread(extract, Path(source), dest)
-        except (ArchiveError, DestinationError) as exc:
-            raise _StepFailed(
-                f"cannot extract package {package.id} {package.version}: {exc.message}"
-            ) from exc
+        problem = await asyncio.to_thread(_unpack, Path(source), dest)
+        if problem is not None:
+            raise _StepFailed(f"cannot extract package {package.id} {package.version}: {problem}")
         return str(dest)
 
     # --- acquisition ------------------------------------------------------------------------
@@ -614,6 +610,18 @@ class TaskRunner:
 def package_key(package: PlannedPackage) -> str:
     """How task.json names an acquired package."""
     return f"{package.id}/{package.version}"
+
+
+def _unpack(source: Path, dest: Path) -> str | None:
+    """Extract an archive (in a worker thread); why it was refused, or None."""
+    # Imported here: zip, tar and lzma weigh a megabyte that an idle tentacle never uses.
+    from tentacle.extraction import ArchiveError, DestinationError, extract
+
+    try:
+        extract(source, dest)
+    except (ArchiveError, DestinationError) as exc:
+        return exc.message
+    return None
 
 
 def _work_gates(plan: Plan) -> set[str]:

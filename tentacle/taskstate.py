@@ -32,9 +32,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Literal, TypeVar, cast
 
+from tentacle.atomicfile import write_private
 from tentacle.errors import TentacleError
 from tentacle.logs import event
-from tentacle.pki import write_private
 from tentacle.protocol.plan import Plan
 
 log = logging.getLogger("tentacle.tasks")
