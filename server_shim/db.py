@@ -71,6 +71,11 @@ MIGRATIONS: list[str] = [
         stream TEXT NOT NULL, step TEXT, text TEXT NOT NULL,
         UNIQUE (task_id, machine, machine_seq));
     """,
+    # Tasks find their targets by name alone (machines.by_name, save_last_seen): without
+    # this index each of those scans the table, O(machines) per call to a target.
+    """
+    CREATE INDEX machines_by_name ON machines(name);
+    """,
 ]
 
 

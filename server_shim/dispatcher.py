@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from server_shim import machines, tasks
+from server_shim import tasks
 from server_shim.db import Database
 from server_shim.fleet import Fleet
 from server_shim.machines import Machine
@@ -237,7 +237,7 @@ class Dispatcher:
             await asyncio.sleep(RETRY_DELAY)
 
     async def _machine(self, name: str) -> Machine:
-        found = await self.db.run(machines.by_name, name)
+        found = await self.fleet.machine(name)
         if found is None:
             raise TargetGone(f"machine {name!r} was removed")
         return found

@@ -4,13 +4,15 @@ A polling tentacle is online while its websocket is open (heartbeats close a
 half-open one). A listening tentacle is online while the periodic ping succeeds:
 `check_loop` pings every listening machine each `interval` seconds, concurrently.
 ``lastSeen`` is kept in memory on every contact and written to the database in one
-batch per interval.
+batch per interval. Machine records are cached by name (`machine`): every call to a
+target needs one, and `forget` (removal, re-registration) drops it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import ssl
 import time
 from typing import Any
@@ -39,6 +41,19 @@ class Fleet:
         self.online_listening: set[str] = set()
         self.seen: dict[str, float] = {}
         self._unsaved: dict[str, float] = {}
+        self._machines: dict[str, Machine] = {}
+        self._forgotten = 0  # bumped by `forget`: a lookup that raced with it is not cached
+        self.closing = False
+
+    async def machine(self, name: str) -> Machine | None:
+        """The registered machine named `name` (any space), or None; cached."""
+        found = self._machines.get(name)
+        if found is None:
+            generation = self._forgotten
+            found = await self.db.run(machines.by_name, name)
+            if found is not None and generation == self._forgotten:
+                self._machines[name] = found
+        return found
 
     def is_online(self, name: str) -> bool:
         """Whether the machine can be reached now."""
@@ -62,7 +77,8 @@ class Fleet:
         if self.polling.get(name) is link:
             del self.polling[name]
             self.touch(name)
-            event(log, "machine.offline", machine=name, mode="polling", reason=reason)
+            if not self.closing:  # the server stopping is one event (fleet.closed), not thousands
+                event(log, "machine.offline", machine=name, mode="polling", reason=reason)
 
     def link(self, machine: Machine) -> Link:
         """The way to call this machine now (raises TransportError when there is none)."""
@@ -90,6 +106,8 @@ class Fleet:
 
     async def forget(self, name: str) -> None:
         """A machine was removed: drop its links at once."""
+        self._machines.pop(name, None)
+        self._forgotten += 1
         links: list[Link | None] = [self.polling.pop(name, None), self.listening.pop(name, None)]
         for link in links:
             if link is not None:
@@ -98,8 +116,7 @@ class Fleet:
 
     async def check_once(self) -> None:
         """Ping every listening machine once; save lastSeen."""
-        rows = await self.db.run(lambda conn: [m for s in _spaces(conn) for m in machines.listing(conn, s)])
-        listening = [m for m in rows if m.mode == "listening"]
+        listening = await self.db.run(_listening)
         await asyncio.gather(*(self._check(m) for m in listening))
         if self._unsaved:
             batch, self._unsaved = self._unsaved, {}
@@ -134,11 +151,13 @@ class Fleet:
             await asyncio.sleep(self.interval)
 
     async def close(self) -> None:
-        """Close every link."""
+        """Close every link, all at once (one by one, 5,000 close handshakes take minutes)."""
+        self.closing = True
         links: list[Link] = [*self.polling.values(), *self.listening.values()]
-        for link in links:
-            await link.close()
+        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+        event(log, "fleet.closed", links=len(links))
 
 
-def _spaces(conn: Any) -> list[str]:
-    return [row[0] for row in conn.execute("SELECT name FROM spaces")]
+def _listening(conn: sqlite3.Connection) -> list[Machine]:
+    rows = conn.execute("SELECT * FROM machines WHERE mode = 'listening' ORDER BY space, name")
+    return [Machine.from_row(row) for row in rows]

@@ -47,9 +47,10 @@ class TaskRecord:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRecord:
-        """Build from a ``tasks`` row."""
+        """Build from a ``tasks`` row (one without a ``plans`` column gets no plans)."""
         values = dict(row)
-        values["plans"] = {name: Plan.from_json(p) for name, p in json.loads(values["plans"]).items()}
+        plans = json.loads(values["plans"]) if "plans" in values else {}
+        values["plans"] = {name: Plan.from_json(p) for name, p in plans.items()}
         values["coordinator"] = json.loads(values["coordinator"])
         return cls(**values)
 
@@ -77,9 +78,17 @@ def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
     )
 
 
-def get(conn: sqlite3.Connection, task_id: str) -> TaskRecord:
-    """The task, or TaskNotFound."""
-    row = conn.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+# Every column but the plans: what reading a task needs (5,000 plans take 0.2 s to parse).
+_GET_HEADER = (
+    "SELECT task_id, space, kind, project, release_version, runbook, environment, state, error,"
+    " created_at, finished_at, coordinator FROM tasks WHERE task_id = ?"
+)
+
+
+def get(conn: sqlite3.Connection, task_id: str, *, with_plans: bool = True) -> TaskRecord:
+    """The task, or TaskNotFound; ``with_plans=False`` leaves `plans` empty, for readers."""
+    query = "SELECT * FROM tasks WHERE task_id = ?" if with_plans else _GET_HEADER
+    row = conn.execute(query, (task_id,)).fetchone()
     if row is None:
         raise TaskNotFound(f"task {task_id!r} does not exist")
     return TaskRecord.from_row(row)
