@@ -32,7 +32,8 @@ from tentacle.protocol.nuget import (
     newest,
 )
 
-REFERENCE_PATH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "nuget-versions.json"
+# A copy of shared/reference/nuget-versions.json, kept in the repository so that a checkout alone tests.
+REFERENCE_PATH = Path(__file__).resolve().parent / "data" / "nuget-versions.json"
 REFERENCE: dict[str, Any] = json.loads(REFERENCE_PATH.read_text(encoding="utf-8"))
 PROVENANCE = frozenset({"evidence", "source", "note", "reason"})
 
