@@ -99,9 +99,7 @@ class TaskRun:
         if isinstance(action, OpenGate):
             self.opened[action.machine].add(action.gate_index)
             params = {"taskId": self.task_id, "gateIndex": action.gate_index, "gateName": action.gate_name}
-            self.spawn(self.send(action.machine, "task.gate", params))
-            for hook in self.d.gate_hooks:  # e.g. pushing packages to a listening target
-                self.spawn(hook(self.record.plans[action.machine], action.gate_name))
+            self.spawn(self.open_gate(action.machine, action.gate_name, params))
             event(log, "gate.opened", task=self.task_id, target=action.machine, gate=action.gate_name)
         elif isinstance(action, CancelTarget):
             self.spawn(self.send(action.machine, "task.cancel", {"taskId": self.task_id}))
@@ -109,6 +107,22 @@ class TaskRun:
             self.finished.set()
             event(log, f"task.{action.state}", task=self.task_id, error=action.error or "")
             self.spawn(self.d.finished(self))
+
+    async def open_gate(self, name: str, gate_name: str, params: dict[str, Any]) -> None:
+        """Run the gate hooks for this target (pushing its packages, say), then send the gate.
+
+        A hook that fails is logged and passed over: what it prepares, the tentacle can
+        still get by itself (a package it was not pushed, it fetches from the feed).
+        """
+        await self.started[name].wait()
+        for hook in self.d.gate_hooks:
+            try:
+                await hook(self.record.plans[name], gate_name)
+            except Exception as exc:
+                event(
+                    log, "gate.hook_failed", logging.WARNING, task=self.task_id, target=name, reason=str(exc)
+                )
+        await self.send(name, "task.gate", params)
 
     async def send(self, name: str, method: str, params: dict[str, Any]) -> None:
         """Deliver one idempotent call, retrying until it lands or the target is gone."""
@@ -243,18 +257,44 @@ class Dispatcher:
         return found
 
     async def finished(self, run: TaskRun) -> None:
-        """A task ended: drain the last log lines, release its targets, start the next task."""
+        """A task ended: drain the last log lines, release its targets, start the next task.
+
+        Each target is then told `task.finish` in the background, retried (backing off to
+        30 s) until it lands: a tentacle that never hears it would hold its one task slot,
+        and every later task to it would wait there.
+        """
         await asyncio.gather(*(self._drain(run, name) for name in run.record.plans))
         self.runs.pop(run.task_id, None)
+        for name in run.record.plans:
+            self._background(self._finish(run.task_id, name))
         await self.schedule()
 
+    def _background(self, coro: Any) -> None:
+        job = asyncio.create_task(coro)
+        self.drivers.add(job)
+        job.add_done_callback(self.drivers.discard)
+
     async def _drain(self, run: TaskRun, name: str) -> None:
+        """Store the target's last log lines (best effort: one try)."""
         with contextlib.suppress(TentacleError, TargetGone):
             machine = await self._machine(name)
             since = await self.db.run(tasks.last_machine_seq, run.task_id, name)
             params = {"taskId": run.task_id, "logSince": since, "version": 0, "wait": 0}
             await run._store_log(name, await self.fleet.call(machine, "task.status", params, 10), since)
-            await self.fleet.call(machine, "task.finish", {"taskId": run.task_id}, 10)
+
+    async def _finish(self, task_id: str, name: str) -> None:
+        """Deliver task.finish to one target, however long it takes (until it is removed)."""
+        delay = RETRY_DELAY
+        while True:
+            try:
+                await self.fleet.call(await self._machine(name), "task.finish", {"taskId": task_id}, 10)
+                return
+            except (RemoteError, TargetGone):
+                return  # it answered (it knows the task no more), or it is gone for good
+            except TentacleError:
+                pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def cancel(self, task_id: str, reason: str) -> str:
         """Cancel a queued or running task; returns the state it is now in."""

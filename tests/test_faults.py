@@ -416,13 +416,6 @@ async def _contains(texts_of: Awaitable[list[str]], text: str) -> bool:
     return text in await texts_of
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server_shim/dispatcher.py Dispatcher._drain sends the last task.status and task.finish once"
-    " (fleet.call, errors suppressed) instead of retrying them like every other call (call_until): when"
-    " they are lost, a target that passed its gate keeps the failed task running on the tentacle and holds"
-    " its slot, so every later task to that machine waits forever (a restart of either side does not help)",
-)
 async def test_a_lost_finish_does_not_hold_the_tentacle_forever(rig: Rig) -> None:
     """The calls that end a failed task on a target are lost: the target still runs the next task."""
     await rig.fleet.register("db-01", rig.mode, roles=("db",))
