@@ -17,13 +17,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server_shim import api, feed_api, polling, projects_api, tasks_api
+from server_shim import api, feed, feed_api, polling, projects_api, tasks_api
 from server_shim import config as cfg
 from server_shim.ca import Authority
 from server_shim.config import ServerConfig
 from server_shim.db import Database
 from server_shim.dispatcher import Dispatcher
 from server_shim.fleet import Fleet
+from server_shim.push import Pusher
 from server_shim.tls_site import LeanTLSSite
 from server_shim.web import DB, api_key, errors
 from tentacle import pki, sdnotify
@@ -58,6 +59,8 @@ class Server:
             config.checks.timeout,
         )
         self.dispatcher = Dispatcher(self.db, self.fleet, config.tasks.target_lost_after)
+        self.pusher = Pusher(self.fleet, feed.store_dir(paths.state), self.fleet.client_ctx)
+        self.dispatcher.gate_hooks.append(self.pusher)
         self.stop = asyncio.Event()
         self.bound = Bound()
         self._runners: list[web.AppRunner] = []

@@ -31,7 +31,10 @@ from tentacle.tasks import TaskRunner
 from tentacle.tls import client_context, server_context
 
 if TYPE_CHECKING:
+    from tentacle.cache import PackageCache
     from tentacle.listening import ListeningServer
+    from tentacle.protocol.plan import Plan, PlannedPackage
+    from tentacle.pull import Acquirer
 
 log = logging.getLogger("tentacle.agent")
 STATE_FILE = "connection.json"
@@ -44,7 +47,13 @@ class Agent:
         self.paths = paths
         self.config = config.require_registered(paths)
         self.service = Service(config.name, config.mode)
-        self.runner = TaskRunner(paths.state)
+        self.packages = Packages(paths, self.config)
+        self.runner = TaskRunner(
+            paths.state,
+            self.packages.acquire,
+            parallelism=self.config.packages.parallelism,
+            on_end=self.packages.release,
+        )
         self.runner.register(self.service)
         self.stop = asyncio.Event()
         self.listener: ListeningServer | None = None
@@ -86,9 +95,11 @@ class Agent:
         self.paths.create()
         if self.config.mode == "listening":
             from tentacle.listening import ListeningServer  # aiohttp.web: only a listener needs it
+            from tentacle.receive import PackageReceiver
 
             ctx = server_context(cert, key, ca, require=True)
-            self.listener = ListeningServer(self.service, self.pins, ctx)
+            receiver = PackageReceiver(self.packages.cache(), self.runner.planned_package)
+            self.listener = ListeningServer(self.service, self.pins, ctx, receiver.add_routes)
             self.bound_port = await self.listener.start(self.config.listen.host, self.config.listen.port)
             self.record_state("listening", f"{self.config.listen.host}:{self.bound_port}")
             event(log, "listening.started", host=self.config.listen.host, port=self.bound_port)
@@ -118,6 +129,7 @@ class Agent:
             sdnotify.stopping()
             watchdog.cancel()
             await self.runner.shutdown(self.config.tasks.stop_grace)
+            await self.packages.close()
             if self.listener is not None:
                 await self.listener.stop()
             self.record_state("stopped")
@@ -137,6 +149,54 @@ class Agent:
         if self.poller is not None:
             self.poller.pins = self.pins
         event(log, "config.reloaded", thumbprints=",".join(sorted(self.pins)))
+
+
+class Packages:
+    """The package cache and the acquirer, built when first needed (an idle tentacle has neither)."""
+
+    def __init__(self, paths: InstancePaths, config: TentacleConfig) -> None:
+        self.paths, self.config = paths, config
+        self._cache: PackageCache | None = None
+        self._acquirer: Acquirer | None = None
+
+    def cache(self) -> PackageCache:
+        """The cache under ``<state>/packages``."""
+        if self._cache is None:
+            from tentacle.cache import PackageCache
+
+            self._cache = PackageCache(self.paths.state / "packages", self.config.packages.min_free_share)
+        return self._cache
+
+    def acquirer(self) -> Acquirer:
+        """Pulls from mirrors and fetches from the server's feed, with our registered certificate."""
+        if self._acquirer is None:
+            from tentacle.pull import Acquirer
+
+            names = (config_mod.SERVER_CA_FILE, config_mod.CERT_FILE, config_mod.KEY_FILE)
+            ca, cert, key = (config_mod.file(self.paths, n) for n in names)
+            feed = (
+                self.config.server.url.rstrip("/") + "/nuget/v3/index.json"
+                if self.config.server.url
+                else None
+            )
+            self._acquirer = Acquirer(
+                self.cache(), client_context(ca, cert, key), self.config.packages.mirrors, feed
+            )
+        return self._acquirer
+
+    async def acquire(self, plan: Plan, package: PlannedPackage) -> Path:
+        """The task runner's `acquire`: the verified file of one package."""
+        return await self.acquirer()(plan, package)
+
+    def release(self, task_id: str) -> None:
+        """A task ended: its packages may be evicted."""
+        if self._acquirer is not None:
+            self._acquirer.release(task_id)
+
+    async def close(self) -> None:
+        """Stop background probes."""
+        if self._acquirer is not None:
+            await self._acquirer.close()
 
 
 def install_signals(agent: Agent) -> None:

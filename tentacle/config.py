@@ -14,6 +14,11 @@
     host = "0.0.0.0"
     port = 10933
 
+    [packages]
+    parallelism = 4                 # packages acquired at once
+    min_free_share = 0.2            # evict cached packages below this share of free space
+    mirrors = { "nuget-mirrors" = ["https://mirror.near.me/v3/index.json"] }   # preferred, per feed
+
 Loaded once into frozen dataclasses (`tentacle.configfile`); ``TENTACLE_*`` variables
 override the file (``TENTACLE_LISTEN_PORT``).
 """
@@ -89,6 +94,25 @@ class TasksConfig:
 
 
 @dataclass(frozen=True)
+class PackagesConfig:
+    """How packages are acquired and kept."""
+
+    parallelism: int = 4
+    min_free_share: float = 0.2
+    mirrors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.parallelism <= 64:
+            raise ValueError(f"packages.parallelism: must be 1-64, not {self.parallelism}")
+        if not 0 <= self.min_free_share < 1:
+            raise ValueError(f"packages.min_free_share: must be in [0, 1), not {self.min_free_share}")
+        for feed, urls in self.mirrors.items():
+            for i, url in enumerate(urls):
+                if not url.startswith("https://"):
+                    raise ValueError(f"packages.mirrors.{feed}[{i}]: must be an https:// URL, not {url!r}")
+
+
+@dataclass(frozen=True)
 class TentacleConfig:
     """Everything `tentacle run` needs, validated."""
 
@@ -101,6 +125,7 @@ class TentacleConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
+    packages: PackagesConfig = field(default_factory=PackagesConfig)
 
     def __post_init__(self) -> None:
         if self.mode not in ("", "listening", "polling"):

@@ -85,6 +85,11 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             return None
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
         return _coerce(inner[0], value, path)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: must be a table")
+        key_hint, item = typing.get_args(hint)
+        return {_coerce(key_hint, k, path): _coerce(item, v, f"{path}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{path}: must be a list")
@@ -126,4 +131,6 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)  # JSON string escapes are valid TOML basic strings
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

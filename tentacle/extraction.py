@@ -119,13 +119,17 @@ class ExtractionReport:
     nuspec: NuspecInfo | None = None
 
 
-def extract(archive: Path, dest: Path, limits: Limits = DEFAULT_LIMITS) -> ExtractionReport:
+def extract(
+    archive: Path, dest: Path, limits: Limits = DEFAULT_LIMITS, *, name: str | None = None
+) -> ExtractionReport:
     """Extract ``archive`` into ``dest`` (absent or empty) after validating every member.
 
-    Raises ArchiveError (naming the member and the rule) for a bad archive and
-    DestinationError when dest cannot be written; either way nothing is left at dest.
+    ``name`` is the package's file name when the archive's own is not (a cache file is
+    named by its hash); its ending says the format. Raises ArchiveError (naming the member
+    and the rule) for a bad archive and DestinationError when dest cannot be written;
+    either way nothing is left at dest.
     """
-    kind = _archive_kind(archive)
+    kind = _archive_kind(name or archive.name)
     _check_destination(dest)
     with _open_reader(archive, kind, limits) as (reader, size):
         validator = _Validator(limits, size, nupkg=kind == "nupkg")
@@ -373,14 +377,14 @@ def _open_reader(archive: Path, kind: str, limits: Limits) -> Iterator[tuple[_Re
             reader.close()
 
 
-def _archive_kind(archive: Path) -> str:
-    name = archive.name.lower()
+def _archive_kind(file_name: str) -> str:
+    name = file_name.lower()
     for suffixes, kind in (((".nupkg",), "nupkg"), ((".zip",), "zip")):
         if name.endswith(suffixes):
             return kind
     if name.endswith((".tar.gz", ".tgz")):
         return "tar.gz"
-    raise ArchiveError("format", f"{archive.name}: not a .nupkg, .zip, .tar.gz or .tgz")
+    raise ArchiveError("format", f"{file_name}: not a .nupkg, .zip, .tar.gz or .tgz")
 
 
 def _check_magic(file: BinaryIO, kind: str) -> None:

@@ -65,20 +65,30 @@ async def rpc(request: web.Request) -> web.Response:
     return web.Response(text=messages.encode(response), content_type="application/json")
 
 
-def make_app(service: Service, pins: frozenset[str]) -> web.Application:
-    """The aiohttp application of a listening tentacle."""
+def make_app(
+    service: Service, pins: frozenset[str], extra_routes: Callable[[web.Application], None] | None = None
+) -> web.Application:
+    """The aiohttp application of a listening tentacle; `extra_routes` adds more (pushed packages)."""
     app = web.Application(middlewares=[pin_server], client_max_size=messages.MAX_MESSAGE_BYTES)
     app[_PINS] = [pins]
     app[_SERVICE] = service
     app.router.add_post(RPC_PATH, rpc)
+    if extra_routes is not None:
+        extra_routes(app)
     return app
 
 
 class ListeningServer:
     """The listening site; `pins` can be replaced on reload."""
 
-    def __init__(self, service: Service, pins: frozenset[str], ctx: ssl.SSLContext) -> None:
-        self.app = make_app(service, pins)
+    def __init__(
+        self,
+        service: Service,
+        pins: frozenset[str],
+        ctx: ssl.SSLContext,
+        extra_routes: Callable[[web.Application], None] | None = None,
+    ) -> None:
+        self.app = make_app(service, pins, extra_routes)
         self.ctx = ctx
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
 

@@ -137,10 +137,15 @@ class TaskRunner:
         *,
         parallelism: int = PARALLELISM,
         keep: int = KEEP_ENDED,
+        on_end: Callable[[str], None] | None = None,
     ) -> None:
-        """Load the tasks under ``state_dir``; ``keep`` ended tasks are kept, the oldest go."""
+        """Load the tasks under ``state_dir``; ``keep`` ended tasks are kept, the oldest go.
+
+        ``on_end(task_id)`` is called once a task has ended (its packages may go, say).
+        """
         self._store = TaskStore(state_dir)
         self._acquire = acquire
+        self._on_end = on_end
         self._parallelism = parallelism
         self._keep = keep
         self._tasks: dict[str, _Task] = {}
@@ -289,6 +294,13 @@ class TaskRunner:
         """task.finish: the task is over everywhere; release the slot, drop the work folder."""
         return await self._stop(_text(params, "taskId"), "finish")
 
+    def planned_package(self, task_id: str, sha512: str) -> PlannedPackage | None:
+        """The package with this SHA-512 in a running task's plan (what a push may deliver)."""
+        task = self._tasks.get(task_id)
+        if task is None or task.record.ended:
+            return None
+        return next((p for p in task.record.plan.packages() if p.sha512 == sha512), None)
+
     def _known(self, params: dict[str, Any]) -> _Task:
         """The task the request names, or `UnknownTaskError`."""
         task_id = _text(params, "taskId")
@@ -360,6 +372,8 @@ class TaskRunner:
                 gate.state, gate.reason = _not_run(record)
         task.log.close()
         event(log, "task.ended", task=record.task_id, state=state)
+        if self._on_end is not None:
+            self._on_end(record.task_id)
 
     def _after_gate(self, task: _Task, gate: GateRecord) -> None:
         """End the task when a gate failed, it was stopped, or all its own work is done."""
@@ -554,7 +568,7 @@ class TaskRunner:
         if source is None:
             raise _StepFailed(f"package {package.id} {package.version} was not acquired on this tentacle")
         dest = workdir / f"{step.index}-package"
-        problem = await asyncio.to_thread(_unpack, Path(source), dest)
+        problem = await asyncio.to_thread(_unpack, Path(source), dest, package.file_name)
         if problem is not None:
             raise _StepFailed(f"cannot extract package {package.id} {package.version}: {problem}")
         return str(dest)
@@ -612,13 +626,13 @@ def package_key(package: PlannedPackage) -> str:
     return f"{package.id}/{package.version}"
 
 
-def _unpack(source: Path, dest: Path) -> str | None:
+def _unpack(source: Path, dest: Path, file_name: str) -> str | None:
     """Extract an archive (in a worker thread); why it was refused, or None."""
     # Imported here: zip, tar and lzma weigh a megabyte that an idle tentacle never uses.
     from tentacle.extraction import ArchiveError, DestinationError, extract
 
     try:
-        extract(source, dest)
+        extract(source, dest, name=file_name)
     except (ArchiveError, DestinationError) as exc:
         return exc.message
     return None
