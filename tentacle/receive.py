@@ -162,6 +162,10 @@ async def _receive(
                 await asyncio.to_thread(_write, writer, decode, bytes(batch))
             raise
         await asyncio.to_thread(_write, writer, decode, bytes(batch), True)
+    except _BadBody:
+        await asyncio.to_thread(writer.close)
+        partial.discard()  # not the plan's bytes: nothing of this body is worth resuming
+        raise
     except BaseException:
         await asyncio.to_thread(writer.close)  # keeps the bytes written so far
         raise
