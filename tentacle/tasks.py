@@ -69,6 +69,7 @@ UNKNOWN_TASK: Final = "unknown-task"
 STOPPED: Final = "tentacle stopped"
 NOT_CONFIGURED: Final = "package acquisition is not configured on this tentacle"
 NOTHING_TO_DO: Final = "nothing to do on this target"
+RESUMED: Final = "tentacle restarted during acquisition: acquiring again (partial downloads resume)"
 _STOP_REASONS: Final[Mapping[Stop, str]] = {
     "cancel": "cancelled by the server",
     "finish": "the server finished the task",
@@ -194,10 +195,24 @@ class TaskRunner:
             task = _Task(record, task_log, Masker(record.plan.sensitive_values()))
             self._tasks[record.task_id] = task
             if any(gate.state == "running" for gate in record.gates.values()):
-                self._mark_interrupted(task)
+                if not self._resume_acquisition(task):
+                    self._mark_interrupted(task)
         self._one_holder()
         for task_id in self._forget_old():
             self._store.delete(task_id)
+
+    def _resume_acquisition(self, task: _Task) -> bool:
+        """The process died while acquiring: do it again (it is safe; partial downloads resume)."""
+        record = task.record
+        running = [gate for gate in record.gates.values() if gate.state == "running"]
+        if record.stop is not None or len(running) != 1 or running[0].name != ACQUISITION:
+            return False
+        running[0].state = "pending"
+        self._system(task, "", RESUMED)
+        event(log, "task.acquisition_resumed", logging.WARNING, task=record.task_id)
+        task.touch()
+        self._save_now(task)
+        return True
 
     def _mark_interrupted(self, task: _Task) -> None:
         """The process died during a gate: its result is unknown; the task is over."""

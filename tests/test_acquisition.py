@@ -9,6 +9,7 @@ the server's CA. Every package is on every target before any deployment step run
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import ipaddress
 import os
@@ -26,7 +27,8 @@ from server_shim import feed
 from tentacle.pki import build_certificate, cert_pem, key_pem, load_cert, new_key, write_private
 from tests.conftest import LiveServer, Tentacles, eventually
 from tests.deploying import apply, deploy, release, step, texts, wait_task
-from tests.nginx import Mirrors, Nginx, Pki
+from tests.durability_helpers import run_tentacle
+from tests.nginx import Mirrors, Nginx, Pki, TcpProxy
 
 WEB, DB = "Shop.Web", "Shop.Db"
 TEXT = b"web package " * 50_000
@@ -259,3 +261,51 @@ async def _send_part(live: LiveServer, session: Any, url: str, path: Path, offse
     except Exception as exc:
         raise PushError(f"cut: {exc}") from exc
     raise PushError("the cut did not cut")
+
+
+async def test_a_tentacle_killed_during_acquisition_resumes_it_after_restart(
+    site: Site, tentacles: Tentacles, mode: str, tmp_path: Path
+) -> None:
+    """kill -9 mid-download: after restart the acquisition runs again, resuming the partial."""
+    live = site.live
+    blob = os.urandom(12 * 1024 * 1024)
+    await site.push_package(f"{DB}.3.0.0.tar.gz", _tgz({"migrate.sh": b"echo migrated\n", "blob": blob}))
+    await asyncio.to_thread(feed.export, live.server.db, site.feed_dir, tmp_path / "export", None)
+    assert site.mirror is not None
+    # Stalls past the writer's first 4 MiB buffer, so that the partial has bytes on disk.
+    proxy = await TcpProxy(site.mirror.port, stall_after=6 * 1024 * 1024).start()
+    await live.server.db.run(feed.add_feed, "near", [proxy.index_url])
+    paths = await tentacles.register("db-01", mode, roles=("db",))
+    agent = run_tentacle(paths.config, tmp_path / "agent.log")
+    marker = tmp_path / "ran"
+    try:
+        await eventually(lambda: _online(live, "db-01"), 10)
+        db = {
+            **step("Db", f"echo x >> {marker}", ("db",)),
+            "package": {"id": DB, "feed": "near", "acquisition": "pull"},
+        }
+        await apply(live, {"name": "Kill", "steps": [db]})
+        task_id = await deploy(live, "Kill", await release(live, "Kill"))
+        partials = tentacles.root / "db-01"
+        await eventually(lambda: _true(any(p.stat().st_size > 0 for p in partials.rglob("*.part"))), 20)
+        agent.kill()  # SIGKILL, in the middle of the download
+        agent.wait(10)
+        proxy.stall_after = None
+        agent = run_tentacle(paths.config, tmp_path / "agent.log")
+        done = await wait_task(live, task_id, timeout=60)
+        assert done["state"] == "success", done.get("error")
+        log = await texts(live, task_id, "db-01")
+        assert any("acquiring again" in line for line in log), log
+        ranges = [line for line in site.mirror.requests(".tar.gz") if line.status == 206]
+        assert ranges, "the second download did not resume from the partial"
+        [cached] = _cached(tentacles, "db-01")
+        assert cached.name == hashlib.sha512(cached.read_bytes()).hexdigest()  # the cache is intact
+        assert marker.read_text() == "x\n"  # the step ran once
+    finally:
+        agent.kill()
+        agent.wait(10)
+        await proxy.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value

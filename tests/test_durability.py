@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from server_shim import tasks as task_store
 from tentacle.paths import InstancePaths
 from tests.conftest import LiveServer, Tentacles, eventually, start_server, stop_server
 from tests.deploying import apply, deploy, release, step, texts, wait_task
+from tests.durability_helpers import run_tentacle
 
 
 async def test_server_restart_mid_task_loses_nothing(
@@ -60,21 +59,12 @@ async def _has(live: LiveServer, task_id: str, text: str) -> bool:
     return text in await texts(live, task_id)
 
 
-def _run_tentacle(home: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tentacle", "--home", str(home), "run"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 async def test_tentacle_killed_mid_step_reports_unknown_and_never_reruns(
     live_server: LiveServer, tentacles: Tentacles, tmp_path: Path, mode: str
 ) -> None:
     """kill -9 of the agent during a step: after restart the step is 'unknown', not run again."""
     paths = await tentacles.register("web-01", mode)
-    agent = _run_tentacle(paths.config, tmp_path / "agent.log")
+    agent = run_tentacle(paths.config, tmp_path / "agent.log")
     marker = tmp_path / "ran"
     try:
         await eventually(lambda: _true(live_server.server.fleet.is_online("web-01")), 10)
@@ -86,7 +76,7 @@ async def test_tentacle_killed_mid_step_reports_unknown_and_never_reruns(
         await eventually(lambda: _has(live_server, task_id, "running"), 10)
         agent.send_signal(signal.SIGKILL)
         agent.wait(10)
-        agent = _run_tentacle(paths.config, tmp_path / "agent.log")
+        agent = run_tentacle(paths.config, tmp_path / "agent.log")
         done = await wait_task(live_server, task_id, timeout=30)
         assert done["state"] == "failed", done
         assert "unknown" in done["error"] and "Once" in done["error"]
