@@ -19,17 +19,17 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 step "initialising the server (SQLite, CA, server certificate, admin API key)"
 server init --public-url "https://127.0.0.1:$API" --listen "127.0.0.1:$API" --polling-listen "127.0.0.1:$POLL" >/dev/null
-server run >"$DEMO/server.log" 2>&1 &
+"$BIN/server-shim" --home "$DEMO/server" run >"$DEMO/server.log" 2>&1 &  # not the function: $! must be the server
 echo "server $!" >>"$DEMO/pids"
 for _ in $(seq 50); do grep -q server.started "$DEMO/server.log" && break; sleep 0.2; done
 THUMB=$(server show-thumbprint)
 TOKEN=$(server token create --uses 2 --expires 10m)
 echo "server thumbprint $THUMB"
 
-step "registering web-01 (polling) and db-01 (listening on 127.0.0.1:$LISTEN)"
+step "registering web-01 (listening on 127.0.0.1:$LISTEN) and db-01 (polling)"
 COMMON=(--server "https://127.0.0.1:$API" --token "$TOKEN" --server-thumbprint "$THUMB" --environment Demo)
-"$BIN/tentacle" --home "$DEMO/web-01" register "${COMMON[@]}" --name web-01 --role web --polling
-"$BIN/tentacle" --home "$DEMO/db-01" register "${COMMON[@]}" --name db-01 --role db --listen "127.0.0.1:$LISTEN"
+"$BIN/tentacle" --home "$DEMO/web-01" register "${COMMON[@]}" --name web-01 --role web --listen "127.0.0.1:$LISTEN"
+"$BIN/tentacle" --home "$DEMO/db-01" register "${COMMON[@]}" --name db-01 --role db --polling
 for t in web-01 db-01; do
   "$BIN/tentacle" --home "$DEMO/$t" run >"$DEMO/$t.log" 2>&1 &
   echo "$t $!" >>"$DEMO/pids"
@@ -70,8 +70,10 @@ Deployment: $OUTCOME
 
 The demo is still running:
   server      https://127.0.0.1:$API   (home $DEMO/server, log $DEMO/server.log)
-  web-01      polling                   (home $DEMO/web-01, log $DEMO/web-01.log)
-  db-01       listening on :$LISTEN     (home $DEMO/db-01, log $DEMO/db-01.log)
+  web-01      listening on :$LISTEN     (home $DEMO/web-01, log $DEMO/web-01.log)
+              its package OctoPetShop.Web was pushed (streamed) to it by the server
+  db-01       polling                   (home $DEMO/db-01, log $DEMO/db-01.log)
+              its package OctoPetShop.Db was pulled from the mirror (the built-in feed here)
 Try:   .venv/bin/server-shim --home .demo/server machines
        .venv/bin/server-shim --home .demo/server runbook run --project OctoPetShop --runbook Restart --environment Demo --follow
 Stop:  make demo-stop

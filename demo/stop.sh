@@ -7,7 +7,7 @@ PIDS=.demo/pids
 while read -r name pid; do
   if kill -TERM "$pid" 2>/dev/null; then
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    echo "stopped $name"
+    if kill -0 "$pid" 2>/dev/null; then echo "$name did not stop within 10 s (pid $pid)"; else echo "stopped $name"; fi
   fi
 done < <(tac "$PIDS")
 rm -f "$PIDS"
