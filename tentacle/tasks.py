@@ -194,9 +194,9 @@ class TaskRunner:
                 continue
             task = _Task(record, task_log, Masker(record.plan.sensitive_values()))
             self._tasks[record.task_id] = task
-            if any(gate.state == "running" for gate in record.gates.values()):
-                if not self._resume_acquisition(task):
-                    self._mark_interrupted(task)
+            interrupted = any(gate.state == "running" for gate in record.gates.values())
+            if interrupted and not self._resume_acquisition(task):
+                self._mark_interrupted(task)
         self._one_holder()
         for task_id in self._forget_old():
             self._store.delete(task_id)
