@@ -2,7 +2,9 @@
 
 It finds the server and the key in the instance home (``public_url`` and the admin
 key written by `init`), unless ``--server`` and ``--api-key`` say otherwise, and
-trusts the instance's CA (or ``--ca FILE``; else the system's trust store).
+trusts the instance's CA (or ``--ca FILE``; else the system's trust store). On the
+server's own host it also pins the server's certificate: every tentacle's certificate
+comes from the same CA, and a tentacle posing as the server must not get the API key.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from urllib.parse import quote
 import aiohttp
 
 from server_shim import config as cfg
-from tentacle import httpclient
+from tentacle import httpclient, pki
 from tentacle.errors import ConfigError
 from tentacle.paths import InstancePaths
-from tentacle.tls import client_context
+from tentacle.tls import client_context, pinned_connector
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class ApiClient:
     api_key: str
     ca: Path | None
     space: str = "Default"
+    pin: str | None = None  # the server certificate's thumbprint, when the home has it
 
     @classmethod
     def from_home(
@@ -43,9 +46,12 @@ class ApiClient:
             if not key_file.exists():
                 raise ConfigError(f"{key_file}: missing; pass --api-key KEY (and --server URL)")
             api_key = key_file.read_text().strip()
-        home_ca = paths.config / cfg.CA_CERT
+        home_ca, home_cert = paths.config / cfg.CA_CERT, paths.config / cfg.SERVER_CERT
         ca_path = Path(ca) if ca else (home_ca if home_ca.exists() else None)
-        return cls(server.rstrip("/"), api_key, ca_path)
+        pin = None
+        if ca is None and home_cert.exists():
+            pin = pki.cert_thumbprint(pki.load_cert(home_cert))
+        return cls(server.rstrip("/"), api_key, ca_path, pin=pin)
 
     def _ssl(self) -> ssl.SSLContext:
         if self.ca is None:
@@ -58,7 +64,8 @@ class ApiClient:
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
         """Exactly one HTTP request; returns the decoded answer."""
-        async with aiohttp.ClientSession() as session:
+        connector = pinned_connector([self.pin]) if self.pin else None
+        async with aiohttp.ClientSession(connector=connector) as session:
             return await httpclient.call(
                 session,
                 method,

@@ -238,3 +238,18 @@ async def test_api_needs_a_valid_key(live_server: LiveServer) -> None:
         status, body = await live_server.api("GET", "/api/Default/machines/v1", key=key)
         assert status == 401
         assert body["error"]["code"] == "unauthorized" and body["error"]["message"]
+
+
+async def test_operator_commands_pin_the_server_and_keep_the_api_key_from_an_impostor(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """The CLI's client pins the server certificate of its home: a CA-signed impostor gets no key."""
+    from server_shim.client import ApiClient
+
+    client = ApiClient.from_home(live_server.paths, live_server.url, None, None)
+    assert client.pin == live_server.thumbprint
+    assert isinstance(await client.request("GET", client.path("machines", "v1")), dict | list)
+    # Any other certificate of the same CA (a tentacle's, say) is refused before a byte is sent.
+    impostor = ApiClient(client.server, client.api_key, client.ca, pin="ab" * 32)
+    with pytest.raises(TrustError, match="not the one pinned"):
+        await impostor.request("GET", impostor.path("machines", "v1"))
