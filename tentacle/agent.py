@@ -180,7 +180,11 @@ class Packages:
                 else None
             )
             self._acquirer = Acquirer(
-                self.cache(), client_context(ca, cert, key), self.config.packages.mirrors, feed
+                self.cache(),
+                client_context(ca, cert, key),
+                self.config.packages.mirrors,
+                feed,
+                server_pins=frozenset(self.config.server.thumbprints),
             )
         return self._acquirer
 

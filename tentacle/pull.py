@@ -55,6 +55,7 @@ from urllib.parse import quote, urljoin, urlsplit
 from tentacle.cache import CacheError, Digest, PackageCache, Partial, PartialWriter
 from tentacle.errors import TentacleError
 from tentacle.logs import event
+from tentacle.protocol.identity import thumbprint
 from tentacle.protocol.nuget import InvalidVersion, NuGetVersion
 from tentacle.protocol.plan import Plan, PlannedPackage
 
@@ -112,10 +113,16 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class MirrorClient:
-    """How to reach mirrors: the TLS context (with our client certificate) and the timeouts."""
+    """How to reach mirrors: the TLS context (with our client certificate) and the timeouts.
+
+    ``pins`` maps a ``host:port`` to the certificate thumbprints accepted there: the server's
+    own feed is pinned like every other call to the server (the CA alone would also accept
+    any tentacle's certificate); other mirrors are checked against the CA.
+    """
 
     ssl_context: ssl.SSLContext
     timeouts: Timeouts = Timeouts()
+    pins: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 # --- pure rules ------------------------------------------------------------------------
@@ -198,6 +205,7 @@ class _Request:
         conn.connect()
         if self.cancelled:
             raise MirrorFailure("cancelled")
+        self._check_pin(parts.netloc.lower(), conn.sock)
         self.connected = True
         self.sock = conn.sock
         if self.sock is not None:
@@ -209,6 +217,17 @@ class _Request:
         # headers, and the body could not be read from the socket directly (`_Body`).
         conn.request("GET", target, headers=all_headers)
         return conn.getresponse()
+
+    def _check_pin(self, netloc: str, sock: socket.socket | None) -> None:
+        pins = self.client.pins.get(netloc)
+        if pins is None:
+            return
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        presented = thumbprint(der) if der else "none"
+        if presented not in pins:
+            raise MirrorFailure(
+                f"not the pinned server: expected {','.join(sorted(pins))}, presented {presented}"
+            )
 
     def describe(self, exc: BaseException) -> str:
         """A short reason for this request's failure, as an operator would want to read it."""
@@ -677,12 +696,16 @@ class Acquirer:
         local_mirrors: Mapping[str, Sequence[str]] | None = None,
         server_feed_url: str | None = None,
         *,
+        server_pins: frozenset[str] = frozenset(),
         ranker: MirrorRanker | None = None,
         timeouts: Timeouts = Timeouts(),
     ) -> None:
         """`local_mirrors`: the tentacle's own mirrors per feed name, tried before the plan's."""
         self.cache = cache
-        self.client = MirrorClient(ssl_context, timeouts)
+        pins = {}
+        if server_feed_url and server_pins:
+            pins[urlsplit(server_feed_url).netloc.lower()] = server_pins
+        self.client = MirrorClient(ssl_context, timeouts, pins)
         self.local_mirrors = {feed: tuple(urls) for feed, urls in (local_mirrors or {}).items()}
         self.server_feed_url = server_feed_url
         self.ranker = ranker or MirrorRanker()

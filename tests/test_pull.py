@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tentacle.cache import PackageCache
 from tentacle.protocol.plan import Plan, PlannedPackage
@@ -34,6 +36,7 @@ from tentacle.pull import (
     package_base_address,
     package_path,
 )
+from tentacle.protocol.identity import thumbprint
 from tentacle.tls import client_context
 from tests.nginx import (  # the *_fixture imports provide the pki, mirrors and proxies fixtures
     FeedPackage,
@@ -91,10 +94,17 @@ async def acquirers(tmp_path: Path, pki: Pki) -> AsyncIterator[AcquirerFactory]:
         local: Mapping[str, Sequence[str]] | None = None,
         server: str | None = None,
         cache: str = "cache",
+        server_pins: frozenset[str] = frozenset(),
     ) -> Acquirer:
         ctx = client_context(pki.ca, pki.client_cert, pki.client_key) if cert else client_context(pki.ca)
         acquirer = Acquirer(
-            PackageCache(tmp_path / cache / "packages"), ctx, local, server, ranker=patient(), timeouts=FAST
+            PackageCache(tmp_path / cache / "packages"),
+            ctx,
+            local,
+            server,
+            ranker=patient(),
+            timeouts=FAST,
+            server_pins=server_pins,
         )
         made.append(acquirer)
         return acquirer
@@ -392,6 +402,25 @@ async def test_push_fetches_from_the_server_feed(
     path = await acquirer(PLAN, pkg)
     assert path.read_bytes() == package.path.read_bytes()
     assert len(server_feed.requests(pkg.file_name, at_least=1)) == 1
+
+
+async def test_the_server_feed_is_pinned_so_another_ca_certificate_cannot_pose_as_it(
+    package: FeedPackage,
+    mirrors: Mirrors,
+    acquirers: AcquirerFactory,
+    pki: Pki,
+) -> None:
+    """With the server's thumbprint pinned, a host holding another certificate of the CA is refused."""
+    impostor = mirrors.start(package.root, "server")  # a CA-signed certificate, not the server's
+    pinned = frozenset({"ab" * 32})
+    acquirer = acquirers(server=impostor.index_url, server_pins=pinned)
+    pkg = dataclasses.replace(package.planned, acquisition="push", feed="builtin")
+    with pytest.raises(AcquisitionError, match="not the pinned server: expected abab"):
+        await acquirer(PLAN, pkg)
+    assert impostor.requests(pkg.file_name) == []
+    real = thumbprint(x509.load_pem_x509_certificate(pki.server_cert.read_bytes()).public_bytes(Encoding.DER))
+    trusted = acquirers(server=impostor.index_url, server_pins=frozenset({real}), cache="other")
+    assert (await trusted(PLAN, pkg)).read_bytes() == package.path.read_bytes()
 
 
 async def test_every_failure_is_named_with_its_mirror(
