@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tentacle.cache import PackageCache
+from tentacle.protocol.identity import thumbprint
 from tentacle.protocol.plan import Plan, PlannedPackage
 from tentacle.pull import (
     Acquirer,
@@ -36,7 +37,6 @@ from tentacle.pull import (
     package_base_address,
     package_path,
 )
-from tentacle.protocol.identity import thumbprint
 from tentacle.tls import client_context
 from tests.nginx import (  # the *_fixture imports provide the pki, mirrors and proxies fixtures
     FeedPackage,
