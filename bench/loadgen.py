@@ -45,11 +45,11 @@ from tentacle.protocol import messages
 from tentacle.protocol.backoff import Backoff
 from tentacle.protocol.messages import Request, Response
 from tentacle.protocol.plan import Plan, PlanError
+from tentacle.tasks import UNKNOWN_TASK, unknown_task_status
 from tentacle.tls import pinned_connector
 
 REPORT_EVERY = 0.25
 HEARTBEAT = 20.0  # tentacle.config.HeartbeatConfig's default
-UNKNOWN_TASK = "unknown-task"
 
 
 # --- provisioning (in the benchmark's process) ------------------------------------------
@@ -258,14 +258,7 @@ class FakeRunner:
         task_id = str(params.get("taskId"))
         task = self.tasks.get(task_id)
         if task is None:
-            return {
-                "taskId": task_id,
-                "state": UNKNOWN_TASK,
-                "version": 0,
-                "gates": [],
-                "log": [],
-                "more": False,
-            }
+            return unknown_task_status(task_id)
         since, version = int(params.get("logSince", 0)), int(params.get("version", 0))
         await _wait_for_news(task, since, version, float(params.get("wait", 0)))
         return {

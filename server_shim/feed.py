@@ -42,8 +42,8 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from server_shim.db import Database
+from tentacle.atomicfile import fsync_directory, write_private
 from tentacle.errors import TentacleError
-from tentacle.pki import write_private
 from tentacle.protocol.identity import check_name
 from tentacle.protocol.nuget import InvalidVersion, NuGetVersion, is_valid_package_id, newest
 from tentacle.protocol.nuspec import MAX_NUSPEC_BYTES, NuspecError, parse_nuspec
@@ -155,14 +155,6 @@ def _copy_hashed(source: BinaryIO, target: BinaryIO, limit: int) -> tuple[str, i
     return digest.hexdigest(), size
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class _Staged:
     """A copy of a pushed file in the feed folder, hashed."""
@@ -248,7 +240,7 @@ def _record(conn: sqlite3.Connection, feed_dir: Path, ref: PackageRef, staged: P
     target = file_path(feed_dir, ref)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staged, target)
-    _fsync_dir(target.parent)
+    fsync_directory(target.parent)
     conn.execute(
         "INSERT INTO packages VALUES (?, ?, ?, ?, ?, ?, ?)",
         (ref.id.lower(), ref.version, ref.id, ref.sha512, ref.size, ref.file_name, time.time()),

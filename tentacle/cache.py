@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from tentacle.atomicfile import fsync_directory
 from tentacle.errors import TentacleError
 from tentacle.logs import event
 from tentacle.protocol.plan import PlannedPackage
@@ -533,14 +534,5 @@ class PackageCache:
         os.chmod(partial.path, 0o444)
         os.replace(partial.path, final)
         partial.meta.unlink(missing_ok=True)
-        _fsync_directory(final.parent)
+        fsync_directory(final.parent)
         return final
-
-
-def _fsync_directory(path: Path) -> None:
-    """Make a rename in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -279,14 +279,7 @@ class TaskRunner:
         wait = _seconds(params, "wait", MAX_WAIT)
         task = self._tasks.get(task_id)
         if task is None:
-            return {
-                "taskId": task_id,
-                "state": UNKNOWN_TASK,
-                "version": 0,
-                "gates": [],
-                "log": [],
-                "more": False,
-            }
+            return unknown_task_status(task_id)
         self._schedule()
         await _wait_for_news(task, since, version, wait)
         lines, more = await self._log_after(task, since)
@@ -634,6 +627,11 @@ class TaskRunner:
 
 
 # --- pure helpers -------------------------------------------------------------------------
+
+
+def unknown_task_status(task_id: str) -> dict[str, Any]:
+    """The task.status answer for a task this tentacle has no record of."""
+    return {"taskId": task_id, "state": UNKNOWN_TASK, "version": 0, "gates": [], "log": [], "more": False}
 
 
 def package_key(package: PlannedPackage) -> str:
