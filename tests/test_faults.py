@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import signal
 import sqlite3
 import sys
@@ -448,3 +449,44 @@ async def _ended_on_the_tentacle(paths: InstancePaths, task_id: str) -> bool:
     """Whether the tentacle's own record of the task (task.json) says it no longer holds the slot."""
     record = json.loads((paths.state / "tasks" / task_id / "task.json").read_text())
     return bool(record["state"] != "running")
+
+
+async def test_a_package_transfer_cut_half_way_resumes_and_the_step_runs_once(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """The package's bytes cross a fault proxy that resets the connection mid-body; it resumes.
+
+    Listening: the server's push crosses the rig's proxy (the endpoint on record). Polling: the
+    tentacle's fetch from the server's feed is pointed at a second proxy in front of the API.
+    """
+    from server_shim import feed
+    from tests.test_acquisition import _zip
+
+    data = _zip({"readme.txt": b"pushed through a fault", "blob": os.urandom(3 * 1024 * 1024)})
+    source = tmp_path / "Web.1.0.0.zip"
+    source.write_bytes(data)
+    await asyncio.to_thread(feed.push, rig.live.server.db, feed.store_dir(rig.live.paths.state), source)
+    api_proxy = FaultProxy("127.0.0.1", rig.live.server.bound.api)
+    await api_proxy.start()
+    try:
+        if rig.mode == "listening":
+            drop = rig.proxy.drop_at("up", 1024 * 1024, from_now=True, times=1)
+        else:
+            await rig.fleet.stop(NAME)
+            conf = config.load(rig.paths)
+            server = dataclasses.replace(conf.server, url=f"https://127.0.0.1:{api_proxy.port}")
+            config.save(rig.paths, conf.with_changes(server=server))
+            await rig.fleet.start(NAME)
+            await eventually(rig.online, 10)
+            drop = api_proxy.drop_at("down", 1024 * 1024, times=1)
+        web = rig.step("Web", "head -c 22 $PACKAGE_DIR/readme.txt; echo")
+        await apply(rig.live, {"name": "Cut", "steps": [{**web, "package": {"id": "Web"}}]})
+        done = await wait_task(
+            rig.live, await deploy(rig.live, "Cut", await release(rig.live, "Cut")), timeout=60
+        )
+        assert done["state"] == "success", done.get("error")
+        assert drop.times == 0, "the transfer was never cut"
+        assert "pushed through a fault" in await texts(rig.live, done["taskId"], NAME)
+        assert rig.ran() == ["Web"]
+    finally:
+        await api_proxy.close()
