@@ -490,15 +490,19 @@ async def test_cancelling_an_acquisition_stops_the_download(
     ctx = client_context(pki.ca, pki.client_cert, pki.client_key)
     slow = Timeouts(connect=2.0, stall=30.0, probe=2.0)
     acquirer = Acquirer(PackageCache(tmp_path / "cache"), ctx, timeouts=slow)
+    earlier = set(threading.enumerate())  # other tests' threads are not this download's
     task = asyncio.create_task(acquirer(PLAN, with_mirrors(package.planned, crawler.index_url)))
     await asyncio.wait_for(crawler.stalled.wait(), 10)
     await asyncio.sleep(0.5)  # the reader drains the socket, then blocks waiting for more
+    workers = [
+        t for t in set(threading.enumerate()) - earlier if t.name.startswith(("tentacle-pull", "partial-"))
+    ]
+    assert workers, "the download runs no worker thread: the test no longer tests anything"
     start = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert time.monotonic() - start < 2
-    workers = [t for t in threading.enumerate() if t.name.startswith(("tentacle-pull", "partial-"))]
     for worker in workers:  # each has handed over its result; it may still be returning
         await asyncio.to_thread(worker.join, 2)
     assert not [worker.name for worker in workers if worker.is_alive()]
