@@ -98,7 +98,7 @@ class Agent:
             from tentacle.receive import PackageReceiver
 
             ctx = server_context(cert, key, ca, require=True)
-            receiver = PackageReceiver(self.packages.cache(), self.runner.planned_package)
+            receiver = PackageReceiver(self.packages.cache, self.runner.planned_package)
             self.listener = ListeningServer(self.service, self.pins, ctx, receiver.add_routes)
             self.bound_port = await self.listener.start(self.config.listen.host, self.config.listen.port)
             self.record_state("listening", f"{self.config.listen.host}:{self.bound_port}")

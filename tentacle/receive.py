@@ -33,13 +33,16 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from tentacle.cache import CacheError, Digest, PackageCache, Partial, PartialWriter, check_sha512
 from tentacle.logs import event
 from tentacle.protocol.plan import PlannedPackage
+
+if TYPE_CHECKING:  # imported when the first push arrives: an idle listener never needs them
+    from tentacle.cache import Digest, PackageCache, Partial, PartialWriter
 
 __all__ = ["ENCODING", "OFFSET", "PACKAGES_PATH", "PARTIAL_LENGTH", "PackageReceiver"]
 
@@ -72,10 +75,15 @@ def _problem(status: int, code: str, message: str, partial: int | None = None) -
 class PackageReceiver:
     """The routes that take pushed packages into the cache."""
 
-    def __init__(self, cache: PackageCache, lookup: Lookup) -> None:
-        """`lookup(task_id, sha512)`: the planned package of a known task, or None."""
-        self.cache = cache
+    def __init__(self, cache: Callable[[], PackageCache], lookup: Lookup) -> None:
+        """`cache()` gives the package cache; `lookup(task_id, sha512)` a running task's package, or None."""
+        self._cache = cache
         self.lookup = lookup
+
+    @property
+    def cache(self) -> PackageCache:
+        """The package cache (built on first use)."""
+        return self._cache()
 
     def add_routes(self, app: web.Application) -> None:
         """HEAD and PUT on `PACKAGES_PATH`."""
@@ -83,6 +91,8 @@ class PackageReceiver:
         app.router.add_put(PACKAGES_PATH, self.put)
 
     def _package(self, request: web.Request) -> PlannedPackage | web.Response:
+        from tentacle.cache import CacheError, check_sha512
+
         task_id, sha512 = request.match_info["taskId"], request.match_info["sha512"]
         try:
             check_sha512(sha512)
@@ -106,6 +116,8 @@ class PackageReceiver:
 
     async def put(self, request: web.Request) -> web.Response:
         """Receive (the rest of) a package into the cache."""
+        from tentacle.cache import CacheError
+
         pkg = self._package(request)
         if isinstance(pkg, web.Response):
             return pkg
@@ -146,6 +158,8 @@ async def _receive(
     request: web.Request, pkg: PlannedPackage, partial: Partial, offset: int, zstd: bool
 ) -> Digest:
     """Append the body to the partial (decoding zstd), then the digest of the whole file."""
+    from tentacle.cache import CacheError, PartialWriter
+
     writer = await asyncio.to_thread(PartialWriter, partial.path, offset)
     decode = _decoder(pkg, offset) if zstd else _plain(pkg, offset)
     batch = bytearray()

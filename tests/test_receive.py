@@ -56,7 +56,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     cache = PackageCache(tmp_path / "cache")
     planned = {(TASK, PKG.sha512): PKG}
     app = web.Application()
-    PackageReceiver(cache, lambda task, sha: planned.get((task, sha))).add_routes(app)
+    PackageReceiver(lambda: cache, lambda task, sha: planned.get((task, sha))).add_routes(app)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     async with aiohttp.ClientSession() as session:

@@ -188,7 +188,7 @@ def test_the_server_lifts_its_open_files_limit_to_the_hard_limit() -> None:
 
 
 def test_tentacle_run_does_not_load_what_an_idle_tentacle_never_uses() -> None:
-    """`tentacle run` imports no cryptography, no HTTP server, no archive code, no platformdirs."""
+    """`tentacle run` imports no cryptography, HTTP server, archive, cache or download code."""
     heavy = [
         "cryptography",
         "platformdirs",
@@ -197,8 +197,19 @@ def test_tentacle_run_does_not_load_what_an_idle_tentacle_never_uses() -> None:
         "tentacle.registration",
         "tentacle.listening",
         "tentacle.extraction",
+        "tentacle.cache",
+        "tentacle.pull",
+        "zstandard",
     ]
     code = "import sys, json, tentacle.cli, tentacle.agent; "
     code += f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == []
+
+
+def test_a_listening_tentacle_loads_the_package_cache_only_when_a_push_arrives() -> None:
+    """The push receiver's routes are there from the start; the cache code comes with the first push."""
+    code = "import sys, json, tentacle.agent, tentacle.listening, tentacle.receive; "
+    code += "print(json.dumps([m for m in ['tentacle.cache', 'zstandard'] if m in sys.modules]))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == []
