@@ -170,6 +170,7 @@ class PartialWriter:
             raise CacheError(f"{path}: cannot open: {exc.strerror or exc}") from exc
         self._pos = offset - len(self._carry)  # the file offset of the next buffer: aligned
         self._filling: mmap.mmap | None = None
+        self._filled = 0  # bytes `write` put into `_filling` so far
         self._pool: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         for _ in range(_BUFFERS):
             self._pool.put(mmap.mmap(-1, BUFFER_SIZE))
@@ -194,7 +195,7 @@ class PartialWriter:
 
     def commit(self, count: int) -> None:
         """Hand the first `count` bytes put into `buffer()` to the hash and write threads."""
-        buffer, self._filling = self._filling, None
+        buffer, self._filling, self._filled = self._filling, None, 0
         if buffer is None or not 0 <= count <= BUFFER_SIZE - len(self._carry):
             raise ValueError("commit without a buffer, or of more bytes than it holds")
         start, end = len(self._carry), len(self._carry) + count
@@ -206,14 +207,20 @@ class PartialWriter:
             jobs.put(job)
 
     def write(self, data: bytes | memoryview) -> None:
-        """Copy `data` in (for producers that already hold the bytes)."""
+        """Copy `data` in (for producers that already hold the bytes).
+
+        A buffer is handed over only when it is full (or at `finish`/`close`), so that
+        small pieces still make large writes.
+        """
         view = memoryview(data)
         while view:
             space = self.buffer()
-            count = min(len(space), len(view))
-            space[:count] = view[:count]
-            self.commit(count)
+            count = min(len(space) - self._filled, len(view))
+            space[self._filled : self._filled + count] = view[:count]
+            self._filled += count
             view = view[count:]
+            if self._filled == len(space):
+                self.commit(self._filled)
 
     def finish(self) -> Digest:
         """Write what is left, fsync, close; the digest of the whole file."""
@@ -241,6 +248,8 @@ class PartialWriter:
 
     def _stop(self) -> None:
         """Let both threads finish the queued buffers, then end them."""
+        if self._filling is not None and self._filled:
+            self.commit(self._filled)
         if self._filling is not None:
             self._pool.put(self._filling)
             self._filling = None

@@ -90,7 +90,8 @@ class ListeningServer:
     ) -> None:
         self.app = make_app(service, pins, extra_routes)
         self.ctx = ctx
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # Large reads: a pushed package is hundreds of MB, and 64 KiB pauses the socket often.
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, read_bufsize=1 << 22)
 
     def set_pins(self, pins: frozenset[str]) -> None:
         """Trust a new set of server thumbprints (SIGHUP)."""

@@ -162,28 +162,48 @@ async def _receive(
 
     writer = await asyncio.to_thread(PartialWriter, partial.path, offset)
     decode = _decoder(pkg, offset) if zstd else _plain(pkg, offset)
-    batch = bytearray()
+    # Chunks are kept as they arrive (no copy) and handed to a thread a batch at a time,
+    # while the next batch is read: the writer copies each byte once, into its buffers.
+    writing: asyncio.Future[None] | None = None
+    batch: list[bytes] = []
+    size = 0
     try:
         try:
             async for chunk in request.content.iter_any():
-                batch += chunk
-                if len(batch) >= _BATCH:
-                    await asyncio.to_thread(_write, writer, decode, bytes(batch))
-                    batch.clear()
+                batch.append(chunk)
+                size += len(chunk)
+                if size >= _BATCH:
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(asyncio.to_thread(_write, writer, decode, batch))
+                    batch, size = [], 0
         except CUT:
             # What arrived before the cut is a prefix of the file: keep it for the resume.
             with contextlib.suppress(_BadBody, CacheError):
-                await asyncio.to_thread(_write, writer, decode, bytes(batch))
+                if writing is not None:
+                    await writing
+                await asyncio.to_thread(_write, writer, decode, batch)
             raise
-        await asyncio.to_thread(_write, writer, decode, bytes(batch), True)
+        if writing is not None:
+            await writing
+        await asyncio.to_thread(_write, writer, decode, batch, True)
     except _BadBody:
+        await _settle(writing)
         await asyncio.to_thread(writer.close)
         partial.discard()  # not the plan's bytes: nothing of this body is worth resuming
         raise
     except BaseException:
+        await _settle(writing)
         await asyncio.to_thread(writer.close)  # keeps the bytes written so far
         raise
     return await asyncio.to_thread(writer.finish)
+
+
+async def _settle(writing: asyncio.Future[None] | None) -> None:
+    """Wait for a batch still being written (its error, if any, is already handled)."""
+    if writing is not None:
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(writing)
 
 
 Decode = Callable[[bytes, bool], bytes]
@@ -224,5 +244,8 @@ def _decoder(pkg: PlannedPackage, offset: int) -> Decode:
     return decode
 
 
-def _write(writer: PartialWriter, decode: Decode, data: bytes, last: bool = False) -> None:
-    writer.write(decode(data, last))
+def _write(writer: PartialWriter, decode: Decode, chunks: list[bytes], last: bool = False) -> None:
+    for i, chunk in enumerate(chunks):
+        writer.write(decode(chunk, last and i == len(chunks) - 1))
+    if last and not chunks:
+        writer.write(decode(b"", True))
