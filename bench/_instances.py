@@ -98,11 +98,15 @@ def run_cli(module: str, *args: str) -> str:
     return done.stdout
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> float:
-    """SIGTERM, wait (SIGKILL after `timeout`); returns the seconds it took to exit."""
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0, *, signalled: bool = False) -> float:
+    """SIGTERM (unless `signalled` already), wait (SIGKILL after `timeout`); the seconds it took.
+
+    One SIGTERM only: a second one tells a tentacle to exit at once, not gracefully.
+    """
     start = time.monotonic()
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        if not signalled:
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -276,7 +280,7 @@ class Tentacles:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.procs.values():
-            stop_process(proc)
+            stop_process(proc, signalled=True)
         self.procs.clear()
 
 
