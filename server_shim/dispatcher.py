@@ -68,6 +68,8 @@ class TaskRun:
         self.opened: dict[str, set[int]] = {name: set() for name in record.plans}
         # A gate must not reach a target before its task.start did: set by the driver.
         self.started: dict[str, asyncio.Event] = {name: asyncio.Event() for name in record.plans}
+        # Set when a target is cancelled or the task ends: its gate hooks (pushes) stop.
+        self.halted: dict[str, asyncio.Event] = {name: asyncio.Event() for name in record.plans}
         self.jobs: set[asyncio.Task[None]] = set()
 
     @property
@@ -102,9 +104,12 @@ class TaskRun:
             self.spawn(self.open_gate(action.machine, action.gate_name, params))
             event(log, "gate.opened", task=self.task_id, target=action.machine, gate=action.gate_name)
         elif isinstance(action, CancelTarget):
+            self.halted[action.machine].set()
             self.spawn(self.send(action.machine, "task.cancel", {"taskId": self.task_id}))
         elif isinstance(action, TaskFinished):
             self.finished.set()
+            for halted in self.halted.values():
+                halted.set()
             event(log, f"task.{action.state}", task=self.task_id, error=action.error or "")
             self.spawn(self.d.finished(self))
 
@@ -117,12 +122,25 @@ class TaskRun:
         await self.started[name].wait()
         for hook in self.d.gate_hooks:
             try:
-                await hook(self.record.plans[name], gate_name)
+                await self._unless_halted(name, hook(self.record.plans[name], gate_name))
             except Exception as exc:
                 event(
                     log, "gate.hook_failed", logging.WARNING, task=self.task_id, target=name, reason=str(exc)
                 )
         await self.send(name, "task.gate", params)
+
+    async def _unless_halted(self, name: str, work: Awaitable[None]) -> None:
+        """Run `work`, stopping it if the target is cancelled or the task ends first."""
+        job = asyncio.ensure_future(work)
+        ended = asyncio.ensure_future(self.halted[name].wait())
+        try:
+            await asyncio.wait({job, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in (job, ended):
+                waiting.cancel()
+            await asyncio.gather(job, ended, return_exceptions=True)
+        if not job.cancelled() and job.exception() is not None:
+            raise cast(BaseException, job.exception())
 
     async def send(self, name: str, method: str, params: dict[str, Any]) -> None:
         """Deliver one idempotent call, retrying until it lands or the target is gone."""

@@ -309,3 +309,32 @@ async def test_a_tentacle_killed_during_acquisition_resumes_it_after_restart(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_cancelling_a_task_stops_its_pushes(site: Site, tentacles: Tentacles) -> None:
+    """A push still running when its task is cancelled is stopped, not left to finish."""
+    live = site.live
+    await tentacles.register("web-01", "listening", roles=("web",))
+    await tentacles.start("web-01")
+    await eventually(lambda: _online(live, "web-01"), 10)
+    sending, stopped = asyncio.Event(), asyncio.Event()
+
+    async def slow_send(*_: Any) -> int:
+        sending.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        return 0
+
+    live.server.pusher._send = slow_send  # type: ignore[method-assign,assignment]
+    web = {**step("Web", "echo never"), "package": {"id": WEB}}
+    await apply(live, {"name": "Slow", "steps": [web]})
+    task_id = await deploy(live, "Slow", await release(live, "Slow"))
+    await asyncio.wait_for(sending.wait(), 10)
+    status, _ = await live.api("POST", f"/api/Default/tasks/{task_id}/cancel/v1", {})
+    assert status == 202
+    done = await wait_task(live, task_id, timeout=15)
+    assert done["state"] == "cancelled", done
+    await asyncio.wait_for(stopped.wait(), 5)
