@@ -212,13 +212,13 @@ async def test_a_push_cut_half_way_resumes(site: Site, tentacles: Tentacles, tmp
     cuts: list[int] = []
     real_send = live.server.pusher._send
 
-    async def cut_once(session: Any, url: str, path: Path, pkg: Any, offset: int) -> int:
+    async def cut_once(session: Any, url: str, path: Path, pkg: Any, offset: int, *, thumbprint: str) -> int:
         if not cuts:
             cuts.append(offset)
             raise_after = 1024 * 1024
             return await _send_part(live, session, url, path, offset, raise_after)
         cuts.append(offset)
-        return await real_send(session, url, path, pkg, offset)
+        return await real_send(session, url, path, pkg, offset, thumbprint=thumbprint)
 
     live.server.pusher._send = cut_once  # type: ignore[method-assign]
     await apply(
@@ -319,7 +319,7 @@ async def test_cancelling_a_task_stops_its_pushes(site: Site, tentacles: Tentacl
     await eventually(lambda: _online(live, "web-01"), 10)
     sending, stopped = asyncio.Event(), asyncio.Event()
 
-    async def slow_send(*_: Any) -> int:
+    async def slow_send(*_: Any, **__: Any) -> int:
         sending.set()
         try:
             await asyncio.sleep(60)
@@ -328,7 +328,7 @@ async def test_cancelling_a_task_stops_its_pushes(site: Site, tentacles: Tentacl
             raise
         return 0
 
-    live.server.pusher._send = slow_send  # type: ignore[method-assign,assignment]
+    live.server.pusher._send = slow_send  # type: ignore[method-assign]
     web = {**step("Web", "echo never"), "package": {"id": WEB}}
     await apply(live, {"name": "Slow", "steps": [web]})
     task_id = await deploy(live, "Slow", await release(live, "Slow"))
