@@ -181,7 +181,7 @@ class Packages:
             )
             self._acquirer = Acquirer(
                 self.cache(),
-                client_context(ca, cert, key),
+                client_context(ca, cert, key, system_roots=True),
                 self.config.packages.mirrors,
                 feed,
                 server_pins=frozenset(self.config.server.thumbprints),

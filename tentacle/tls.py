@@ -27,7 +27,13 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 def _base(purpose: ssl.Purpose) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(purpose)
+    """TLS 1.2+, AEAD suites, and no trust at all yet: not the system's CAs either.
+
+    Between server and tentacles only the server's CA counts (and pins on top of it);
+    the system's store would add some 140 roots, and half a megabyte to every context.
+    """
+    server_side = purpose is ssl.Purpose.CLIENT_AUTH
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
     return ctx
@@ -43,10 +49,18 @@ def server_context(cert: Path, key: Path, client_ca: Path | None, *, require: bo
     return ctx
 
 
-def client_context(ca: Path | None, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
-    """A client context trusting `ca` (no host names: peers are pinned by thumbprint)."""
+def client_context(
+    ca: Path | None, cert: Path | None = None, key: Path | None = None, *, system_roots: bool = False
+) -> ssl.SSLContext:
+    """A client context trusting `ca` (no host names: peers are pinned by thumbprint).
+
+    `system_roots` also trusts the system's CAs: for mirrors, which may be a CDN or any
+    NuGet server (what they serve is verified against the plan's SHA-512 anyway).
+    """
     ctx = _base(ssl.Purpose.SERVER_AUTH)
     ctx.check_hostname = False
+    if system_roots:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if ca is not None:
         ctx.load_verify_locations(cafile=str(ca))
     else:

@@ -253,3 +253,26 @@ async def test_operator_commands_pin_the_server_and_keep_the_api_key_from_an_imp
     impostor = ApiClient(client.server, client.api_key, client.ca, pin="ab" * 32)
     with pytest.raises(TrustError, match="not the one pinned"):
         await impostor.request("GET", impostor.path("machines", "v1"))
+
+
+def test_server_and_tentacle_contexts_trust_the_server_ca_alone(live_server: LiveServer) -> None:
+    """No system root is trusted between server and tentacles: only the server's CA."""
+    from tentacle.tls import server_context
+
+    conf = live_server.paths.config
+    ca = conf / server_config.CA_CERT
+    cert, key = conf / server_config.SERVER_CERT, conf / server_config.SERVER_KEY
+    for ctx in (
+        client_context(ca),
+        client_context(ca, cert, key),
+        server_context(cert, key, ca, require=True),
+    ):
+        assert [c["subject"] for c in ctx.get_ca_certs()] == [pki_subject(ca)]
+        assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def pki_subject(ca: Path) -> object:
+    """The subject of a PEM certificate as `ssl` reports it."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=str(ca))
+    return ctx.get_ca_certs()[0]["subject"]
