@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def ws_status(url: str, ctx: ssl.SSLContext) -> int:
+    """Open a websocket; return 101 when accepted, else the refusal's HTTP status."""
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.ws_connect(url, ssl=ctx):
+                return 101
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, every: float = 0.1) -> float:

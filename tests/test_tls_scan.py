@@ -47,7 +47,7 @@ from tentacle import config, pki
 from tentacle.errors import TrustError
 from tentacle.paths import InstancePaths
 from tentacle.tls import client_context
-from tests.conftest import LiveServer, Tentacles, eventually
+from tests.conftest import LiveServer, Tentacles, eventually, ws_status
 from tests.faultproxy import FaultProxy
 
 REFUSED = ("ssl_2_0_cipher_suites", "ssl_3_0_cipher_suites", "tls_1_0_cipher_suites", "tls_1_1_cipher_suites")
@@ -183,16 +183,6 @@ async def proxy() -> AsyncIterator[FaultProxy]:
         yield running
 
 
-async def _ws_status(url: str, ctx: ssl.SSLContext) -> int:
-    """101 when the websocket is accepted, else the refusal's status."""
-    async with aiohttp.ClientSession() as session:
-        try:
-            async with session.ws_connect(url, ssl=ctx):
-                return 101
-        except aiohttp.WSServerHandshakeError as exc:
-            return exc.status
-
-
 def _old_tls_client() -> ssl.SSLContext:
     """A client that offers nothing newer than TLS 1.1 (the server must say no)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -217,13 +207,13 @@ async def test_polling_port_refusals_hold_through_the_proxy(
     url = f"wss://127.0.0.1:{proxy.port}/poll/v1"
     ca = live_server.paths.config / server_config.CA_CERT
     stranger = _stranger(live_server, tmp_path)
-    assert await _ws_status(url, client_context(ca, stranger.cert, stranger.key)) == 403
+    assert await ws_status(url, client_context(ca, stranger.cert, stranger.key)) == 403
     with pytest.raises(aiohttp.ClientError):
-        await _ws_status(url, client_context(ca))
+        await ws_status(url, client_context(ca))
     with pytest.raises((ssl.SSLError, ConnectionError)):
         await _handshake(proxy.port, _old_tls_client())
     cert, key, _ = _files(await tentacles.register("web-01", "polling"))
-    assert await _ws_status(url, client_context(ca, cert, key)) == 101  # the proxy itself lets trust through
+    assert await ws_status(url, client_context(ca, cert, key)) == 101  # the proxy itself lets trust through
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")

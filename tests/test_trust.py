@@ -18,7 +18,7 @@ from tentacle import config, pki, registration
 from tentacle.errors import RemoteError, TrustError
 from tentacle.paths import InstancePaths
 from tentacle.tls import client_context
-from tests.conftest import LiveServer, Tentacles, eventually
+from tests.conftest import LiveServer, Tentacles, eventually, ws_status
 
 
 def _files(paths: InstancePaths) -> tuple[Path, Path, Path]:
@@ -31,16 +31,6 @@ def _files(paths: InstancePaths) -> tuple[Path, Path, Path]:
 
 def _polling_url(live: LiveServer) -> str:
     return f"wss://127.0.0.1:{live.server.bound.polling}/poll/v1"
-
-
-async def _ws_status(url: str, ctx: ssl.SSLContext) -> int:
-    """Open a websocket; return 101 when accepted, else the refusal's HTTP status."""
-    async with aiohttp.ClientSession() as session:
-        try:
-            async with session.ws_connect(url, ssl=ctx):
-                return 101
-        except aiohttp.WSServerHandshakeError as exc:
-            return exc.status
 
 
 def _ca_signed_stranger(live: LiveServer, tmp_path: Path) -> tuple[Path, Path, str]:
@@ -57,7 +47,7 @@ async def test_polling_port_refuses_a_client_without_certificate(live_server: Li
     """The polling endpoint's TLS handshake fails when no client certificate is sent."""
     ctx = client_context(live_server.paths.config / server_config.CA_CERT)
     with pytest.raises(aiohttp.ClientError):
-        await _ws_status(_polling_url(live_server), ctx)
+        await ws_status(_polling_url(live_server), ctx)
 
 
 async def test_polling_port_refuses_a_self_signed_certificate(
@@ -69,7 +59,7 @@ async def test_polling_port_refuses_a_self_signed_certificate(
     pki.write_private(tmp_path / "c", pki.cert_pem(pki.self_signed(key, "rogue")))
     ctx = client_context(live_server.paths.config / server_config.CA_CERT, tmp_path / "c", tmp_path / "k")
     with pytest.raises(aiohttp.ClientError):
-        await _ws_status(_polling_url(live_server), ctx)
+        await ws_status(_polling_url(live_server), ctx)
 
 
 async def test_polling_port_refuses_an_unregistered_certificate_naming_it(
@@ -79,7 +69,7 @@ async def test_polling_port_refuses_an_unregistered_certificate_naming_it(
     cert, key, thumb = _ca_signed_stranger(live_server, tmp_path)
     ctx = client_context(live_server.paths.config / server_config.CA_CERT, cert, key)
     with caplog.at_level(logging.WARNING):
-        assert await _ws_status(_polling_url(live_server), ctx) == 403
+        assert await ws_status(_polling_url(live_server), ctx) == 403
     assert any("trust.refused" in r.getMessage() and thumb in r.getMessage() for r in caplog.records)
 
 
@@ -94,7 +84,7 @@ async def test_removed_machine_is_dropped_and_refused(live_server: LiveServer, t
     assert not fleet.is_online("web-01")
     assert "web-01" not in await live_server.machines()
     cert, key, ca = _files(paths)
-    assert await _ws_status(_polling_url(live_server), client_context(ca, cert, key)) == 403
+    assert await ws_status(_polling_url(live_server), client_context(ca, cert, key)) == 403
 
 
 async def _true(value: bool) -> bool:
