@@ -134,6 +134,7 @@ class Server:
             for site in list(runner.sites):
                 await site.stop()
         await self.dispatcher.close()
+        self.pusher.close()
         await self.fleet.close()
         for runner in reversed(self._runners):
             await runner.cleanup()

@@ -25,6 +25,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -46,6 +47,7 @@ CHUNK = 1024 * 1024
 SAMPLE = 1024 * 1024
 WORTH_IT = 0.9  # compress when a sample shrinks to this share of its size or less
 ZSTD_LEVEL = 1
+PUSH_THREADS = 8  # pushes at once; more targets wait their turn
 
 
 class PushError(Exception):
@@ -62,6 +64,13 @@ class Pusher:
         self.attempts, self.timeout = attempts, timeout
         self._compressible: dict[str, bool] = {}
         self.sent = 0  # body bytes that left for tentacles (the egress benchmark reads it)
+        # Pushes run in threads of their own: a 20-target push must not take every thread of
+        # the default executor, which the API's file answers and the feed also use.
+        self._threads = ThreadPoolExecutor(max_workers=PUSH_THREADS, thread_name_prefix="push")
+
+    def close(self) -> None:
+        """Stop the push threads (a running push was stopped with its task)."""
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def __call__(self, plan: Plan, gate_name: str) -> None:
         """Push `plan`'s packages when its acquisition gate is about to open on a listening target."""
@@ -142,7 +151,8 @@ class Pusher:
         zstd = await self._worth_compressing(path, pkg.sha512)
         sender = _Sender(url, self.ctx, thumbprint, self.timeout)
         try:
-            return await asyncio.to_thread(sender.put, path, offset, pkg.size, zstd)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._threads, sender.put, path, offset, pkg.size, zstd)
         except asyncio.CancelledError:
             sender.abort()  # the thread's blocked write returns at once
             raise
@@ -152,7 +162,8 @@ class Pusher:
     async def _worth_compressing(self, path: Path, sha512: str) -> bool:
         known = self._compressible.get(sha512)
         if known is None:
-            known = self._compressible[sha512] = await asyncio.to_thread(_shrinks, path)
+            loop = asyncio.get_running_loop()
+            known = self._compressible[sha512] = await loop.run_in_executor(self._threads, _shrinks, path)
         return known
 
 
