@@ -7,12 +7,15 @@ a slow password hash); lookups compare hashes, never the secrets themselves.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Sequence
 
 from tentacle.errors import TentacleError, UsageError
+from tentacle.protocol.identity import check_name
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -37,20 +40,49 @@ def parse_duration(text: str) -> float:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
-def create_token(conn: sqlite3.Connection, uses: int, ttl: float) -> str:
-    """A new registration token valid for `uses` registrations within `ttl` seconds."""
+def create_token(
+    conn: sqlite3.Connection,
+    uses: int,
+    ttl: float,
+    environments: Sequence[str] = (),
+    roles: Sequence[str] = (),
+) -> str:
+    """A new registration token valid for `uses` registrations within `ttl` seconds.
+
+    Non-empty `environments` or `roles` limit what a machine registered with it may claim:
+    a stolen token then cannot put a machine into Production with every role.
+    """
     if not 1 <= uses <= 100_000:
         raise UsageError("--uses must be 1-100000")
+    for kind, names in (("environment", environments), ("role", roles)):
+        for name in names:
+            try:
+                check_name(kind, name)
+            except ValueError as exc:
+                raise UsageError(f"--{kind}: {exc}") from exc
     token = "TOK-" + secrets.token_urlsafe(24)
     now = time.time()
-    conn.execute("INSERT INTO tokens VALUES (?, ?, ?, ?)", (digest(token), uses, now + ttl, now))
+    conn.execute(
+        "INSERT INTO tokens (token_hash, uses_left, expires_at, created_at, environments, roles)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            digest(token),
+            uses,
+            now + ttl,
+            now,
+            json.dumps(sorted(set(environments))),
+            json.dumps(sorted(set(roles))),
+        ),
+    )
     return token
 
 
-def check_token(conn: sqlite3.Connection, token: str) -> None:
-    """Raise TokenRefused unless the token can be used now."""
+def check_token(
+    conn: sqlite3.Connection, token: str, environments: Sequence[str] = (), roles: Sequence[str] = ()
+) -> None:
+    """Raise TokenRefused unless the token can be used now, for these environments and roles."""
     row = conn.execute(
-        "SELECT uses_left, expires_at FROM tokens WHERE token_hash = ?", (digest(token),)
+        "SELECT uses_left, expires_at, environments, roles FROM tokens WHERE token_hash = ?", (digest(token),)
     ).fetchone()
     if row is None:
         raise TokenRefused("token: unknown registration token")
@@ -58,11 +90,22 @@ def check_token(conn: sqlite3.Connection, token: str) -> None:
         raise TokenRefused("token: the registration token has expired")
     if row["uses_left"] < 1:
         raise TokenRefused("token: the registration token has been used up")
+    for kind, claimed, allowed in (
+        ("environments", environments, json.loads(row["environments"])),
+        ("roles", roles, json.loads(row["roles"])),
+    ):
+        outside = sorted(set(claimed) - set(allowed)) if allowed else []
+        if outside:
+            raise TokenRefused(
+                f"{kind}: this token may register only {', '.join(allowed)}, not {', '.join(outside)}"
+            )
 
 
-def use_token(conn: sqlite3.Connection, token: str) -> None:
+def use_token(
+    conn: sqlite3.Connection, token: str, environments: Sequence[str] = (), roles: Sequence[str] = ()
+) -> None:
     """Count one use (call in the transaction that registers the machine)."""
-    check_token(conn, token)
+    check_token(conn, token, environments, roles)
     conn.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ?", (digest(token),))
 
 

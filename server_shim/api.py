@@ -81,7 +81,8 @@ async def register(request: web.Request) -> web.Response:
     body = await read_json(request)
     token, csr, name, endpoint, environments, roles, force = _registration(body)
     db = request.app[DB]
-    await db.run(accounts.check_token, token)  # a refused token is reported before any CSR work
+    # A refused token (or a claim it does not allow) is reported before any CSR work.
+    await db.run(accounts.check_token, token, environments, roles)
     cert = request.app[AUTHORITY].sign(csr, name)
     machine = Machine(
         space="Default",
@@ -96,7 +97,7 @@ async def register(request: web.Request) -> web.Response:
     )
 
     def commit(conn: sqlite3.Connection) -> None:
-        accounts.use_token(conn, token)
+        accounts.use_token(conn, token, environments, roles)
         machines.insert(conn, machine, force=force)
 
     try:

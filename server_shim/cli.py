@@ -68,6 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     create = token.add_parser("create", help="create a registration token (printed alone)")
     create.add_argument("--uses", type=int, default=1, help="how many registrations it allows (default 1)")
     create.add_argument("--expires", default="24h", help="lifetime: 30m, 24h, 7d (default 24h)")
+    create.add_argument(
+        "--environment",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="machines registered with it may join only these environments (repeat; default: any)",
+    )
+    create.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="machines registered with it may take only these roles (repeat; default: any)",
+    )
     key = sub.add_parser("api-key", help="API keys").add_subparsers(dest="action", required=True)
     key.add_parser("create", help="create an API key (printed alone)").add_argument("name")
     machines = sub.add_parser("machines", help="list machines (or remove one)")
@@ -163,7 +177,7 @@ def cmd_token(paths: InstancePaths, args: argparse.Namespace) -> int:
     ttl = accounts.parse_duration(args.expires)
     db = _db(paths)
     try:
-        print(db.sync(accounts.create_token, args.uses, ttl))
+        print(db.sync(accounts.create_token, args.uses, ttl, args.environment, args.role))
     finally:
         db.close()
     return 0

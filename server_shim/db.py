@@ -76,6 +76,12 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX machines_by_name ON machines(name);
     """,
+    # A token may limit the environments and roles a registrant can claim (JSON lists;
+    # empty: any). Tokens made before keep their meaning: no limit.
+    """
+    ALTER TABLE tokens ADD COLUMN environments TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE tokens ADD COLUMN roles TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 
 

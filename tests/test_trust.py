@@ -181,6 +181,41 @@ async def test_used_up_token_is_refused(live_server: LiveServer, tmp_path: Path)
         await registration.register(second, registration.Registration(**{**reg.__dict__, "name": "web-02"}))
 
 
+@pytest.mark.parametrize(
+    ("environments", "roles", "refusal"),
+    [
+        (("Production",), ("web",), "environments: this token may register only Dev, not Production"),
+        (("Dev",), ("web", "db"), "roles: this token may register only web, not db"),
+    ],
+)
+async def test_a_scoped_token_registers_only_what_it_allows(
+    live_server: LiveServer,
+    tmp_path: Path,
+    environments: tuple[str, ...],
+    roles: tuple[str, ...],
+    refusal: str,
+) -> None:
+    """A token made for Dev/web cannot put a machine elsewhere; the refusal uses nothing up."""
+    db = live_server.server.db
+    token = db.sync(accounts.create_token, 1, 3600.0, ["Dev"], ["web"])
+    paths = InstancePaths(tmp_path / "a", tmp_path / "a/s", tmp_path / "a/c", tmp_path / "a/l")
+    wide = registration.Registration(
+        **{
+            **_registration(live_server, token, live_server.thumbprint).__dict__,
+            "environments": environments,
+            "roles": roles,
+        }
+    )
+    with pytest.raises(RemoteError) as caught:
+        await registration.register(paths, wide)
+    assert caught.value.status == 403 and refusal in caught.value.message
+    assert db.sync(lambda c: c.execute("SELECT COUNT(*) FROM machines").fetchone()[0]) == 0
+    await registration.register(
+        paths, _registration(live_server, token, live_server.thumbprint)
+    )  # Dev/web: fine
+    assert (await live_server.machines())["web-01"]["environments"] == ["Dev"]
+
+
 async def test_existing_name_needs_force(live_server: LiveServer, tmp_path: Path) -> None:
     """Registering a name that exists fails with 409 unless forced."""
     paths = InstancePaths(tmp_path, tmp_path / "s", tmp_path / "c", tmp_path / "l")
