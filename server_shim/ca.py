@@ -7,17 +7,20 @@ used both to serve and, as a client certificate, to call listening tentacles.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tentacle import pki
 from tentacle.errors import TentacleError
 
 CSR_MAX_BYTES = 16 * 1024
+CRL_DAYS = 365
 
 
 class CsrError(TentacleError):
@@ -68,6 +71,26 @@ class Authority:
         if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != "secp256r1":
             raise CsrError("csr: the key must be ECDSA P-256")
         return pki.build_certificate(name, public_key, self.key, issuer=self.cert.subject, days=1825)
+
+    def crl(self, revoked: list[tuple[str, float]], days: int = CRL_DAYS) -> bytes:
+        """A CRL (PEM) of these (certificate PEM, revoked at) for mirrors' ``ssl_crl``.
+
+        It stays valid for `days`: a mirror refuses every client once its CRL is out of
+        date, so the window is long; publish a fresh one after each `machines remove`.
+        """
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now - datetime.timedelta(minutes=5))
+            .next_update(now + datetime.timedelta(days=days))
+        )
+        for pem, revoked_at in revoked:
+            serial = x509.load_pem_x509_certificate(pem.encode()).serial_number
+            when = datetime.datetime.fromtimestamp(revoked_at, datetime.UTC)
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+            builder = builder.add_revoked_certificate(entry)
+        return builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
     @staticmethod
     def _load(csr_pem: str) -> x509.CertificateSigningRequest:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from server_shim import accounts, app, ca, feed_cli, projects_cli, tasks_cli
 from server_shim import config as cfg
+from server_shim import machines as machines_store
 from server_shim.client import ApiClient
 from server_shim.config import Endpoint, ServerConfig
 from server_shim.db import Database
@@ -64,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--polling-listen", metavar="HOST:PORT", help="polling address (overrides the config)")
     sub.add_parser("show-thumbprint", help="print the server certificate's thumbprint")
     sub.add_parser("show-ca", help="print the CA certificate (PEM) that mirrors use to check tentacles")
+    sub.add_parser(
+        "show-crl",
+        help="print the revocation list (PEM) of removed machines, for mirrors' ssl_crl (valid 365 days)",
+    )
     token = sub.add_parser("token", help="registration tokens").add_subparsers(dest="action", required=True)
     create = token.add_parser("create", help="create a registration token (printed alone)")
     create.add_argument("--uses", type=int, default=1, help="how many registrations it allows (default 1)")
@@ -168,6 +173,16 @@ def cmd_show_ca(paths: InstancePaths, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show_crl(paths: InstancePaths, args: argparse.Namespace) -> int:
+    db = _db(paths)
+    try:
+        revoked = db.sync(machines_store.revoked_certificates)
+    finally:
+        db.close()
+    print(ca.Authority(paths.config).crl(revoked).decode(), end="")
+    return 0
+
+
 def _db(paths: InstancePaths) -> Database:
     cfg.load(paths)  # a clear error when the instance was never initialised
     return Database(paths.state / cfg.DATABASE_FILE)
@@ -239,6 +254,7 @@ COMMANDS: dict[str, Command] = {
     "run": cmd_run,
     "show-thumbprint": cmd_show_thumbprint,
     "show-ca": cmd_show_ca,
+    "show-crl": cmd_show_crl,
     "token": cmd_token,
     "api-key": cmd_api_key,
     "machines": cmd_machines,

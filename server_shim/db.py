@@ -82,6 +82,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE tokens ADD COLUMN environments TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE tokens ADD COLUMN roles TEXT NOT NULL DEFAULT '[]';
     """,
+    # The revoked certificate itself, so that `show-crl` can list its serial number for
+    # mirrors (rows revoked before this have none and cannot be listed).
+    """
+    ALTER TABLE revoked_certificates ADD COLUMN certificate TEXT;
+    """,
 ]
 
 

@@ -100,6 +100,15 @@ def is_revoked(conn: sqlite3.Connection, thumbprint: str) -> bool:
     return row.fetchone() is not None
 
 
+def revoked_certificates(conn: sqlite3.Connection) -> list[tuple[str, float]]:
+    """(certificate PEM, revoked at) of every revoked certificate that was kept."""
+    rows = conn.execute(
+        "SELECT certificate, revoked_at FROM revoked_certificates"
+        " WHERE certificate IS NOT NULL ORDER BY revoked_at"
+    )
+    return [(str(row["certificate"]), float(row["revoked_at"])) for row in rows]
+
+
 def listing(conn: sqlite3.Connection, space: str) -> list[Machine]:
     """Every machine of the space, by name."""
     rows = conn.execute("SELECT * FROM machines WHERE space = ? ORDER BY name", (space,))
@@ -112,8 +121,9 @@ def revoke(conn: sqlite3.Connection, space: str, name: str) -> Machine:
     if machine is None:
         raise MachineNotFound(f"machine {name!r} does not exist in space {space!r}")
     conn.execute(
-        "INSERT OR REPLACE INTO revoked_certificates VALUES (?, ?, ?)",
-        (machine.thumbprint, name, time.time()),
+        "INSERT OR REPLACE INTO revoked_certificates (thumbprint, machine_name, revoked_at, certificate)"
+        " VALUES (?, ?, ?, ?)",
+        (machine.thumbprint, name, time.time(), machine.certificate),
     )
     conn.execute("DELETE FROM machines WHERE space = ? AND name = ?", (space, name))
     return machine

@@ -162,6 +162,7 @@ class Nginx:
     pki: Pki
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    crl: Path | None = None  # a revocation list for ``ssl_crl`` (server-shim show-crl)
 
     @property
     def index_url(self) -> str:
@@ -259,7 +260,7 @@ http {{
         ssl_certificate_key {self.pki.server_key};
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_verify_client on;
-        ssl_client_certificate {self.pki.ca};
+        ssl_client_certificate {self.pki.ca};{f"{chr(10)}        ssl_crl {self.crl};" if self.crl else ""}
         root {self.root};
     }}
 }}
@@ -375,10 +376,10 @@ class Mirrors:
     pki: Pki
     running: list[Nginx] = field(default_factory=list)
 
-    def start(self, root: Path, name: str = "mirror") -> Nginx:
+    def start(self, root: Path, name: str = "mirror", crl: Path | None = None) -> Nginx:
         """A mirror serving `root` (fails the test when nginx is missing)."""
         try:
-            nginx = Nginx(self.base / f"{name}-{len(self.running)}", root, self.pki).start()
+            nginx = Nginx(self.base / f"{name}-{len(self.running)}", root, self.pki, crl=crl).start()
         except NginxMissing as exc:
             pytest.fail(str(exc))
         self.running.append(nginx)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import io
 import ipaddress
 import os
@@ -24,7 +25,9 @@ from cryptography.hazmat.primitives import serialization
 
 from server_shim import config as server_config
 from server_shim import feed
+from tentacle.paths import InstancePaths
 from tentacle.pki import build_certificate, cert_pem, key_pem, load_cert, new_key, write_private
+from tentacle.tls import client_context
 from tests.conftest import LiveServer, Tentacles, eventually
 from tests.deploying import apply, deploy, release, step, texts, wait_task
 from tests.durability_helpers import run_tentacle
@@ -82,17 +85,20 @@ class Site:
         self.live, self.tmp = live, tmp
         self.feed_dir = feed.store_dir(live.paths.state)
         self.mirror: Nginx | None = None
+        self.mirrors: list[Mirrors] = []
 
     async def push_package(self, name: str, data: bytes) -> None:
         path = self.tmp / name
         path.write_bytes(data)
         await asyncio.to_thread(feed.push, self.live.server.db, self.feed_dir, path)
 
-    async def start_mirror(self) -> Nginx:
+    async def start_mirror(self, crl: Path | None = None) -> Nginx:
         out = self.tmp / "export"
         await asyncio.to_thread(feed.export, self.live.server.db, self.feed_dir, out, None)
-        mirrors = Mirrors(self.tmp / "nginx", _mirror_pki(self.live, self.tmp / "mirror-pki"))
-        self.mirror = mirrors.start(out)
+        pki_dir = self.tmp / f"mirror-pki-{len(self.mirrors)}"
+        mirrors = Mirrors(self.tmp / f"nginx-{len(self.mirrors)}", _mirror_pki(self.live, pki_dir))
+        self.mirrors.append(mirrors)
+        self.mirror = mirrors.start(out, crl=crl)
         await self.live.server.db.run(feed.add_feed, "near", [self.mirror.index_url])
         return self.mirror
 
@@ -107,8 +113,8 @@ async def site(live_server: LiveServer, tmp_path: Path) -> Any:
     )
     await made.start_mirror()
     yield made
-    if made.mirror is not None:
-        made.mirror.stop()
+    for mirrors in made.mirrors:
+        mirrors.stop_all()
 
 
 PROCESS = {
@@ -338,3 +344,40 @@ async def test_cancelling_a_task_stops_its_pushes(site: Site, tentacles: Tentacl
     done = await wait_task(live, task_id, timeout=15)
     assert done["state"] == "cancelled", done
     await asyncio.wait_for(stopped.wait(), 5)
+
+
+async def test_a_removed_machine_is_refused_by_a_mirror_that_has_the_crl(
+    site: Site, tentacles: Tentacles, tmp_path: Path
+) -> None:
+    """`machines remove`, then `show-crl` into nginx's ssl_crl: the removed certificate is refused."""
+    from server_shim import machines as machines_store
+    from server_shim.ca import Authority
+
+    live = site.live
+    keep = await tentacles.register("web-01", "polling")
+    gone = await tentacles.register("db-01", "polling", roles=("db",))
+    await live.server.db.run(machines_store.revoke, "Default", "db-01")
+    assert site.mirror is not None  # without the CRL, a mirror knows only the CA: it still lets db-01 in
+    assert await asyncio.to_thread(head_status, site.mirror, gone) == 200
+    crl = tmp_path / "crl.pem"
+    revoked = await live.server.db.run(machines_store.revoked_certificates)
+    crl.write_bytes(Authority(live.paths.config).crl(revoked))
+    mirror = await site.start_mirror(crl=crl)
+    assert await asyncio.to_thread(head_status, mirror, keep) == 200
+    assert await asyncio.to_thread(head_status, mirror, gone) == 400  # nginx: certificate revoked
+
+
+def head_status(mirror: Nginx, paths: InstancePaths) -> int:
+    """The status nginx answers a tentacle's request for the service index, with its certificate."""
+    from tentacle import config as tentacle_config
+
+    names = (tentacle_config.SERVER_CA_FILE, tentacle_config.CERT_FILE, tentacle_config.KEY_FILE)
+    ca, cert, key = (tentacle_config.file(paths, name) for name in names)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", mirror.port, context=client_context(ca, cert, key), timeout=5
+    )
+    try:
+        conn.request("GET", "/index.json")
+        return conn.getresponse().status
+    finally:
+        conn.close()

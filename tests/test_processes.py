@@ -182,3 +182,17 @@ def test_new_certificate_prints_its_thumbprint_alone(tmp_path: Path) -> None:
     again = cli("tentacle", "--home", str(tmp_path), "new-certificate", check=False)
     assert again.returncode == 2 and "--force" in again.stderr
     assert oct(os.stat(tmp_path / "tentacle.key").st_mode & 0o777) == "0o600"
+
+
+def test_show_crl_prints_a_crl_signed_by_the_ca(tmp_path: Path) -> None:
+    """`show-crl` prints a PEM revocation list, issued and signed by the server's CA, valid a year."""
+    from cryptography import x509
+
+    home = str(tmp_path / "server")
+    cli("server-shim", "--home", home, "init")
+    crl = x509.load_pem_x509_crl(cli("server-shim", "--home", home, "show-crl").stdout.encode())
+    ca = x509.load_pem_x509_certificate(cli("server-shim", "--home", home, "show-ca").stdout.encode())
+    assert crl.issuer == ca.subject
+    assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    assert crl.next_update_utc is not None and crl.last_update_utc is not None
+    assert (crl.next_update_utc - crl.last_update_utc).days >= 364
