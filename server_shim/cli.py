@@ -212,6 +212,7 @@ def cmd_machines(paths: InstancePaths, args: argparse.Namespace) -> int:
     if args.action == "remove":
         answer = asyncio.run(client.request("DELETE", client.path("machines", args.name, "v1")))
         print(f"removed {answer['name']}; revoked certificate {answer['revokedThumbprint']}")
+        print("mirrors: publish a fresh `server-shim show-crl` as their ssl_crl", file=sys.stderr)
         return 0
     items = asyncio.run(client.request("GET", client.path("machines", "v1")))["items"]
     if args.json:
