@@ -19,30 +19,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http.client
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 from urllib.parse import urlsplit
-
-import aiohttp
 
 from server_shim import feed
 from server_shim.fleet import Fleet
 from server_shim.machines import Machine
 from tentacle.logs import event
-from tentacle.protocol import identity
 from tentacle.protocol.gates import ACQUISITION
 from tentacle.protocol.plan import PackageRef, Plan, PlannedPackage
 from tentacle.receive import ENCODING, OFFSET, PARTIAL_LENGTH
-from tentacle.tls import pinned_connector
+from tentacle.tls import socket_thumbprint
 
 log = logging.getLogger("server_shim.push")
+T = TypeVar("T")
 CHUNK = 1024 * 1024
 SAMPLE = 1024 * 1024
 WORTH_IT = 0.9  # compress when a sample shrinks to this share of its size or less
@@ -82,13 +81,9 @@ class Pusher:
         machine = await self.fleet.machine(plan.machine_name)
         if machine is None or machine.mode != "listening" or machine.endpoint is None:
             return
-        connector = pinned_connector([machine.thumbprint], limit=4)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            await asyncio.gather(*(self.push(session, machine, plan.task_id, p) for p in pushed))
+        await asyncio.gather(*(self.push(machine, plan.task_id, p) for p in pushed))
 
-    async def push(
-        self, session: aiohttp.ClientSession, machine: Machine, task_id: str, pkg: PlannedPackage
-    ) -> bool:
+    async def push(self, machine: Machine, task_id: str, pkg: PlannedPackage) -> bool:
         """Send one package, resuming after cuts; whether it arrived (failures are logged)."""
         path = feed.file_path(
             self.feed_dir, PackageRef(pkg.id, pkg.version, pkg.sha512, pkg.size, pkg.file_name)
@@ -97,11 +92,12 @@ class Pusher:
         started, reasons = time.monotonic(), []
         for _ in range(self.attempts):
             try:
-                offset = await self._offset(session, url)
+                probe = _Sender(url, self.ctx, machine.thumbprint, self.timeout)
+                offset = await self._blocking(probe.head, probe)
                 if offset is None:
                     event(log, "push.cached", target=machine.name, package=pkg.id, version=pkg.version)
                     return True
-                sent = await self._send(session, url, path, pkg, offset, thumbprint=machine.thumbprint)
+                sent = await self._send(url, path, pkg, offset, thumbprint=machine.thumbprint)
             except PushError as exc:
                 reasons.append(str(exc))
                 await asyncio.sleep(0.5)
@@ -118,53 +114,26 @@ class Pusher:
         )  # fmt: skip
         return False
 
-    async def _offset(self, session: aiohttp.ClientSession, url: str) -> int | None:
-        """None when the tentacle has the file; else how many bytes of it it holds."""
-        try:
-            async with session.head(
-                url, ssl=self.ctx, timeout=aiohttp.ClientTimeout(total=self.timeout)
-            ) as r:
-                if r.status == 200:
-                    return None
-                if r.status == 404 and PARTIAL_LENGTH in r.headers:
-                    return int(r.headers[PARTIAL_LENGTH])
-                raise PushError(f"HEAD {url}: HTTP {r.status}")
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            raise PushError(f"HEAD {url}: {exc or type(exc).__name__}") from exc
-
-    async def _send(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        path: Path,
-        pkg: PlannedPackage,
-        offset: int,
-        *,
-        thumbprint: str,
-    ) -> int:
-        """PUT the file from `offset` on a connection pinned to `thumbprint`; the bytes sent.
-
-        The body goes from a worker thread over a blocking TLS socket (http.client), in
-        1 MiB writes: no event-loop hop and no memory-BIO copy per chunk. `session` is
-        not used here (HEAD goes through it); a test may put its own sender in.
-        """
-        zstd = await self._worth_compressing(path, pkg.sha512)
+    async def _send(self, url: str, path: Path, pkg: PlannedPackage, offset: int, *, thumbprint: str) -> int:
+        """PUT the file from `offset` on a connection pinned to `thumbprint`; the bytes sent."""
+        zstd = self._compressible.get(pkg.sha512)
+        if zstd is None:
+            zstd = self._compressible[pkg.sha512] = await self._blocking(functools.partial(_shrinks, path))
         sender = _Sender(url, self.ctx, thumbprint, self.timeout)
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._threads, sender.put, path, offset, pkg.size, zstd)
-        except asyncio.CancelledError:
-            sender.abort()  # the thread's blocked write returns at once
-            raise
+            return await self._blocking(functools.partial(sender.put, path, offset, pkg.size, zstd), sender)
         finally:
             self.sent += sender.sent
 
-    async def _worth_compressing(self, path: Path, sha512: str) -> bool:
-        known = self._compressible.get(sha512)
-        if known is None:
-            loop = asyncio.get_running_loop()
-            known = self._compressible[sha512] = await loop.run_in_executor(self._threads, _shrinks, path)
-        return known
+    async def _blocking(self, work: Callable[[], T], sender: _Sender | None = None) -> T:
+        """Run `work` on a push thread; cancelled, it aborts `sender`'s connection (its write returns)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._threads, work)
+        except asyncio.CancelledError:
+            if sender is not None:
+                sender.abort()
+            raise
 
 
 def _shrinks(path: Path) -> bool:
@@ -190,8 +159,43 @@ class _Sender:
         self.sent = 0
         self._sock: socket.socket | None = None
 
+    def head(self) -> int | None:
+        """None when the tentacle has the file; else how many bytes of it it holds."""
+        with self._connection("HEAD") as conn:
+            conn.request("HEAD", urlsplit(self.url).path)
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status == 200:
+                return None
+            held = answer.getheader(PARTIAL_LENGTH)
+            if answer.status == 404 and held is not None and held.isdigit():
+                return int(held)
+            raise PushError(f"HEAD {self.url}: HTTP {answer.status}")
+
     def put(self, path: Path, offset: int, size: int, zstd: bool) -> int:
         """Send the file from `offset` (zstd-compressed or not); the body bytes that went out."""
+        with self._connection("PUT") as conn:
+            target = urlsplit(self.url).path
+            headers = {OFFSET: str(offset), "Content-Type": "application/octet-stream"}
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                if zstd:
+                    headers[ENCODING] = "zstd"
+                    conn.request(
+                        "PUT", target, body=self._compressed(handle), headers=headers, encode_chunked=True
+                    )
+                else:
+                    headers["Content-Length"] = str(size - offset)
+                    conn.request("PUT", target, body=_Counted(handle, self), headers=headers)
+            answer = conn.getresponse()
+            text = answer.read(64 * 1024).decode("utf-8", "replace")
+            if answer.status != 200:
+                raise PushError(f"PUT {self.url}: HTTP {answer.status}: {text[:300]}")
+            return self.sent
+
+    @contextlib.contextmanager
+    def _connection(self, method: str) -> Iterator[http.client.HTTPSConnection]:
+        """A connection to the tentacle, pinned to its thumbprint; failures become PushError."""
         parts = urlsplit(self.url)
         conn = http.client.HTTPSConnection(
             parts.hostname or "", parts.port, timeout=self.timeout, context=self.ctx, blocksize=CHUNK
@@ -199,28 +203,12 @@ class _Sender:
         try:
             conn.connect()
             self._sock = conn.sock
-            der = conn.sock.getpeercert(binary_form=True) if isinstance(conn.sock, ssl.SSLSocket) else None
-            presented = identity.thumbprint(der) if der else "none"
+            presented = socket_thumbprint(conn.sock) or "none"
             if presented != self.thumbprint:
-                raise PushError(f"PUT {self.url}: not the registered tentacle: presented {presented}")
-            headers = {OFFSET: str(offset), "Content-Type": "application/octet-stream"}
-            with path.open("rb") as handle:
-                handle.seek(offset)
-                if zstd:
-                    headers[ENCODING] = "zstd"
-                    conn.request(
-                        "PUT", parts.path, body=self._compressed(handle), headers=headers, encode_chunked=True
-                    )
-                else:
-                    headers["Content-Length"] = str(size - offset)
-                    conn.request("PUT", parts.path, body=_Counted(handle, self), headers=headers)
-            answer = conn.getresponse()
-            text = answer.read(64 * 1024).decode("utf-8", "replace")
-            if answer.status != 200:
-                raise PushError(f"PUT {self.url}: HTTP {answer.status}: {text[:300]}")
-            return self.sent
+                raise PushError(f"{method} {self.url}: not the registered tentacle: presented {presented}")
+            yield conn
         except (OSError, http.client.HTTPException) as exc:
-            raise PushError(f"PUT {self.url}: {exc or type(exc).__name__}") from exc
+            raise PushError(f"{method} {self.url}: {exc or type(exc).__name__}") from exc
         finally:
             conn.close()
 

@@ -55,9 +55,9 @@ from urllib.parse import quote, urljoin, urlsplit
 from tentacle.cache import CacheError, Digest, PackageCache, Partial, PartialWriter
 from tentacle.errors import TentacleError
 from tentacle.logs import event
-from tentacle.protocol.identity import thumbprint
 from tentacle.protocol.nuget import InvalidVersion, NuGetVersion
 from tentacle.protocol.plan import Plan, PlannedPackage
+from tentacle.tls import socket_thumbprint
 
 __all__ = [
     "Acquirer",
@@ -222,8 +222,7 @@ class _Request:
         pins = self.client.pins.get(netloc)
         if pins is None:
             return
-        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-        presented = thumbprint(der) if der else "none"
+        presented = socket_thumbprint(sock) or "none"
         if presented not in pins:
             raise MirrorFailure(
                 f"not the pinned server: expected {','.join(sorted(pins))}, presented {presented}"

@@ -79,6 +79,12 @@ def peer_thumbprint(transport: Any) -> str | None:
     return thumbprint(der) if der else None
 
 
+def socket_thumbprint(sock: object) -> str | None:
+    """The thumbprint of the certificate a blocking TLS socket's peer presented, or None."""
+    der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+    return thumbprint(der) if der else None
+
+
 class PinnedThumbprints(aiohttp.Fingerprint):
     """aiohttp pinning for one or more SHA-256 thumbprints (hex)."""
 

@@ -218,13 +218,13 @@ async def test_a_push_cut_half_way_resumes(site: Site, tentacles: Tentacles, tmp
     cuts: list[int] = []
     real_send = live.server.pusher._send
 
-    async def cut_once(session: Any, url: str, path: Path, pkg: Any, offset: int, *, thumbprint: str) -> int:
+    async def cut_once(url: str, path: Path, pkg: Any, offset: int, *, thumbprint: str) -> int:
         if not cuts:
             cuts.append(offset)
             raise_after = 1024 * 1024
-            return await _send_part(live, session, url, path, offset, raise_after)
+            return await _send_part(live, url, path, offset, raise_after, thumbprint)
         cuts.append(offset)
-        return await real_send(session, url, path, pkg, offset, thumbprint=thumbprint)
+        return await real_send(url, path, pkg, offset, thumbprint=thumbprint)
 
     live.server.pusher._send = cut_once  # type: ignore[method-assign]
     await apply(
@@ -244,9 +244,12 @@ async def _online(live: LiveServer, name: str) -> bool:
     return live.server.fleet.is_online(name)
 
 
-async def _send_part(live: LiveServer, session: Any, url: str, path: Path, offset: int, limit: int) -> int:
+async def _send_part(live: LiveServer, url: str, path: Path, offset: int, limit: int, thumbprint: str) -> int:
     """PUT the first `limit` bytes then drop the connection (a cut link)."""
+    import aiohttp
+
     from tentacle.receive import OFFSET
+    from tentacle.tls import pinned_connector
 
     async def body() -> Any:
         with path.open("rb") as handle:
@@ -262,7 +265,10 @@ async def _send_part(live: LiveServer, session: Any, url: str, path: Path, offse
     from server_shim.push import PushError
 
     try:
-        async with session.put(url, data=body(), headers={OFFSET: str(offset)}, ssl=live.server.pusher.ctx):
+        async with (
+            aiohttp.ClientSession(connector=pinned_connector([thumbprint])) as session,
+            session.put(url, data=body(), headers={OFFSET: str(offset)}, ssl=live.server.pusher.ctx),
+        ):
             pass
     except Exception as exc:
         raise PushError(f"cut: {exc}") from exc
