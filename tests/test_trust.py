@@ -280,10 +280,22 @@ async def test_operator_commands_pin_the_server_and_keep_the_api_key_from_an_imp
         await impostor.request("GET", impostor.path("machines", "v1"))
 
 
-def test_server_and_tentacle_contexts_trust_the_server_ca_alone(live_server: LiveServer) -> None:
+def test_server_and_tentacle_contexts_trust_the_server_ca_alone(
+    live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No system root is trusted between server and tentacles: only the server's CA."""
+    import trustme
+
     from tentacle.tls import server_context
 
+    # A "system" root that a context loading the default store would pick up (OpenSSL reads
+    # SSL_CERT_FILE when the defaults are loaded); a mirror context does take it.
+    system_root = tmp_path / "system-roots.pem"
+    trustme.CA().cert_pem.write_to_path(str(system_root))
+    monkeypatch.setenv("SSL_CERT_FILE", str(system_root))
+    assert pki_subject(system_root) in [
+        c["subject"] for c in client_context(None, system_roots=True).get_ca_certs()
+    ]
     conf = live_server.paths.config
     ca = conf / server_config.CA_CERT
     cert, key = conf / server_config.SERVER_CERT, conf / server_config.SERVER_KEY
