@@ -8,6 +8,7 @@ fails here in seconds rather than in a benchmark run.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import ssl
 import subprocess
@@ -213,3 +214,13 @@ def test_a_listening_tentacle_loads_the_package_cache_only_when_a_push_arrives()
     code += "print(json.dumps([m for m in ['tentacle.cache', 'zstandard'] if m in sys.modules]))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == []
+
+
+def test_a_tentacle_loads_frozenlist_without_its_cpp_extension_and_leaves_the_environment_alone() -> None:
+    """frozenlist's C++ extension would keep libstdc++ resident; scripts must not inherit the switch."""
+    code = "import os, json, tentacle.agent, tentacle.listening, frozenlist; print(json.dumps(["
+    code += "frozenlist.FrozenList.__module__, 'FROZENLIST_NO_EXTENSIONS' in os.environ, "
+    code += "any('libstdc++' in line for line in open('/proc/self/maps'))]))"
+    env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert json.loads(done.stdout) == ["frozenlist", False, False]
