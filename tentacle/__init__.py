@@ -11,8 +11,8 @@ def _lean_frozenlist() -> None:
 
     aiohttp keeps its signals and middlewares in FrozenLists; the extension links
     libstdc++, which alone keeps about 1.4 MB resident in every tentacle, idle or not
-    (the idle benchmark's budget is 40 MB). The pure-Python class is the same type with
-    the same behaviour, and these lists are read a few times per request. The switch is
+    (the idle benchmark's budget is 40 MB). The pure-Python class has the same interface
+    and behaviour, and these lists are read a few times per request. The switch is
     frozenlist's own documented environment variable, set only while it loads, so that
     deployment scripts never see it.
     """

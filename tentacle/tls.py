@@ -30,7 +30,7 @@ def _base(purpose: ssl.Purpose) -> ssl.SSLContext:
     """TLS 1.2+, AEAD suites, and no trust at all yet: not the system's CAs either.
 
     Between server and tentacles only the server's CA counts (and pins on top of it);
-    the system's store would add some 140 roots, and half a megabyte to every context.
+    the system's store would add some 140 roots, and about a megabyte to every context.
     """
     server_side = purpose is ssl.Purpose.CLIENT_AUTH
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
