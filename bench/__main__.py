@@ -1,10 +1,10 @@
 """Run benchmarks: ``python -m bench NAME [--quick]`` or ``python -m bench all [--quick]``.
 
-Each benchmark is a module ``bench/NAME.py`` with ``main(quick: bool) -> dict``: it prints
+Each benchmark is a module ``bench/NAME_bench.py`` with ``main(quick: bool) -> dict``: it prints
 its own readable table, and this runner prints the dict it returns as the last line, one
 JSON object (``{"benchmark": NAME, "figures": {...}, "ratio": x, "target": "...", "met": b}``).
-``all`` runs every benchmark module present, in name order (modules without ``main``, such
-as helpers that benchmarks start as processes, are not benchmarks).
+``all`` runs every benchmark module present, in name order. Rigs shared with the tests
+(servers, tentacles, nginx, the load generator) live in ``rigs/``, which is not shipped.
 """
 
 from __future__ import annotations
@@ -19,19 +19,20 @@ from pathlib import Path
 from typing import Any, cast
 
 Benchmark = Callable[[bool], dict[str, Any]]
+SUFFIX = "_bench"
 
 
 def available() -> list[str]:
-    """The benchmarks present: modules of this package with a ``main`` (helpers have none)."""
+    """The benchmarks present: the modules of this package named ``*_bench``."""
     here = str(Path(__file__).parent)
-    names = sorted(info.name for info in pkgutil.iter_modules([here]) if not info.name.startswith("_"))
-    modules = {name: importlib.import_module(f"bench.{name}") for name in names}
-    return [name for name, module in modules.items() if callable(getattr(module, "main", None))]
+    return sorted(
+        info.name.removesuffix(SUFFIX) for info in pkgutil.iter_modules([here]) if info.name.endswith(SUFFIX)
+    )
 
 
 def load(name: str) -> Benchmark:
-    """The ``main`` of ``bench/NAME.py``."""
-    return cast(Benchmark, importlib.import_module(f"bench.{name}").main)
+    """The ``main`` of ``bench/NAME_bench.py``."""
+    return cast(Benchmark, importlib.import_module(f"bench.{name}{SUFFIX}").main)
 
 
 def run(name: str, quick: bool) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 its built-in feed, listening tentacle processes, an nginx mirror, a counting TCP relay,
 and the server's log.
 
-Everything runs as the user would run it (see bench._instances): ``python -m server_shim
+Everything runs as the user would run it (see rigs.instances): ``python -m server_shim
 --home H run`` and ``python -m tentacle --home T run`` as processes on loopback;
 packages go in with ``server-shim package push``, the mirror gets ``server-shim feed
 export``'s output, tentacles are registered with ``tentacle register --listen``.
@@ -29,11 +29,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bench._instances import Server, Tentacles, free_ports, python, wait_until
-from server_shim import config as server_config
-from tentacle.pki import build_certificate, cert_pem, key_pem, load_cert, new_key, write_private
+from rigs.instances import Server, Tentacles, free_ports, python, wait_until
+from rigs.nginx_mirror import Pki
+from server_shim import server_config
+from tentacle.net.pki import build_certificate, cert_pem, key_pem, load_cert, new_key, write_private
 from tentacle.protocol.plan import PlannedPackage
-from tests.nginx import Pki
 
 MIB = 1024 * 1024
 ENVIRONMENT, ROLE = "Bench", "web"

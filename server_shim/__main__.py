@@ -1,5 +1,5 @@
 import sys
 
-from server_shim.cli import main
+from server_shim.cli.main import main
 
 sys.exit(main())

@@ -17,20 +17,26 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server_shim import api, feed, feed_api, polling, projects_api, tasks_api
-from server_shim import config as cfg
+from server_shim import server_config as cfg
+from server_shim.api import feed_routes as feed_api
+from server_shim.api import machine_routes as api
+from server_shim.api import project_routes as projects_api
+from server_shim.api import task_routes as tasks_api
+from server_shim.api.middleware import DB, api_key, errors
+from server_shim.api.tls_site import LeanTLSSite
 from server_shim.ca import Authority
-from server_shim.config import ServerConfig
-from server_shim.db import Database
-from server_shim.dispatcher import Dispatcher
-from server_shim.fleet import Fleet
-from server_shim.push import Pusher
-from server_shim.tls_site import LeanTLSSite
-from server_shim.web import DB, api_key, errors
-from tentacle import pki, sdnotify
-from tentacle.logs import event
-from tentacle.paths import InstancePaths
-from tentacle.tls import client_context, server_context
+from server_shim.dispatch import polling_site as polling
+from server_shim.dispatch.dispatcher import Dispatcher
+from server_shim.dispatch.fleet import Fleet
+from server_shim.dispatch.pusher import Pusher
+from server_shim.server_config import ServerConfig
+from server_shim.store import feed_store as feed
+from server_shim.store.database import Database
+from tentacle.common import sdnotify
+from tentacle.common.logs import event
+from tentacle.common.paths import InstancePaths
+from tentacle.net import pki
+from tentacle.net.tls import client_context, server_context
 
 log = logging.getLogger("server_shim.app")
 POLL_HEARTBEAT = 20.0

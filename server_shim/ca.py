@@ -16,8 +16,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tentacle import pki
 from tentacle.errors import TentacleError
+from tentacle.net import pki
 
 CSR_MAX_BYTES = 16 * 1024
 CRL_DAYS = 365

@@ -1,5 +1,5 @@
 import sys
 
-from tentacle.cli import main
+from tentacle.agent.command_line import main
 
 sys.exit(main())

@@ -18,15 +18,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server_shim import cli as server_cli
-from server_shim import config as server_config
+from server_shim import server_config
 from server_shim.app import Server
-from server_shim.config import Checks
-from tentacle import registration
-from tentacle.agent import Agent
-from tentacle.config import HeartbeatConfig, ListenConfig
-from tentacle.paths import InstancePaths, resolve
-from tentacle.tls import client_context
+from server_shim.cli import main as server_cli
+from server_shim.server_config import Checks
+from tentacle.agent import registration
+from tentacle.agent.agent_config import HeartbeatConfig, ListenConfig
+from tentacle.agent.daemon import Agent
+from tentacle.common.paths import InstancePaths, resolve
+from tentacle.net.tls import client_context
 
 
 def free_port() -> int:
@@ -78,7 +78,7 @@ class LiveServer:
         return (self.paths.config / server_config.ADMIN_KEY_FILE).read_text().strip()
 
     def token(self, uses: int = 1, expires: str = "1h") -> str:
-        from server_shim import accounts
+        from server_shim.store import accounts
 
         return self.server.db.sync(accounts.create_token, uses, accounts.parse_duration(expires))
 
@@ -162,7 +162,7 @@ class Tentacles:
         return paths
 
     async def start(self, name: str) -> Agent:
-        from tentacle import config
+        from tentacle.agent import agent_config as config
 
         paths = resolve("tentacle", str(self.root / name))
         conf = config.load(paths).with_changes(heartbeat=HeartbeatConfig(interval=2.0))

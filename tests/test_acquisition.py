@@ -23,15 +23,15 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from server_shim import config as server_config
-from server_shim import feed
-from tentacle.paths import InstancePaths
-from tentacle.pki import build_certificate, cert_pem, key_pem, load_cert, new_key, write_private
-from tentacle.tls import client_context
+from rigs.nginx_mirror import Mirrors, Nginx, Pki, TcpProxy
+from server_shim import server_config
+from server_shim.store import feed_store as feed
+from tentacle.common.paths import InstancePaths
+from tentacle.net.pki import build_certificate, cert_pem, key_pem, load_cert, new_key, write_private
+from tentacle.net.tls import client_context
 from tests.conftest import LiveServer, Tentacles, eventually
 from tests.deploying import apply, deploy, release, step, texts, wait_task
 from tests.durability_helpers import run_tentacle
-from tests.nginx import Mirrors, Nginx, Pki, TcpProxy
 
 WEB, DB = "Shop.Web", "Shop.Db"
 TEXT = b"web package " * 50_000
@@ -248,8 +248,8 @@ async def _send_part(live: LiveServer, url: str, path: Path, offset: int, limit:
     """PUT the first `limit` bytes then drop the connection (a cut link)."""
     import aiohttp
 
-    from tentacle.receive import OFFSET
-    from tentacle.tls import pinned_connector
+    from tentacle.net.tls import pinned_connector
+    from tentacle.packages.receive import OFFSET
 
     async def body() -> Any:
         with path.open("rb") as handle:
@@ -262,7 +262,7 @@ async def _send_part(live: LiveServer, url: str, path: Path, offset: int, limit:
                 await asyncio.sleep(0.01)  # let the tentacle write what it got
         raise ConnectionResetError("cut by the test")
 
-    from server_shim.push import PushError
+    from server_shim.dispatch.pusher import PushError
 
     try:
         async with (
@@ -356,8 +356,8 @@ async def test_a_removed_machine_is_refused_by_a_mirror_that_has_the_crl(
     site: Site, tentacles: Tentacles, tmp_path: Path
 ) -> None:
     """`machines remove`, then `show-crl` into nginx's ssl_crl: the removed certificate is refused."""
-    from server_shim import machines as machines_store
     from server_shim.ca import Authority
+    from server_shim.store import machine_rows as machines_store
 
     live = site.live
     keep = await tentacles.register("web-01", "polling")
@@ -375,7 +375,7 @@ async def test_a_removed_machine_is_refused_by_a_mirror_that_has_the_crl(
 
 def head_status(mirror: Nginx, paths: InstancePaths) -> int:
     """The status nginx answers a tentacle's request for the service index, with its certificate."""
-    from tentacle import config as tentacle_config
+    from tentacle.agent import agent_config as tentacle_config
 
     names = (tentacle_config.SERVER_CA_FILE, tentacle_config.CERT_FILE, tentacle_config.KEY_FILE)
     ca, cert, key = (tentacle_config.file(paths, name) for name in names)

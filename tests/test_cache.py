@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tentacle.cache import BUFFER_SIZE, CacheError, Digest, DiskUsage, PackageCache, Partial, PartialWriter
+from tentacle.packages.cache import (
+    BUFFER_SIZE,
+    CacheError,
+    Digest,
+    DiskUsage,
+    PackageCache,
+    Partial,
+    PartialWriter,
+)
 from tentacle.protocol.plan import PlannedPackage
 
 pytestmark = pytest.mark.timeout(30)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from server_shim import cli
 from server_shim.app import Server
-from tentacle.paths import InstancePaths
+from server_shim.cli import main as cli
+from tentacle.common.paths import InstancePaths
 from tests.conftest import LiveServer, Tentacles, eventually, start_server, stop_server
 from tests.deploying import step
 

@@ -277,7 +277,7 @@ async def test_malformed_bodies_are_4xx(live_server: LiveServer, raw: bytes) -> 
     """Malformed JSON, a non-object, lone surrogates, invalid UTF-8 and deep nesting are all 4xx."""
     import aiohttp
 
-    from tentacle.tls import client_context
+    from tentacle.net.tls import client_context
 
     ctx = client_context(live_server.paths.config / "ca.pem")
     async with (

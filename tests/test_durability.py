@@ -8,8 +8,8 @@ import os
 import signal
 from pathlib import Path
 
-from server_shim import tasks as task_store
-from tentacle.paths import InstancePaths
+from server_shim.store import task_rows as task_store
+from tentacle.common.paths import InstancePaths
 from tests.conftest import LiveServer, Tentacles, eventually, start_server, stop_server
 from tests.deploying import apply, deploy, release, step, texts, wait_task
 from tests.durability_helpers import run_tentacle

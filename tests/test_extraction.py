@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tentacle.extraction import (
+from tentacle.packages.extraction import (
     DEFAULT_LIMITS,
     ArchiveError,
     DestinationError,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.faultproxy import FaultProxy
+from rigs.faultproxy import FaultProxy
 
 Pair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

@@ -26,17 +26,18 @@ from typing import Any
 import aiohttp
 import pytest
 
+from rigs.faultproxy import Direction, FaultProxy
 from server_shim import app as server_app
-from server_shim import config as server_config
-from server_shim.config import Checks
-from tentacle import config, registration
-from tentacle.agent import Agent
-from tentacle.config import HeartbeatConfig, ListenConfig
-from tentacle.paths import InstancePaths, resolve
-from tentacle.tls import client_context
+from server_shim import server_config
+from server_shim.server_config import Checks
+from tentacle.agent import agent_config as config
+from tentacle.agent import registration
+from tentacle.agent.agent_config import HeartbeatConfig, ListenConfig
+from tentacle.agent.daemon import Agent
+from tentacle.common.paths import InstancePaths, resolve
+from tentacle.net.tls import client_context
 from tests.conftest import LiveServer, Tentacles, eventually, free_port, start_server, stop_server
 from tests.deploying import apply, deploy, log_lines, release, step, texts, wait_task
-from tests.faultproxy import Direction, FaultProxy
 
 NAME = "web-01"
 LINES = [str(i) for i in range(1, 201)]
@@ -459,7 +460,7 @@ async def test_a_package_transfer_cut_half_way_resumes_and_the_step_runs_once(
     Listening: the server's push crosses the rig's proxy (the endpoint on record). Polling: the
     tentacle's fetch from the server's feed is pointed at a second proxy in front of the API.
     """
-    from server_shim import feed
+    from server_shim.store import feed_store as feed
     from tests.test_acquisition import _zip
 
     data = _zip({"readme.txt": b"pushed through a fault", "blob": os.urandom(3 * 1024 * 1024)})

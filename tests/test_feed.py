@@ -20,15 +20,23 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from server_shim import cli, feed, machines
-from server_shim import config as server_config
+from server_shim import server_config
 from server_shim.ca import Authority
-from server_shim.db import Database
-from server_shim.feed import FeedCorrupt, FeedError, PackageConflict, PackageError, PackageNotFound
-from tentacle import pki
-from tentacle.paths import InstancePaths
+from server_shim.cli import main as cli
+from server_shim.store import feed_store as feed
+from server_shim.store import machine_rows as machines
+from server_shim.store.database import Database
+from server_shim.store.feed_store import (
+    FeedCorrupt,
+    FeedError,
+    PackageConflict,
+    PackageError,
+    PackageNotFound,
+)
+from tentacle.common.paths import InstancePaths
+from tentacle.net import pki
+from tentacle.net.tls import client_context
 from tentacle.protocol.plan import PackageRef
-from tentacle.tls import client_context
 from tests.conftest import LiveServer
 
 # --- package files ---------------------------------------------------------------------------

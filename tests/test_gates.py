@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tentacle.errors import TentacleError
-from tentacle.protocol.gates import (
+from tentacle.protocol.coordinator import (
     Action,
     CancelTarget,
     GateError,

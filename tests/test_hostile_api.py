@@ -29,18 +29,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from server_shim import cli as server_cli
-from server_shim import config as server_config
-from server_shim import feed, polling
+from server_shim import server_config
 from server_shim.app import POLL_HEARTBEAT, Server
-from tentacle import config, pki, registration
-from tentacle.paths import InstancePaths, resolve
+from server_shim.cli import main as server_cli
+from server_shim.dispatch import polling_site as polling
+from server_shim.store import feed_store as feed
+from tentacle.agent import agent_config as config
+from tentacle.agent import registration
+from tentacle.common.paths import InstancePaths, resolve
+from tentacle.net import pki
+from tentacle.net.tls import client_context
 from tentacle.protocol import messages
 from tentacle.protocol.messages import MessageError
 from tentacle.protocol.nuget import InvalidVersion, NuGetVersion, VersionRange
 from tentacle.protocol.plan import Plan, PlanError
 from tentacle.protocol.process import ProcessError, parse_process
-from tentacle.tls import client_context
 from tests import hostile
 from tests.conftest import LiveServer, start_server, stop_server
 from tests.test_feed import make_nupkg

@@ -19,13 +19,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from server_shim import cli as server_cli
-from server_shim import config as server_config
-from server_shim import projects
+from server_shim import server_config
+from server_shim.api.middleware import Handler
 from server_shim.app import Server
-from server_shim.web import Handler
-from tentacle.paths import InstancePaths
-from tentacle.tls import client_context
+from server_shim.cli import main as server_cli
+from server_shim.store import project_rows as projects
+from tentacle.common.paths import InstancePaths
+from tentacle.net.tls import client_context
 from tests.conftest import LiveServer, stop_server
 from tests.test_process import example
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tentacle import configfile
+from tentacle.common import configfile
 from tentacle.errors import ConfigError
 from tentacle.protocol import messages
 from tentacle.protocol.backoff import Backoff

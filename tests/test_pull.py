@@ -25,20 +25,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tentacle.cache import PackageCache
-from tentacle.protocol.identity import thumbprint
-from tentacle.protocol.plan import Plan, PlannedPackage
-from tentacle.pull import (
-    Acquirer,
-    AcquisitionError,
-    MirrorClient,
-    MirrorRanker,
-    Timeouts,
-    package_base_address,
-    package_path,
-)
-from tentacle.tls import client_context
-from tests.nginx import (  # the *_fixture imports provide the pki, mirrors and proxies fixtures
+from rigs.nginx_mirror import (  # the *_fixture imports provide the pki, mirrors and proxies fixtures
     FeedPackage,
     Mirrors,
     Pki,
@@ -49,6 +36,19 @@ from tests.nginx import (  # the *_fixture imports provide the pki, mirrors and 
     proxies_fixture,  # noqa: F401
     write_feed,
 )
+from tentacle.net.tls import client_context
+from tentacle.packages.cache import PackageCache
+from tentacle.packages.pull import (
+    Acquirer,
+    AcquisitionError,
+    MirrorClient,
+    MirrorRanker,
+    Timeouts,
+    package_base_address,
+    package_path,
+)
+from tentacle.protocol.identity import thumbprint
+from tentacle.protocol.plan import Plan, PlannedPackage
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -17,9 +17,9 @@ import zstandard
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tentacle.cache import PackageCache
+from tentacle.packages.cache import PackageCache
+from tentacle.packages.receive import ENCODING, OFFSET, PARTIAL_LENGTH, PackageReceiver
 from tentacle.protocol.plan import PlannedPackage
-from tentacle.receive import ENCODING, OFFSET, PARTIAL_LENGTH, PackageReceiver
 
 DATA = os.urandom(300_000) + b"text " * 100_000
 PKG = PlannedPackage(

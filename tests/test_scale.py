@@ -21,16 +21,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from server_shim import machines, tasks
+from server_shim.api.tls_site import READ_BUFFER, LeanTLSSite
 from server_shim.app import raise_open_files_limit
-from server_shim.db import Database
-from server_shim.fleet import Fleet
-from server_shim.tls_site import READ_BUFFER, LeanTLSSite
-from tentacle.paths import InstancePaths
-from tentacle.protocol.gates import TaskCoordinator
+from server_shim.dispatch.fleet import Fleet
+from server_shim.store import machine_rows as machines
+from server_shim.store import task_rows as tasks
+from server_shim.store.database import Database
+from tentacle.common.paths import InstancePaths
+from tentacle.net.tls import client_context, server_context
+from tentacle.protocol.coordinator import TaskCoordinator
 from tentacle.protocol.plan import resolve_plan
 from tentacle.protocol.process import parse_process
-from tentacle.tls import client_context, server_context
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -194,15 +195,15 @@ def test_tentacle_run_does_not_load_what_an_idle_tentacle_never_uses() -> None:
         "cryptography",
         "platformdirs",
         "aiohttp.web",
-        "tentacle.pki",
-        "tentacle.registration",
-        "tentacle.listening",
-        "tentacle.extraction",
-        "tentacle.cache",
-        "tentacle.pull",
+        "tentacle.net.pki",
+        "tentacle.agent.registration",
+        "tentacle.agent.listening",
+        "tentacle.packages.extraction",
+        "tentacle.packages.cache",
+        "tentacle.packages.pull",
         "zstandard",
     ]
-    code = "import sys, json, tentacle.cli, tentacle.agent; "
+    code = "import sys, json, tentacle.agent.command_line, tentacle.agent.daemon; "
     code += f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == []
@@ -210,17 +211,30 @@ def test_tentacle_run_does_not_load_what_an_idle_tentacle_never_uses() -> None:
 
 def test_a_listening_tentacle_loads_the_package_cache_only_when_a_push_arrives() -> None:
     """The push receiver's routes are there from the start; the cache code comes with the first push."""
-    code = "import sys, json, tentacle.agent, tentacle.listening, tentacle.receive; "
-    code += "print(json.dumps([m for m in ['tentacle.cache', 'zstandard'] if m in sys.modules]))"
+    code = "import sys, json, tentacle.agent.daemon, tentacle.agent.listening, tentacle.packages.receive; "
+    code += "print(json.dumps([m for m in ['tentacle.packages.cache', 'zstandard'] if m in sys.modules]))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == []
 
 
 def test_a_tentacle_loads_frozenlist_without_its_cpp_extension_and_leaves_the_environment_alone() -> None:
     """frozenlist's C++ extension would keep libstdc++ resident; scripts must not inherit the switch."""
-    code = "import os, json, tentacle.agent, tentacle.listening, frozenlist; print(json.dumps(["
+    code = "import os, json; from tentacle.agent.command_line import lean_frozenlist; lean_frozenlist(); "
+    code += "import tentacle.agent.daemon, tentacle.agent.listening, frozenlist; print(json.dumps(["
     code += "frozenlist.FrozenList.__module__, 'FROZENLIST_NO_EXTENSIONS' in os.environ, "
     code += "any('libstdc++' in line for line in open('/proc/self/maps'))]))"
     env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert json.loads(done.stdout) == ["frozenlist", False, False]
+
+
+def test_importing_the_project_changes_nothing_in_the_process() -> None:
+    """No import-time side effects: the environment is the same after importing every module."""
+    code = "import os, pkgutil, importlib, json, tentacle, server_shim; before = dict(os.environ); "
+    code += "[importlib.import_module(m.name) for p in (tentacle, server_shim) "
+    code += (
+        "for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.') if not m.name.endswith('__main__')]; "
+    )
+    code += "print(json.dumps(dict(os.environ) == before))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) is True

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tentacle.protocol.masking import MASK, Masker
-from tentacle.scripts import (
+from tentacle.runner.scripts import (
     LINE_LIMIT,
     LineSplitter,
     ScriptError,

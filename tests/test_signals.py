@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from tentacle import config
-from tentacle.config import TasksConfig
-from tentacle.paths import InstancePaths
+from tentacle.agent import agent_config as config
+from tentacle.agent.agent_config import TasksConfig
+from tentacle.common.paths import InstancePaths
 from tests.conftest import LiveServer, Tentacles, eventually
 from tests.deploying import apply, deploy, release, step, texts, wait_task
 

@@ -27,16 +27,16 @@ from typing import NamedTuple
 
 import pytest
 
-from tentacle import sdnotify
-from tentacle.errors import ConfigError, UsageError
-from tentacle.logs import event, format_fields
-from tentacle.systemd import (
+from tentacle.common import sdnotify
+from tentacle.common.logs import event, format_fields
+from tentacle.common.units import (
     ServiceError,
     default_units,
     install_service,
     render_unit,
     uninstall_service,
 )
+from tentacle.errors import ConfigError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 EXECUTABLE = sys.executable  # verify needs ExecStart= to name a real program
@@ -491,7 +491,7 @@ def test_install_without_root_is_a_clear_error(tmp_path: Path) -> None:
         """
         import sys
         from pathlib import Path
-        from tentacle.systemd import ServiceError, install_service
+        from tentacle.common.units import ServiceError, install_service
         try:
             install_service("tentacle", executable=sys.executable, user="nobody",
                             unit_dir=Path(sys.argv[1]), run=lambda argv: sys.exit("ran"))
@@ -581,7 +581,7 @@ def test_notify_failures_are_swallowed_and_logged_once(
     """A socket nobody listens on makes notify return False, logging one warning only."""
     monkeypatch.setattr(sdnotify, "_failure_logged", False)  # fresh process state
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
-    with caplog.at_level(logging.WARNING, logger="tentacle.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="tentacle.common.sdnotify"):
         assert sdnotify.notify("WATCHDOG=1") is False
         assert sdnotify.notify("WATCHDOG=1") is False
     assert [record.getMessage().split()[0] for record in caplog.records] == ["sdnotify.failed"]
@@ -636,7 +636,7 @@ async def test_watchdog_loop_ends_without_a_watchdog(monkeypatch: pytest.MonkeyP
 
 LOGGING_SCRIPT = """
 import logging
-from tentacle.logs import event, setup_logging
+from tentacle.common.logs import event, setup_logging
 setup_logging("info")
 setup_logging("info")  # a second call must not double every line
 log = logging.getLogger("tentacle.test")
@@ -703,7 +703,7 @@ def test_event_logs_name_and_fields(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_unknown_log_level_is_a_config_error() -> None:
     """An unknown level is a configuration error (exit 78) naming the choices."""
-    from tentacle.logs import setup_logging
+    from tentacle.common.logs import setup_logging
 
     with pytest.raises(ConfigError, match="'loud' is not one of debug, info"):
         setup_logging("loud")

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
+from tentacle.agent.rpc import Service
 from tentacle.errors import TentacleError
 from tentacle.protocol.masking import MASK
 from tentacle.protocol.messages import Request
 from tentacle.protocol.plan import Plan, PlannedPackage, PlannedStep, ResolvedVariable
 from tentacle.protocol.process import Script
-from tentacle.service import Service
-from tentacle.tasks import NOT_CONFIGURED, STOPPED, Acquire, TaskRunner
-from tentacle.taskstate import TaskLog
+from tentacle.runner.runner import NOT_CONFIGURED, STOPPED, Acquire, TaskRunner
+from tentacle.runner.task_store import TaskLog
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -441,8 +441,8 @@ CRASHING_AGENT = """
 import asyncio, json, sys
 from pathlib import Path
 from tentacle.protocol.messages import Request
-from tentacle.service import Service
-from tentacle.tasks import TaskRunner
+from tentacle.agent.rpc import Service
+from tentacle.runner.runner import TaskRunner
 
 async def main() -> None:
     runner = TaskRunner(Path(sys.argv[1]))

@@ -40,15 +40,16 @@ from sslyze.server_setting import (
     ServerNetworkLocation,
 )
 
-from server_shim import config as server_config
+from rigs.faultproxy import FaultProxy
+from server_shim import server_config
 from server_shim.ca import Authority
-from server_shim.links import ListeningLink
-from tentacle import config, pki
+from server_shim.dispatch.links import ListeningLink
+from tentacle.agent import agent_config as config
+from tentacle.common.paths import InstancePaths
 from tentacle.errors import TrustError
-from tentacle.paths import InstancePaths
-from tentacle.tls import client_context
+from tentacle.net import pki
+from tentacle.net.tls import client_context
 from tests.conftest import LiveServer, Tentacles, eventually, ws_status
-from tests.faultproxy import FaultProxy
 
 REFUSED = ("ssl_2_0_cipher_suites", "ssl_3_0_cipher_suites", "tls_1_0_cipher_suites", "tls_1_1_cipher_suites")
 TLS13_SUITES = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}

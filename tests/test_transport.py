@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from server_shim import machines
+from server_shim.store import machine_rows as machines
 from tests.conftest import LiveServer, Tentacles, eventually
 
 
@@ -20,7 +20,8 @@ async def test_registered_machine_is_listed_with_its_details(
     """Registration records name, thumbprint, mode, endpoint, roles and environments."""
     paths = await tentacles.register("web-01", mode, roles=("web", "api"), environment="Staging")
     entry = (await live_server.machines())["web-01"]
-    from tentacle import config, pki
+    from tentacle.agent import agent_config as config
+    from tentacle.net import pki
 
     cert = pki.load_cert(config.file(paths, config.CERT_FILE))
     assert entry["thumbprint"] == pki.cert_thumbprint(cert)

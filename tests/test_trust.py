@@ -10,14 +10,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from server_shim import accounts
-from server_shim import config as server_config
+from server_shim import server_config
 from server_shim.ca import Authority
-from server_shim.links import ListeningLink
-from tentacle import config, pki, registration
+from server_shim.dispatch.links import ListeningLink
+from server_shim.store import accounts
+from tentacle.agent import agent_config as config
+from tentacle.agent import registration
+from tentacle.common.paths import InstancePaths
 from tentacle.errors import RemoteError, TrustError
-from tentacle.paths import InstancePaths
-from tentacle.tls import client_context
+from tentacle.net import pki
+from tentacle.net.tls import client_context
 from tests.conftest import LiveServer, Tentacles, eventually, ws_status
 
 
@@ -269,7 +271,7 @@ async def test_operator_commands_pin_the_server_and_keep_the_api_key_from_an_imp
     live_server: LiveServer, tmp_path: Path
 ) -> None:
     """The CLI's client pins the server certificate of its home: a CA-signed impostor gets no key."""
-    from server_shim.client import ApiClient
+    from server_shim.cli.api_client import ApiClient
 
     client = ApiClient.from_home(live_server.paths, live_server.url, None, None)
     assert client.pin == live_server.thumbprint
@@ -286,7 +288,7 @@ def test_server_and_tentacle_contexts_trust_the_server_ca_alone(
     """No system root is trusted between server and tentacles: only the server's CA."""
     import trustme
 
-    from tentacle.tls import server_context
+    from tentacle.net.tls import server_context
 
     # A "system" root that a context loading the default store would pick up (OpenSSL reads
     # SSL_CERT_FILE when the defaults are loaded); a mirror context does take it.

@@ -1,0 +1,116 @@
+"""`server-shim package push` and `server-shim feed export|add|list`.
+
+These act on the instance's database and feed folder directly (like `token create`),
+so they work whether or not the server is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from server_shim import server_config as cfg
+from server_shim.store import feed_store as feed
+from server_shim.store.database import Database
+from tentacle.common.paths import InstancePaths
+from tentacle.errors import TentacleError
+from tentacle.protocol.process import BUILTIN_FEED
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `package` and `feed`."""
+    package = sub.add_parser("package", help="packages of the built-in feed")
+    package_actions = package.add_subparsers(dest="action", required=True, metavar="ACTION")
+    push = package_actions.add_parser("push", help="add .nupkg, .zip or .tar.gz files to the built-in feed")
+    push.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE", help="ID.VERSION.zip|.tar.gz or any .nupkg"
+    )
+    feeds = sub.add_parser("feed", help="export the built-in feed; name feeds of mirrors")
+    actions = feeds.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = actions.add_parser("export", help="write a static NuGet v3 feed (incremental)")
+    export.add_argument("dir", type=Path, metavar="DIR")
+    export.add_argument("--base-url", metavar="URL", help="where DIR will be served (default: relative URLs)")
+    add = actions.add_parser("add", help="name a feed of mirror candidates (replaces one of that name)")
+    add.add_argument("name")
+    add.add_argument(
+        "--mirror", action="append", required=True, metavar="URL", help="a NuGet v3 service index URL"
+    )
+    listing = actions.add_parser("list", help="list the feeds")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _db(paths: InstancePaths) -> Database:
+    cfg.load(paths)  # a clear error when the instance was never initialised
+    return Database(paths.state / cfg.DATABASE_FILE)
+
+
+def _push_all(db: Database, feed_dir: Path, files: list[Path]) -> int:
+    failed = 0
+    for file in files:
+        try:
+            ref = feed.push(db, feed_dir, file)
+        except TentacleError as exc:
+            print(f"server-shim: error: {exc.message}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{ref.id} {ref.version} sha512={ref.sha512} size={ref.size}")
+    if failed:
+        print(f"server-shim: {failed} of {len(files)} files were not pushed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_package(paths: InstancePaths, args: argparse.Namespace) -> int:
+    """`package push FILE...`: one line per package, exit 1 if any file failed."""
+    db = _db(paths)
+    try:
+        return _push_all(db, feed.store_dir(paths.state), args.files)
+    finally:
+        db.close()
+
+
+def _export(db: Database, paths: InstancePaths, args: argparse.Namespace) -> int:
+    report = feed.export(db, feed.store_dir(paths.state), args.dir, args.base_url)
+    print(
+        f"exported {report.packages} packages to {args.dir}: {report.copied} copied"
+        f" ({report.bytes_copied} bytes), {report.skipped} already there"
+    )
+    return 0
+
+
+def _list(db: Database, as_json: bool) -> int:
+    counted = len(db.sync(feed.packages))
+    mirrors = db.sync(feed.feed_mirrors)
+    if as_json:
+        items = [{"name": BUILTIN_FEED, "kind": "builtin", "packages": counted, "mirrors": []}]
+        items += [{"name": name, "kind": "mirrors", "mirrors": urls} for name, urls in mirrors.items()]
+        print(json.dumps(items, indent=2))
+        return 0
+    print(f"{'NAME':<20} {'KIND':<9} SOURCES")
+    print(f"{BUILTIN_FEED:<20} {'builtin':<9} {counted} package files")
+    for name, urls in mirrors.items():
+        print(f"{name:<20} {'mirrors':<9} {' '.join(urls)}")
+    return 0
+
+
+def cmd_feed(paths: InstancePaths, args: argparse.Namespace) -> int:
+    """`feed export DIR`, `feed add NAME --mirror URL...`, `feed list`."""
+    db = _db(paths)
+    try:
+        if args.action == "export":
+            return _export(db, paths, args)
+        if args.action == "add":
+            db.sync(feed.add_feed, args.name, args.mirror)
+            print(f"feed {args.name}: {len(dict.fromkeys(args.mirror))} mirrors")
+            return 0
+        return _list(db, args.json)
+    finally:
+        db.close()
+
+
+COMMANDS: dict[str, Callable[[InstancePaths, argparse.Namespace], int]] = {
+    "package": cmd_package,
+    "feed": cmd_feed,
+}

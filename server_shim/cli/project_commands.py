@@ -1,0 +1,111 @@
+"""`server-shim project apply` and `server-shim release create`: one request each.
+
+    server-shim project apply FILE [--name NAME]
+    server-shim release create --project P --version V [--package ID=VERSION ...]
+
+Both are API clients (see `server_shim.cli.api_client`); the server validates everything, so
+these only read their input and report the answer. `release create` prints the
+release version alone, for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from server_shim.cli import main as shim_cli
+from server_shim.cli.api_client import ApiClient
+from tentacle.common.paths import InstancePaths
+from tentacle.errors import TentacleError, UsageError
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``project`` and ``release`` commands."""
+    project = sub.add_parser("project", help="projects (deployment processes)")
+    actions = project.add_subparsers(dest="action", required=True, metavar="ACTION")
+    apply = actions.add_parser("apply", help="create or replace a project from its process document (JSON)")
+    apply.add_argument("file", metavar="FILE", help="the process document")
+    apply.add_argument("--name", help='project name (default: the document\'s "name")')
+    shim_cli._client_flags(apply)
+    release = sub.add_parser("release", help="releases")
+    actions = release.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a release (prints its version alone)")
+    create.add_argument("--project", required=True, help="project name")
+    create.add_argument("--version", required=True, help="release version (a NuGet version)")
+    create.add_argument(
+        "--package",
+        action="append",
+        default=[],
+        metavar="ID=VERSION",
+        help="pin a package version (default: the newest in the feed); repeatable",
+    )
+    shim_cli._client_flags(create)
+
+
+def read_document(file: str) -> dict[str, Any]:
+    """The process document in ``file``, decoded (the server validates it)."""
+    path = Path(file)
+    try:
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise TentacleError(f"{file}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise TentacleError(f"{file}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except ValueError as exc:
+        raise TentacleError(f"{file}: not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise TentacleError(f"{file}: must hold a JSON object (the process document)")
+    return document
+
+
+def project_name(document: dict[str, Any], flag: str | None, file: str) -> str:
+    """The name to apply under: ``--name``, else the document's ``name``."""
+    name = flag if flag is not None else document.get("name")
+    if not isinstance(name, str) or not name:
+        raise UsageError(f'{file}: no "name" in the document; pass --name NAME')
+    return name
+
+
+def cmd_project(paths: InstancePaths, args: argparse.Namespace) -> int:
+    """`project apply FILE`: one PUT of the document."""
+    document = read_document(args.file)
+    name = project_name(document, args.name, args.file)
+    client = ApiClient.from_home(paths, args.server, args.api_key, args.ca)
+    answer = asyncio.run(client.request("PUT", client.path("projects", name, "v1"), document))
+    runbooks = ", ".join(answer["runbooks"]) or "none"
+    print(f"applied project {answer['name']!r}: {answer['steps']} steps; runbooks: {runbooks}")
+    return 0
+
+
+def package_versions(pairs: list[str]) -> dict[str, str]:
+    """``--package ID=VERSION`` flags as a mapping; a malformed or repeated one is a usage error."""
+    versions: dict[str, str] = {}
+    for pair in pairs:
+        package_id, sep, version = pair.partition("=")
+        if not sep or not package_id or not version:
+            raise UsageError(f"--package must be ID=VERSION, not {pair!r}")
+        if package_id.lower() in (known.lower() for known in versions):
+            raise UsageError(f"--package {package_id}: given twice")
+        versions[package_id] = version
+    return versions
+
+
+def cmd_release(paths: InstancePaths, args: argparse.Namespace) -> int:
+    """`release create`: one POST; prints the release version alone."""
+    body: dict[str, Any] = {"projectName": args.project, "releaseVersion": args.version}
+    if args.package:
+        body["packageVersions"] = package_versions(args.package)
+    client = ApiClient.from_home(paths, args.server, args.api_key, args.ca)
+    answer = asyncio.run(client.request("POST", client.path("releases", "create", "v1"), body))
+    print(answer["releaseVersion"])
+    return 0
+
+
+COMMANDS: dict[str, Callable[[InstancePaths, argparse.Namespace], int]] = {
+    "project": cmd_project,
+    "release": cmd_release,
+}

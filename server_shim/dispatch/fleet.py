@@ -1,0 +1,163 @@
+"""Who is there: the live links to tentacles and whether each is online.
+
+A polling tentacle is online while its websocket is open (heartbeats close a
+half-open one). A listening tentacle is online while the periodic ping succeeds:
+`check_loop` pings every listening machine each `interval` seconds, concurrently.
+``lastSeen`` is kept in memory on every contact and written to the database in one
+batch per interval. Machine records are cached by name (`machine`): every call to a
+target needs one, and `forget` (removal, re-registration) drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import ssl
+import time
+from typing import Any
+
+from server_shim.dispatch.links import Link, ListeningLink, PollingLink
+from server_shim.store import machine_rows as machines
+from server_shim.store.database import Database
+from server_shim.store.machine_rows import Machine
+from tentacle.common.logs import event
+from tentacle.errors import TentacleError, TransportError
+
+log = logging.getLogger("server_shim.dispatch.fleet")
+
+
+class Fleet:
+    """The live state of every machine, next to the database's records."""
+
+    def __init__(
+        self, db: Database, client_ctx: ssl.SSLContext, interval: float = 5.0, timeout: float = 5.0
+    ) -> None:
+        self.db = db
+        self.client_ctx = client_ctx
+        self.interval, self.timeout = interval, timeout
+        self.polling: dict[str, PollingLink] = {}
+        self.listening: dict[str, ListeningLink] = {}
+        self.online_listening: set[str] = set()
+        self.seen: dict[str, float] = {}
+        self._unsaved: dict[str, float] = {}
+        self._machines: dict[str, Machine] = {}
+        self._forgotten = 0  # bumped by `forget`: a lookup that raced with it is not cached
+        self.closing = False
+
+    async def machine(self, name: str) -> Machine | None:
+        """The registered machine named `name` (any space), or None; cached."""
+        found = self._machines.get(name)
+        if found is None:
+            generation = self._forgotten
+            found = await self.db.run(machines.by_name, name)
+            if found is not None and generation == self._forgotten:
+                self._machines[name] = found
+        return found
+
+    def is_online(self, name: str) -> bool:
+        """Whether the machine can be reached now."""
+        return name in self.polling or name in self.online_listening
+
+    def touch(self, name: str) -> None:
+        """Note a contact with the machine."""
+        self.seen[name] = self._unsaved[name] = time.time()
+
+    def attach(self, machine: Machine, link: PollingLink) -> PollingLink | None:
+        """A polling tentacle connected; returns the link it replaces, if any."""
+        old = self.polling.get(machine.name)
+        self.polling[machine.name] = link
+        self.touch(machine.name)
+        event(log, "machine.online", machine=machine.name, mode="polling")
+        return old
+
+    def detach(self, name: str, link: PollingLink, reason: str) -> None:
+        """A polling tentacle's websocket closed."""
+        link.fail_all(reason)
+        if self.polling.get(name) is link:
+            del self.polling[name]
+            self.touch(name)
+            if not self.closing:  # the server stopping is one event (fleet.closed), not thousands
+                event(log, "machine.offline", machine=name, mode="polling", reason=reason)
+
+    def link(self, machine: Machine) -> Link:
+        """The way to call this machine now (raises TransportError when there is none)."""
+        if machine.mode == "polling":
+            link = self.polling.get(machine.name)
+            if link is None:
+                raise TransportError(f"machine {machine.name!r} is not connected")
+            return link
+        if machine.endpoint is None:
+            raise TransportError(f"machine {machine.name!r} has no endpoint")
+        existing = self.listening.get(machine.name)
+        if existing is None or existing.url != machine.endpoint.rstrip("/") + "/rpc/v1":
+            existing = self.listening[machine.name] = ListeningLink(
+                machine.endpoint, machine.thumbprint, self.client_ctx
+            )
+        return existing
+
+    async def call(
+        self, machine: Machine, method: str, params: dict[str, Any], timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Send one request to a machine, whichever its mode."""
+        result = await self.link(machine).call(method, params, timeout)
+        self.touch(machine.name)
+        return result
+
+    async def forget(self, name: str) -> None:
+        """A machine was removed: drop its links at once."""
+        self._machines.pop(name, None)
+        self._forgotten += 1
+        links: list[Link | None] = [self.polling.pop(name, None), self.listening.pop(name, None)]
+        for link in links:
+            if link is not None:
+                await link.close()
+        self.online_listening.discard(name)
+
+    async def check_once(self) -> None:
+        """Ping every listening machine once; save lastSeen."""
+        listening = await self.db.run(_listening)
+        await asyncio.gather(*(self._check(m) for m in listening))
+        if self._unsaved:
+            batch, self._unsaved = self._unsaved, {}
+            await self.db.run(machines.save_last_seen, batch)
+
+    async def _check(self, machine: Machine) -> None:
+        try:
+            await self.call(machine, "ping", {}, self.timeout)
+        except TentacleError as exc:
+            if machine.name in self.online_listening:
+                self.online_listening.discard(machine.name)
+                event(
+                    log,
+                    "machine.offline",
+                    logging.WARNING,
+                    machine=machine.name,
+                    mode="listening",
+                    reason=exc.message,
+                )
+            return
+        if machine.name not in self.online_listening:
+            self.online_listening.add(machine.name)
+            event(log, "machine.online", machine=machine.name, mode="listening")
+
+    async def check_loop(self) -> None:
+        """Run `check_once` forever, every `interval` seconds."""
+        while True:
+            try:
+                await self.check_once()
+            except Exception:
+                log.exception("fleet.check_failed")
+            await asyncio.sleep(self.interval)
+
+    async def close(self) -> None:
+        """Close every link, all at once (one by one, 5,000 close handshakes take minutes)."""
+        self.closing = True
+        links: list[Link] = [*self.polling.values(), *self.listening.values()]
+        await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+        event(log, "fleet.closed", links=len(links))
+
+
+def _listening(conn: sqlite3.Connection) -> list[Machine]:
+    rows = conn.execute("SELECT * FROM machines WHERE mode = 'listening' ORDER BY space, name")
+    return [Machine.from_row(row) for row in rows]

@@ -1,0 +1,108 @@
+"""The server's configuration: ``server-shim.toml`` in the instance's config folder.
+
+    public_url = "https://deploy.example:8443"     # what tentacles and operators use
+    [listen]   host = "0.0.0.0"  port = 8443       # API and built-in feed
+    [polling]  host = "0.0.0.0"  port = 10943      # polling tentacles' websockets
+    [checks]   interval = 5.0    timeout = 5.0     # how often listening tentacles are pinged
+    [tasks]    target_lost_after = 120.0           # a target unreachable this long fails its task
+
+``SERVER_SHIM_*`` variables override the file; `run --listen/--polling-listen` override both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
+
+from tentacle.common import configfile
+from tentacle.common.paths import InstancePaths
+from tentacle.errors import ConfigError
+from tentacle.net.pki import write_private
+
+CONFIG_FILE = "server-shim.toml"
+DATABASE_FILE = "server.db"
+CA_CERT, CA_KEY = "ca.pem", "ca.key"
+SERVER_CERT, SERVER_KEY = "server.pem", "server.key"
+ADMIN_KEY_FILE = "admin-api-key"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A host and port to bind."""
+
+    host: str = "0.0.0.0"
+    port: int = 8443
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port: must be 0-65535, not {self.port}")
+
+
+@dataclass(frozen=True)
+class Checks:
+    """Health checks of listening tentacles (seconds)."""
+
+    interval: float = 5.0
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """How tasks treat unreachable targets (seconds)."""
+
+    target_lost_after: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.target_lost_after <= 86400:
+            raise ValueError(
+                f"tasks.target_lost_after: must be 1-86400 seconds, not {self.target_lost_after}"
+            )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `server-shim run` needs, validated."""
+
+    public_url: str = "https://127.0.0.1:8443"
+    polling_public_url: str = ""
+    log_level: str = "info"
+    listen: Endpoint = field(default_factory=Endpoint)
+    polling: Endpoint = field(default_factory=lambda: Endpoint(port=10943))
+    checks: Checks = field(default_factory=Checks)
+    tasks: Tasks = field(default_factory=Tasks)
+
+    def __post_init__(self) -> None:
+        url = urlsplit(self.public_url)
+        if url.scheme != "https" or not url.hostname:
+            raise ValueError(f"public_url: must be an https:// URL, not {self.public_url!r}")
+
+    def polling_url(self) -> str:
+        """Where polling tentacles connect."""
+        if self.polling_public_url:
+            return self.polling_public_url
+        host = urlsplit(self.public_url).hostname or "localhost"
+        host = f"[{host}]" if ":" in host else host
+        return f"wss://{host}:{self.polling.port}/poll/v1"
+
+    def with_changes(self, **changes: object) -> ServerConfig:
+        """A copy with some fields replaced."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load(paths: InstancePaths, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Read and validate ``server-shim.toml`` with ``SERVER_SHIM_*`` overrides."""
+    path = paths.config / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"{path}: missing; run `server-shim init` first")
+    data = configfile.read(path)
+    try:
+        return configfile.load(ServerConfig, data, os.environ if env is None else env, "SERVER_SHIM")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}") from exc
+
+
+def save(paths: InstancePaths, config: ServerConfig) -> None:
+    """Write ``server-shim.toml`` atomically."""
+    write_private(paths.config / CONFIG_FILE, configfile.dump(config).encode(), 0o640)

@@ -1,0 +1,263 @@
+"""Projects and releases in the database.
+
+A project is its validated process document, stored in normalized form (what
+`Process.to_json` gives). A release freezes two things at creation: a copy of the
+process, and one exact package file (`PackageRef`) for every package id the process
+uses, in its steps and its runbooks, so that a later edit of the project or a newer
+package in the feed never changes what a release deploys.
+
+Release versions are NuGet versions, stored normalized (``1.0`` is ``1.0.0``); two
+versions NuGet calls equal (``1.0.0-Beta`` and ``1.0.0-beta``) are the same release.
+Errors, each with the HTTP status the API answers::
+
+    ProjectNotFound      404   no project of that name in the space
+    ReleaseNotFound      404   no release of that version
+    ReleaseExists        409   the version is taken
+    ReleaseRequestError  400   a bad version text or a package the process does not use
+    PackageMissing       404   the feed lacks a given version, or any version of a package
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from server_shim.store import feed_store as feed
+from tentacle.errors import TentacleError
+from tentacle.protocol.json_fields import NAME_MAX, DocumentError, key_path, text_problem
+from tentacle.protocol.nuget import InvalidVersion, NuGetVersion
+from tentacle.protocol.plan import PackageRef
+from tentacle.protocol.process import Process, parse_process
+
+MAX_VERSION_CHARS = 100
+
+
+class ProjectNotFound(TentacleError):
+    """No project of that name in the space."""
+
+    api_status = 404
+
+
+class ReleaseNotFound(TentacleError):
+    """No release of that version in the project."""
+
+    api_status = 404
+
+
+class ReleaseExists(TentacleError):
+    """A release of that version already exists."""
+
+    api_status = 409
+
+
+class ReleaseRequestError(DocumentError):
+    """The release request is wrong; ``problems`` names each field."""
+
+
+class PackageMissing(TentacleError):
+    """The feed cannot supply a package version the release needs."""
+
+    api_status = 404
+
+
+@dataclass(frozen=True)
+class Release:
+    """A project's process and package versions, frozen under a version."""
+
+    project: str
+    version: str
+    process: Process
+    packages: dict[str, PackageRef]
+
+
+def put_project(conn: sqlite3.Connection, space: str, name: str, process: Process) -> bool:
+    """Create or replace the project's process; True when it was created."""
+    if process.name != name:
+        raise ValueError(f"process {process.name!r} stored under the name {name!r}")
+    document = json.dumps(process.to_json())
+    created = _project_row(conn, space, name) is None
+    conn.execute(
+        "INSERT INTO projects (space, name, document, updated_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (space, name) DO UPDATE SET document = excluded.document,"
+        " updated_at = excluded.updated_at",
+        (space, name, document, time.time()),
+    )
+    return created
+
+
+def get_project(conn: sqlite3.Connection, space: str, name: str) -> Process:
+    """The project's process; ProjectNotFound when there is none."""
+    row = _project_row(conn, space, name) if _storable(name) else None
+    if row is None:
+        raise ProjectNotFound(f"project {_shown(name)} does not exist in space {_shown(space)}")
+    return parse_process(json.loads(row["document"]), name)
+
+
+def _storable(text: str) -> bool:
+    """Whether ``text`` can be a stored name at all (SQLite refuses unpaired surrogates)."""
+    return text_problem(text) is None and len(text) <= NAME_MAX
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message, cut short: messages must not echo megabytes back."""
+    return repr(text if len(text) <= NAME_MAX else text[:NAME_MAX] + "...")
+
+
+def _project_row(conn: sqlite3.Connection, space: str, name: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT document FROM projects WHERE space = ? AND name = ?", (space, name)
+    ).fetchone()
+    return row
+
+
+def create_release(
+    conn: sqlite3.Connection,
+    space: str,
+    project: str,
+    version: str,
+    package_versions: Mapping[str, str] | None,
+) -> Release:
+    """Freeze the project's process with exact package versions under ``version``.
+
+    Each package id the process uses gets the version in ``package_versions`` (ids
+    match case-insensitively, as NuGet's do), else the newest in the feed.
+    """
+    normalized = str(_release_version(version))
+    process = get_project(conn, space, project)
+    if _release_row(conn, space, project, normalized) is not None:
+        raise ReleaseExists(f"releaseVersion: release {normalized!r} of project {project!r} already exists")
+    wanted = _wanted_versions(process.package_ids(), package_versions or {})
+    release = Release(project, normalized, process, _resolve_packages(conn, wanted))
+    conn.execute(
+        "INSERT INTO releases (space, project, version, process, packages, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (space, project, normalized, json.dumps(process.to_json()), _packages_json(release), time.time()),
+    )
+    return release
+
+
+def get_release(conn: sqlite3.Connection, space: str, project: str, version: str) -> Release:
+    """The release of that version (any NuGet-equal spelling); ReleaseNotFound else."""
+    get_project(conn, space, project)  # an unknown project is reported as such
+    try:
+        row = _release_row(conn, space, project, str(NuGetVersion.parse(version)))
+    except InvalidVersion:
+        row = None  # no release has an unparsable version
+    if row is None:
+        raise ReleaseNotFound(f"release {_shown(version)} of project {_shown(project)} does not exist")
+    return _release_from_row(row)
+
+
+def latest_release(conn: sqlite3.Connection, space: str, project: str) -> Release | None:
+    """The project's release with the highest version (NuGet ordering), or None."""
+    rows = conn.execute("SELECT * FROM releases WHERE space = ? AND project = ?", (space, project)).fetchall()
+    if not rows:
+        return None
+    return _release_from_row(max(rows, key=lambda row: NuGetVersion.parse(row["version"])))
+
+
+def _release_row(conn: sqlite3.Connection, space: str, project: str, version: str) -> sqlite3.Row | None:
+    # Normalized versions differ only in the case of their labels when NuGet calls them equal.
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM releases WHERE space = ? AND project = ? AND lower(version) = lower(?)",
+        (space, project, version),
+    ).fetchone()
+    return row
+
+
+def _release_from_row(row: sqlite3.Row) -> Release:
+    packages = {
+        key: PackageRef(p["id"], p["version"], p["sha512"], p["size"], p["fileName"])
+        for key, p in json.loads(row["packages"]).items()
+    }
+    process = parse_process(json.loads(row["process"]), row["project"])
+    return Release(row["project"], row["version"], process, packages)
+
+
+def _packages_json(release: Release) -> str:
+    return json.dumps(
+        {
+            key: {
+                "id": ref.id,
+                "version": ref.version,
+                "sha512": ref.sha512,
+                "size": ref.size,
+                "fileName": ref.file_name,
+            }
+            for key, ref in release.packages.items()
+        }
+    )
+
+
+def _release_version(text: str) -> NuGetVersion:
+    version = _parse_version(text)
+    if isinstance(version, str):
+        raise ReleaseRequestError([("releaseVersion", version)])
+    return version
+
+
+def _parse_version(text: str) -> NuGetVersion | str:
+    """The version, or why ``text`` is not one."""
+    issue = text_problem(text)
+    if issue is not None:
+        return issue
+    if len(text) > MAX_VERSION_CHARS:
+        return f"must be at most {MAX_VERSION_CHARS} characters"
+    try:
+        return NuGetVersion.parse(text)
+    except InvalidVersion as exc:
+        return f"must be a NuGet version: {exc.message}"
+
+
+def _wanted_versions(used: Iterable[str], given: Mapping[str, str]) -> dict[str, str | None]:
+    """Each used package id with its requested version (None: the newest)."""
+    by_lower = {package_id.lower(): package_id for package_id in used}
+    wanted: dict[str, str | None] = dict.fromkeys(by_lower.values())
+    problems: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for package_id, text in given.items():
+        target = by_lower.get(package_id.lower())
+        path = key_path("packageVersions", package_id) if _storable(package_id) else "packageVersions"
+        version = _parse_version(text)
+        if target is None:
+            names = ", ".join(sorted(by_lower.values())) or "none"
+            problems.append((path, f"the process uses no package {_shown(package_id)} (it uses: {names})"))
+        elif target in seen:
+            problems.append((path, f"package {target!r} is given twice"))
+        elif isinstance(version, str):
+            seen.add(target)
+            problems.append((path, version))
+        else:
+            seen.add(target)
+            wanted[target] = str(version)
+    if problems:
+        raise ReleaseRequestError(problems)
+    return wanted
+
+
+def _resolve_packages(conn: sqlite3.Connection, wanted: Mapping[str, str | None]) -> dict[str, PackageRef]:
+    """Pin every package; PackageMissing lists all that the feed cannot supply."""
+    refs: dict[str, PackageRef] = {}
+    missing: list[dict[str, Any]] = []
+    for package_id, version in sorted(wanted.items()):
+        try:
+            refs[package_id] = feed.resolve(conn, package_id, version)
+        except feed.PackageNotFound:
+            missing.append({"id": package_id, "version": version})
+    if missing:
+        raise PackageMissing(
+            "; ".join(_missing_text(item["id"], item["version"]) for item in missing),
+            details={"packages": missing},
+        )
+    return refs
+
+
+def _missing_text(package_id: str, version: str | None) -> str:
+    if version is None:
+        return f"package {package_id!r} has no version in the feed (push one first)"
+    path = key_path("packageVersions", package_id)
+    return f"{path}: package {package_id!r} version {version!r} is not in the feed"

@@ -1,0 +1,230 @@
+"""`tentacle run`: the daemon, in the foreground.
+
+Starts the transport the configuration names (listening or polling) around one
+`Service`, tells systemd when it is ready, and stops gracefully on the first
+SIGTERM or SIGINT (a second one exits at once). SIGHUP re-reads the configuration
+and applies what can change without a restart (pinned thumbprints, log level).
+The connection state goes to ``state/connection.json`` for `tentacle status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tentacle.agent import agent_config as config_mod
+from tentacle.agent.agent_config import TentacleConfig
+from tentacle.agent.polling_client import PollingClient
+from tentacle.agent.rpc import Service
+from tentacle.common import sdnotify
+from tentacle.common.atomicfile import write_private
+from tentacle.common.logs import event
+from tentacle.common.paths import InstancePaths
+from tentacle.errors import ConfigError, TentacleError
+from tentacle.net.tls import client_context, server_context
+from tentacle.runner.runner import TaskRunner
+
+if TYPE_CHECKING:
+    from tentacle.agent.listening import ListeningServer
+    from tentacle.packages.cache import PackageCache
+    from tentacle.packages.pull import Acquirer
+    from tentacle.protocol.plan import Plan, PlannedPackage
+
+log = logging.getLogger("tentacle.agent.daemon")
+STATE_FILE = "connection.json"
+
+
+class Agent:
+    """One running tentacle."""
+
+    def __init__(self, paths: InstancePaths, config: TentacleConfig) -> None:
+        self.paths = paths
+        self.config = config.require_registered(paths)
+        self.service = Service(config.name, config.mode)
+        self.packages = Packages(paths, self.config)
+        self.runner = TaskRunner(
+            paths.state,
+            self.packages.acquire,
+            parallelism=self.config.packages.parallelism,
+            on_end=self.packages.release,
+        )
+        self.runner.register(self.service)
+        self.stop = asyncio.Event()
+        self.listener: ListeningServer | None = None
+        self.poller: PollingClient | None = None
+        self.bound_port: int | None = None
+        self.started = asyncio.Event()
+
+    def _files(self) -> tuple[Path, ...]:
+        names = (config_mod.CERT_FILE, config_mod.KEY_FILE, config_mod.SERVER_CA_FILE)
+        files = tuple(config_mod.file(self.paths, n) for n in names)
+        for path in files:
+            if not path.exists():
+                raise ConfigError(f"{path}: missing; register this tentacle again")
+        return files
+
+    @property
+    def pins(self) -> frozenset[str]:
+        """The server thumbprints this tentacle trusts."""
+        return frozenset(self.config.server.thumbprints)
+
+    def record_state(self, state: str, detail: str = "") -> None:
+        """Write the connection state for `tentacle status` (best effort)."""
+        body = {
+            "mode": self.config.mode,
+            "state": state,
+            "detail": detail,
+            "since": time.time(),
+            "pid": os.getpid(),
+            "port": self.bound_port,
+        }
+        try:
+            write_private(self.paths.state / STATE_FILE, json.dumps(body).encode(), 0o644)
+        except OSError as exc:
+            event(log, "state.write_failed", logging.WARNING, reason=str(exc))
+
+    async def start(self) -> None:
+        """Bind the listener or start polling."""
+        cert, key, ca = self._files()
+        self.paths.create()
+        if self.config.mode == "listening":
+            from tentacle.agent.listening import ListeningServer  # aiohttp.web: only a listener needs it
+            from tentacle.packages.receive import PackageReceiver
+
+            ctx = server_context(cert, key, ca, require=True)
+            receiver = PackageReceiver(self.packages.cache, self.runner.planned_package)
+            self.listener = ListeningServer(self.service, self.pins, ctx, receiver.add_routes)
+            self.bound_port = await self.listener.start(self.config.listen.host, self.config.listen.port)
+            self.record_state("listening", f"{self.config.listen.host}:{self.bound_port}")
+            event(log, "listening.started", host=self.config.listen.host, port=self.bound_port)
+        else:
+            ctx = client_context(ca, cert, key)
+            self.poller = PollingClient(
+                self.config.server.polling_url,
+                self.pins,
+                ctx,
+                self.service,
+                self.record_state,
+                self.config.heartbeat.interval,
+            )
+
+    async def serve(self) -> None:
+        """Run until `stop` is set."""
+        await self.start()
+        self.started.set()
+        sdnotify.ready(f"{self.config.mode} as {self.config.name}")
+        watchdog = asyncio.create_task(sdnotify.watchdog_loop())
+        try:
+            if self.poller is not None:
+                await self.poller.run(self.stop)
+            else:
+                await self.stop.wait()
+        finally:
+            sdnotify.stopping()
+            watchdog.cancel()
+            await self.runner.shutdown(self.config.tasks.stop_grace)
+            await self.packages.close()
+            if self.listener is not None:
+                await self.listener.stop()
+            self.record_state("stopped")
+            event(log, "agent.stopped", machine=self.config.name)
+
+    def reload(self) -> None:
+        """Apply a changed configuration file (SIGHUP)."""
+        try:
+            fresh = config_mod.load(self.paths)
+        except ConfigError as exc:
+            event(log, "config.reload_failed", logging.ERROR, reason=exc.message)
+            return
+        self.config = self.config.with_changes(server=fresh.server, log_level=fresh.log_level)
+        logging.getLogger().setLevel(fresh.log_level.upper())
+        if self.listener is not None:
+            self.listener.set_pins(self.pins)
+        if self.poller is not None:
+            self.poller.pins = self.pins
+        event(log, "config.reloaded", thumbprints=",".join(sorted(self.pins)))
+
+
+class Packages:
+    """The package cache and the acquirer, built when first needed (an idle tentacle has neither)."""
+
+    def __init__(self, paths: InstancePaths, config: TentacleConfig) -> None:
+        self.paths, self.config = paths, config
+        self._cache: PackageCache | None = None
+        self._acquirer: Acquirer | None = None
+
+    def cache(self) -> PackageCache:
+        """The cache under ``<state>/packages``."""
+        if self._cache is None:
+            from tentacle.packages.cache import PackageCache
+
+            self._cache = PackageCache(self.paths.state / "packages", self.config.packages.min_free_share)
+        return self._cache
+
+    def acquirer(self) -> Acquirer:
+        """Pulls from mirrors and fetches from the server's feed, with our registered certificate."""
+        if self._acquirer is None:
+            from tentacle.packages.pull import Acquirer
+
+            names = (config_mod.SERVER_CA_FILE, config_mod.CERT_FILE, config_mod.KEY_FILE)
+            ca, cert, key = (config_mod.file(self.paths, n) for n in names)
+            feed = (
+                self.config.server.url.rstrip("/") + "/nuget/v3/index.json"
+                if self.config.server.url
+                else None
+            )
+            self._acquirer = Acquirer(
+                self.cache(),
+                client_context(ca, cert, key, system_roots=True),
+                self.config.packages.mirrors,
+                feed,
+                server_pins=frozenset(self.config.server.thumbprints),
+            )
+        return self._acquirer
+
+    async def acquire(self, plan: Plan, package: PlannedPackage) -> Path:
+        """The task runner's `acquire`: the verified file of one package."""
+        return await self.acquirer()(plan, package)
+
+    def release(self, task_id: str) -> None:
+        """A task ended: its packages may be evicted."""
+        if self._acquirer is not None:
+            self._acquirer.release(task_id)
+
+    async def close(self) -> None:
+        """Stop background probes."""
+        if self._acquirer is not None:
+            await self._acquirer.close()
+
+
+def install_signals(agent: Agent) -> None:
+    """First TERM/INT: stop gracefully; second: exit now. HUP: reload."""
+    loop = asyncio.get_running_loop()
+
+    def on_stop(signame: str) -> None:
+        if agent.stop.is_set():
+            event(log, "agent.killed", logging.WARNING, signal=signame)
+            os._exit(1)
+        event(log, "agent.stopping", signal=signame)
+        agent.stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, agent.reload)
+
+
+async def run(paths: InstancePaths, config: TentacleConfig) -> int:
+    """The body of `tentacle run`; returns the exit code."""
+    agent = Agent(paths, config)
+    install_signals(agent)
+    try:
+        await agent.serve()
+    except OSError as exc:
+        raise TentacleError(f"cannot start: {exc}") from exc
+    return 0

@@ -1,0 +1,110 @@
+"""Listening transport: the tentacle serves mutual TLS and the server connects in.
+
+The server posts each request envelope to ``/rpc/v1``. TLS checks the client's
+chain against the server CA; this module then pins the exact certificate: a
+certificate signed by the same CA but belonging to anyone else (another tentacle,
+say) is refused with 403 and a log line naming both thumbprints.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from tentacle.agent.rpc import Service
+from tentacle.common.logs import event
+from tentacle.net.tls import peer_thumbprint
+from tentacle.protocol import messages
+from tentacle.protocol.messages import MessageError, Request
+
+log = logging.getLogger("tentacle.agent.listening")
+RPC_PATH = "/rpc/v1"
+_PINS = web.AppKey("pins", list[frozenset[str]])  # one cell, replaced on reload
+_SERVICE = web.AppKey("service", Service)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def pin_server(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Refuse every peer but the pinned server, naming what it presented."""
+    presented = peer_thumbprint(request.transport)
+    pins = request.app[_PINS][0]
+    if presented not in pins:
+        expected = ",".join(sorted(pins))
+        event(
+            log,
+            "trust.refused",
+            logging.WARNING,
+            peer=request.remote,
+            expected=expected,
+            presented=presented or "none",
+        )
+        return _error(
+            403, "untrusted-peer", f"expected server thumbprint {expected}, presented {presented or 'none'}"
+        )
+    return await handler(request)
+
+
+async def rpc(request: web.Request) -> web.Response:
+    """One request envelope in, one response envelope out."""
+    try:
+        message = messages.decode(await request.read())
+    except MessageError as exc:
+        return _error(400, "bad-message", exc.message)
+    if not isinstance(message, Request):
+        return _error(400, "bad-message", "expected a request")
+    response = await request.app[_SERVICE].handle(message)
+    return web.Response(text=messages.encode(response), content_type="application/json")
+
+
+def make_app(
+    service: Service, pins: frozenset[str], extra_routes: Callable[[web.Application], None] | None = None
+) -> web.Application:
+    """The aiohttp application of a listening tentacle; `extra_routes` adds more (pushed packages)."""
+    app = web.Application(middlewares=[pin_server], client_max_size=messages.MAX_MESSAGE_BYTES)
+    app[_PINS] = [pins]
+    app[_SERVICE] = service
+    app.router.add_post(RPC_PATH, rpc)
+    if extra_routes is not None:
+        extra_routes(app)
+    return app
+
+
+class ListeningServer:
+    """The listening site; `pins` can be replaced on reload."""
+
+    def __init__(
+        self,
+        service: Service,
+        pins: frozenset[str],
+        ctx: ssl.SSLContext,
+        extra_routes: Callable[[web.Application], None] | None = None,
+    ) -> None:
+        self.app = make_app(service, pins, extra_routes)
+        self.ctx = ctx
+        # Large reads: a pushed package is hundreds of MB, and 64 KiB pauses the socket often.
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, read_bufsize=1 << 22)
+
+    def set_pins(self, pins: frozenset[str]) -> None:
+        """Trust a new set of server thumbprints (SIGHUP)."""
+        self.app[_PINS][0] = pins
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port (useful with port 0)."""
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, ssl_context=self.ctx, reuse_address=True)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]  # aiohttp keeps the server private
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def stop(self) -> None:
+        """Stop accepting and close connections."""
+        await self.runner.cleanup()

@@ -1,0 +1,141 @@
+"""`tentacle register`: trade a token and a CSR for a certificate signed by the server.
+
+Trust on first use, made safe like ``kubeadm join``: the operator passes the server's
+thumbprint, and the connection is pinned to it before the token leaves this host.
+The answer carries our signed certificate and the server's CA; both are checked
+against what we sent before anything is written.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import aiohttp
+from cryptography import x509
+
+from tentacle.agent import agent_config as config_mod
+from tentacle.agent.agent_config import ListenConfig, ServerConfig, TentacleConfig
+from tentacle.common.paths import InstancePaths
+from tentacle.errors import TrustError, UsageError
+from tentacle.net import httpclient, pki
+from tentacle.net.tls import client_context, pinned_connector
+from tentacle.protocol.identity import check_name, normalize_thumbprint
+
+REGISTER_PATH = "/api/machines/register/v1"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the operator asked for on the command line."""
+
+    server: str
+    token: str
+    server_thumbprint: str
+    name: str
+    environments: tuple[str, ...]
+    roles: tuple[str, ...]
+    listen: ListenConfig | None  # None: polling
+    force: bool = False
+
+    def endpoint(self) -> str | None:
+        """The URL the server will use to reach a listening tentacle."""
+        if self.listen is None:
+            return None
+        host = self.listen.public_hostname or self.listen.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.getfqdn()
+        host = f"[{host}]" if ":" in host else host
+        return f"https://{host}:{self.listen.port}"
+
+
+def validate(reg: Registration) -> Registration:
+    """Check the flags before any network traffic; raises UsageError."""
+    try:
+        check_name("machine name", reg.name)
+        for value in reg.environments + reg.roles:
+            check_name("environment or role", value)
+        thumb = normalize_thumbprint(reg.server_thumbprint)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if not reg.server.startswith("https://"):
+        raise UsageError(f"--server must be an https:// URL, not {reg.server!r}")
+    if not reg.environments or not reg.roles:
+        raise UsageError("give at least one --environment and one --role")
+    return Registration(**{**reg.__dict__, "server_thumbprint": thumb})
+
+
+def ensure_key(paths: InstancePaths, name: str) -> pki.PrivateKey:
+    """The instance's key, made (with a self-signed certificate) on first use."""
+    key_path = config_mod.file(paths, config_mod.KEY_FILE)
+    if key_path.exists():
+        return pki.load_key(key_path)
+    key = pki.new_key()
+    pki.write_private(key_path, pki.key_pem(key))
+    pki.write_private(
+        config_mod.file(paths, config_mod.CERT_FILE), pki.cert_pem(pki.self_signed(key, name)), 0o644
+    )
+    return key
+
+
+async def register(paths: InstancePaths, reg: Registration) -> TentacleConfig:
+    """Register with the server and write the resulting configuration."""
+    reg = validate(reg)
+    paths.create()
+    key = ensure_key(paths, reg.name)
+    body = {
+        "token": reg.token,
+        "csr": pki.build_csr(key, reg.name).decode(),
+        "name": reg.name,
+        "environments": list(reg.environments),
+        "roles": list(reg.roles),
+        "mode": "polling" if reg.listen is None else "listening",
+        "endpoint": reg.endpoint(),
+        "force": reg.force,
+    }
+    async with aiohttp.ClientSession(connector=pinned_connector([reg.server_thumbprint])) as session:
+        answer = await httpclient.call(
+            session,
+            "POST",
+            reg.server.rstrip("/") + REGISTER_PATH,
+            body=body,
+            ssl_context=client_context(None),
+        )
+    cert, ca = _check_answer(answer, key)
+    return _save(paths, reg, cert, ca, answer)
+
+
+def _check_answer(answer: object, key: pki.PrivateKey) -> tuple[x509.Certificate, x509.Certificate]:
+    if not isinstance(answer, dict):
+        raise TrustError("the server's registration answer is not an object")
+    try:
+        cert = x509.load_pem_x509_certificate(str(answer["certificate"]).encode())
+        ca = x509.load_pem_x509_certificate(str(answer["caCertificate"]).encode())
+    except (KeyError, ValueError) as exc:
+        raise TrustError(f"the server's registration answer has no valid certificate: {exc}") from exc
+    if cert.public_key() != key.public_key():
+        raise TrustError("the server signed a certificate for another key")
+    cert.verify_directly_issued_by(ca)
+    return cert, ca
+
+
+def _save(
+    paths: InstancePaths,
+    reg: Registration,
+    cert: x509.Certificate,
+    ca: x509.Certificate,
+    answer: dict[str, object],
+) -> TentacleConfig:
+    pki.write_private(config_mod.file(paths, config_mod.CERT_FILE), pki.cert_pem(cert), 0o644)
+    pki.write_private(config_mod.file(paths, config_mod.SERVER_CA_FILE), pki.cert_pem(ca), 0o644)
+    polling_url = str(answer.get("pollingUrl") or "")
+    config = TentacleConfig(
+        name=reg.name,
+        mode="polling" if reg.listen is None else "listening",
+        environments=reg.environments,
+        roles=reg.roles,
+        server=ServerConfig(url=reg.server, polling_url=polling_url, thumbprints=(reg.server_thumbprint,)),
+        listen=reg.listen or ListenConfig(),
+    )
+    config_mod.save(paths, config)
+    return config
