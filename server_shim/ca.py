@@ -16,14 +16,14 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tentacle.errors import TentacleError
+from tentacle.errors import InvalidInput
 from tentacle.net import pki
 
 CSR_MAX_BYTES = 16 * 1024
 CRL_DAYS = 365
 
 
-class CsrError(TentacleError):
+class CsrError(InvalidInput):
     """A signing request we will not sign."""
 
 

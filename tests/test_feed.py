@@ -225,7 +225,7 @@ def test_repush_of_other_bytes_conflicts(store: Store, second_version: str) -> N
     first = store.push(make_nupkg(store.src / "a.nupkg", "Foo", "1.0.0-beta", b"one"))
     with pytest.raises(PackageConflict, match="already in the built-in feed with other content") as caught:
         store.push(make_nupkg(store.src / "b.nupkg", "foo", second_version, b"two"))
-    assert caught.value.api_status == 409
+    assert caught.value.http_status == 409
     assert sha512_of(feed.file_path(store.feed_dir, first)) == first.sha512
     assert store.db.sync(feed.packages) == [first]
 

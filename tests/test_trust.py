@@ -278,7 +278,7 @@ async def test_operator_commands_pin_the_server_and_keep_the_api_key_from_an_imp
     assert isinstance(await client.request("GET", client.path("machines", "v1")), dict | list)
     # Any other certificate of the same CA (a tentacle's, say) is refused before a byte is sent.
     impostor = ApiClient(client.server, client.api_key, client.ca, pin="ab" * 32)
-    with pytest.raises(TrustError, match="not the one pinned"):
+    with pytest.raises(TrustError, match="not the pinned peer"):
         await impostor.request("GET", impostor.path("machines", "v1"))
 
 

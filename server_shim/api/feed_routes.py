@@ -22,11 +22,12 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
-from server_shim.api.middleware import DB, ApiError, Handler, error_response
+from server_shim.api.middleware import DB, Handler, error_response
 from server_shim.store import accounts
 from server_shim.store import feed_store as feed
 from server_shim.store import machine_rows as machines
 from tentacle.common.logs import event
+from tentacle.errors import NotFound
 from tentacle.net.tls import peer_thumbprint
 from tentacle.protocol.nuget import InvalidVersion
 
@@ -118,7 +119,7 @@ async def versions_index(request: web.Request) -> web.Response:
     lower_id = request.match_info["lowerid"]
     found = await request.app[DB].run(feed.versions, lower_id)
     if not found:
-        raise ApiError(404, "not-found", f"package {lower_id} is not in the built-in feed")
+        raise NotFound(f"package {lower_id} is not in the built-in feed")
     return web.json_response(feed.versions_index(found))
 
 
@@ -129,9 +130,9 @@ async def package_file(request: web.Request) -> web.StreamResponse:
         ref = await request.app[DB].run(feed.resolve, lower_id, lower_version)
     except (InvalidVersion, feed.PackageNotFound) as exc:
         missing = f"package {lower_id} version {lower_version} is not in the built-in feed"
-        raise ApiError(404, "not-found", missing) from exc
+        raise NotFound(missing) from exc
     if request.match_info["filename"].lower() != ref.file_name:
-        raise ApiError(404, "not-found", f"package {ref.id} {ref.version} is served as {ref.file_name}")
+        raise NotFound(f"package {ref.id} {ref.version} is served as {ref.file_name}")
     path = feed.file_path(request.app[FEED_DIR], ref)
     return PackageFileResponse(path)
 

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server_shim.api.middleware import DB, ApiError, field, read_json, string_list
+from server_shim.api.middleware import DB, field, read_json, string_list
 from server_shim.ca import Authority
 from server_shim.dispatch.fleet import Fleet
 from server_shim.store import accounts
 from server_shim.store import machine_rows as machines
 from server_shim.store.machine_rows import Machine, MachineConflict, MachineNotFound
 from tentacle.common.logs import event
+from tentacle.errors import Conflict, InvalidInput, NotFound
 from tentacle.net import pki
 from tentacle.protocol.identity import check_name
 
@@ -43,11 +44,11 @@ SETTINGS = web.AppKey("settings", ApiSettings)
 
 def _names(kind: str, values: list[str]) -> tuple[str, ...]:
     if not values:
-        raise ApiError(400, "invalid", f"{kind}: must be a non-empty list", {"field": kind})
+        raise InvalidInput(f"{kind}: must be a non-empty list", details={"field": kind})
     try:
         return tuple(check_name(kind[:-1], v) for v in values)
     except ValueError as exc:
-        raise ApiError(400, "invalid", f"{kind}: {exc}", {"field": kind}) from exc
+        raise InvalidInput(f"{kind}: {exc}", details={"field": kind}) from exc
 
 
 def _registration(
@@ -57,13 +58,13 @@ def _registration(
     try:
         check_name("name", name)
     except ValueError as exc:
-        raise ApiError(400, "invalid", f"name: {exc}", {"field": "name"}) from exc
+        raise InvalidInput(f"name: {exc}", details={"field": "name"}) from exc
     mode = field(body, "mode", str)
     if mode not in ("listening", "polling"):
-        raise ApiError(400, "invalid", "mode: must be 'listening' or 'polling'", {"field": "mode"})
+        raise InvalidInput("mode: must be 'listening' or 'polling'", details={"field": "mode"})
     endpoint = field(body, "endpoint", str, required=mode == "listening")
     if endpoint is not None and (not endpoint.startswith("https://") or len(endpoint) > 300):
-        raise ApiError(400, "invalid", "endpoint: must be an https:// URL", {"field": "endpoint"})
+        raise InvalidInput("endpoint: must be an https:// URL", details={"field": "endpoint"})
     environments = _names("environments", string_list(body, "environments"))
     roles = _names("roles", string_list(body, "roles"))
     return (
@@ -104,7 +105,7 @@ async def register(request: web.Request) -> web.Response:
     try:
         await db.run(commit)
     except MachineConflict as exc:
-        raise ApiError(409, "conflict", exc.message, {"field": "name"}) from exc
+        raise Conflict(exc.message, details={"field": "name"}) from exc
     if force:
         await request.app[FLEET].forget(name)
     event(log, "machine.registered", machine=name, mode=machine.mode, thumbprint=machine.thumbprint)
@@ -128,7 +129,7 @@ async def space_of(request: web.Request) -> str:
         lambda conn: conn.execute("SELECT 1 FROM spaces WHERE name = ?", (space,)).fetchone()
     )
     if found is None:
-        raise ApiError(404, "not-found", f"space {space!r} does not exist")
+        raise NotFound(f"space {space!r} does not exist")
     return space
 
 
@@ -148,7 +149,7 @@ async def remove_machine(request: web.Request) -> web.Response:
     try:
         machine = await request.app[DB].run(machines.revoke, space, name)
     except MachineNotFound as exc:
-        raise ApiError(404, "not-found", exc.message) from exc
+        raise NotFound(exc.message) from exc
     await request.app[FLEET].forget(name)
     event(log, "machine.removed", machine=name, thumbprint=machine.thumbprint)
     return web.json_response({"name": name, "revokedThumbprint": machine.thumbprint})

@@ -1,8 +1,9 @@
 """HTTP plumbing shared by every route: errors, JSON bodies, API keys.
 
-Every error leaves as ``{"error": {"code", "message", "details"}}``: `ApiError` and
-our own `TentacleError`s with a 4xx status, aiohttp's HTTP exceptions with theirs,
-and anything else as a logged 500 whose body says nothing about internals.
+This is the one place where errors become HTTP statuses. Every error leaves as
+``{"error": {"code", "message", "details"}}``: our own `TentacleError`s with the status
+their class declares (see tentacle.errors), aiohttp's HTTP exceptions with theirs, and
+anything else as a logged 500 whose body says nothing about internals.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from aiohttp import web
 from server_shim.store import accounts
 from server_shim.store.database import Database
 from tentacle.common.logs import event
-from tentacle.errors import TentacleError
+from tentacle.errors import BadJson, InvalidInput, TentacleError, TooLarge, kebab
 from tentacle.protocol.json_fields import text_problem
 
 log = logging.getLogger("server_shim.api.middleware")
@@ -26,14 +27,6 @@ DB = web.AppKey("db", Database)
 API_KEY_NAME = web.RequestKey("api_key_name", str)
 MAX_JSON_BYTES = 2 * 1024 * 1024
 MAX_JSON_DEPTH = 64
-
-
-class ApiError(Exception):
-    """An error the caller can fix, with its HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details or {}
 
 
 def error_response(
@@ -50,24 +43,17 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every exception into a JSON error; never a traceback in a response."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
     except TentacleError as exc:
-        code = getattr(exc, "api_status", 400)
-        return error_response(code, _code(type(exc).__name__), exc.message, exc.details)
+        if exc.http_status >= 500:
+            log.error("api.failed path=%s error=%s reason=%s", request.path, exc.code, exc.message)
+        return error_response(exc.http_status, exc.code, exc.message, exc.details)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, _code(exc.reason), exc.text or exc.reason)
+        return error_response(exc.status, kebab(exc.reason), exc.text or exc.reason)
     except Exception:
         log.exception("api.crashed path=%s", request.path)
         return error_response(500, "internal", "internal server error (logged on the server)")
-
-
-def _code(name: str) -> str:
-    """'PackageNotFound' and 'Not Found' both become 'package-not-found' / 'not-found'."""
-    out = "".join("-" + c.lower() if c.isupper() else c for c in name.replace(" ", ""))
-    return out.strip("-") or "error"
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -85,28 +71,26 @@ def _depth(value: Any, limit: int) -> int:
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body, or a 4xx naming what is wrong."""
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
-        raise ApiError(413, "too-large", f"request body over {MAX_JSON_BYTES} bytes")
+        raise TooLarge(f"request body over {MAX_JSON_BYTES} bytes")
     chunks: list[bytes] = []
     size = 0
     # read(n) returns what has arrived, not n bytes: loop, and stop as soon as it is too big.
     while chunk := await request.content.read(64 * 1024):
         size += len(chunk)
         if size > MAX_JSON_BYTES:
-            raise ApiError(413, "too-large", f"request body over {MAX_JSON_BYTES} bytes")
+            raise TooLarge(f"request body over {MAX_JSON_BYTES} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ApiError(
-            400, "bad-json", f"request body is not UTF-8: {exc.reason} at byte {exc.start}"
-        ) from exc
+        raise BadJson(f"request body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
     except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "bad-json", f"request body is not valid JSON: {exc}") from exc
+        raise BadJson(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
-        raise ApiError(400, "bad-json", "request body must be a JSON object")
+        raise BadJson("request body must be a JSON object")
     if _depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        raise ApiError(400, "bad-json", f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+        raise BadJson(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
 
 
@@ -114,11 +98,11 @@ def field(body: dict[str, Any], name: str, kind: type, *, required: bool = True,
     """A typed field of a JSON body; wrong or missing is a 400 naming it."""
     if name not in body or body[name] is None:
         if required:
-            raise ApiError(400, "invalid", f"{name}: required", {"field": name})
+            raise InvalidInput(f"{name}: required", details={"field": name})
         return default
     value = body[name]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ApiError(400, "invalid", f"{name}: must be {_kind(kind)}", {"field": name})
+        raise InvalidInput(f"{name}: must be {_kind(kind)}", details={"field": name})
     if isinstance(value, str):
         _check_text(name, value)
     return value
@@ -128,7 +112,7 @@ def string_list(body: dict[str, Any], name: str, *, required: bool = True) -> li
     """A list of strings field."""
     value = field(body, name, list, required=required, default=[])
     if not all(isinstance(item, str) for item in value):
-        raise ApiError(400, "invalid", f"{name}: must be a list of strings", {"field": name})
+        raise InvalidInput(f"{name}: must be a list of strings", details={"field": name})
     for item in value:
         _check_text(name, item)
     return list(value)
@@ -138,7 +122,7 @@ def _check_text(name: str, value: str) -> None:
     """A lone surrogate (JSON allows its escape) would crash whatever encodes it next: SQLite, hashing."""
     problem = text_problem(value)
     if problem is not None:
-        raise ApiError(400, "invalid", f"{name}: {problem}", {"field": name})
+        raise InvalidInput(f"{name}: {problem}", details={"field": name})
 
 
 def _kind(kind: type) -> str:

@@ -20,10 +20,11 @@ from typing import Any
 from aiohttp import web
 
 from server_shim.api.machine_routes import space_of
-from server_shim.api.middleware import API_KEY_NAME, DB, ApiError, field, read_json, string_list
+from server_shim.api.middleware import API_KEY_NAME, DB, field, read_json, string_list
 from server_shim.dispatch.dispatcher import Dispatcher
 from server_shim.store import deployments
 from server_shim.store import task_rows as tasks
+from tentacle.errors import Conflict, InvalidInput, NotFound
 from tentacle.protocol.coordinator import TaskCoordinator
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
@@ -33,24 +34,24 @@ MAX_LOG_PAGE = 1000
 def _only(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
     for key in body:
         if key not in allowed:
-            raise ApiError(
-                400, "invalid", f"{key}: unknown field (expected {', '.join(allowed)})", {"field": key}
+            raise InvalidInput(
+                f"{key}: unknown field (expected {', '.join(allowed)})", details={"field": key}
             )
 
 
 def _names(body: dict[str, Any], key: str, required: bool) -> tuple[str, ...]:
     values = string_list(body, key, required=required)
     if required and not values:
-        raise ApiError(400, "invalid", f"{key}: must be a non-empty list", {"field": key})
+        raise InvalidInput(f"{key}: must be a non-empty list", details={"field": key})
     if len(values) > 1000 or any(not v or len(v) > 200 for v in values):
-        raise ApiError(400, "invalid", f"{key}: at most 1000 names of 1-200 characters", {"field": key})
+        raise InvalidInput(f"{key}: at most 1000 names of 1-200 characters", details={"field": key})
     return tuple(dict.fromkeys(values))
 
 
 def _text(body: dict[str, Any], key: str) -> str:
     value = field(body, key, str)
     if not value or len(value) > 200:
-        raise ApiError(400, "invalid", f"{key}: must be 1-200 characters", {"field": key})
+        raise InvalidInput(f"{key}: must be 1-200 characters", details={"field": key})
     return str(value)
 
 
@@ -124,7 +125,7 @@ async def _record(request: web.Request) -> tasks.TaskRecord:
         functools.partial(tasks.get, with_plans=False), request.match_info["taskId"]
     )
     if record.space != space:
-        raise ApiError(404, "not-found", f"task {record.task_id!r} does not exist in space {space!r}")
+        raise NotFound(f"task {record.task_id!r} does not exist in space {space!r}")
     return record
 
 
@@ -141,9 +142,9 @@ async def get_log(request: web.Request) -> web.Response:
     try:
         since = int(request.query.get("since", "0"))
     except ValueError as exc:
-        raise ApiError(400, "invalid", "since: must be an integer", {"field": "since"}) from exc
+        raise InvalidInput("since: must be an integer", details={"field": "since"}) from exc
     if not -(2**63) <= since < 2**63:  # SQLite's integers are 64-bit: a bigger one would crash the query
-        raise ApiError(400, "invalid", "since: must be a 64-bit integer", {"field": "since"})
+        raise InvalidInput("since: must be a 64-bit integer", details={"field": "since"})
     lines = await request.app[DB].run(tasks.read_log, record.task_id, since, MAX_LOG_PAGE)
     return web.json_response(
         {
@@ -160,7 +161,7 @@ async def cancel_task(request: web.Request) -> web.Response:
     """Cancel a queued or running task."""
     record = await _record(request)
     if record.state in tasks.FINAL_STATES:
-        raise ApiError(409, "conflict", f"task {record.task_id} already finished ({record.state})")
+        raise Conflict(f"task {record.task_id} already finished ({record.state})")
     name = request.get(API_KEY_NAME, "an operator")
     state = await request.app[DISPATCHER].cancel(record.task_id, f"cancelled by {name}")
     return web.json_response({"taskId": record.task_id, "state": state}, status=202)

@@ -30,7 +30,7 @@ from server_shim.store.database import Database
 from server_shim.store.machine_rows import Machine
 from server_shim.store.task_rows import TaskRecord
 from tentacle.common.logs import event
-from tentacle.errors import RemoteError, TentacleError, TransportError
+from tentacle.errors import TentacleError
 from tentacle.protocol.coordinator import (
     OUTCOMES,
     Action,
@@ -256,9 +256,9 @@ class Dispatcher:
             try:
                 machine = await self._machine(name)
                 return await self.fleet.call(machine, method, params, timeout)
-            except RemoteError as exc:
-                raise TargetGone(f"{name} refused {method}: {exc.message}") from exc
-            except TransportError as exc:
+            except TentacleError as exc:
+                if not exc.retryable:
+                    raise TargetGone(f"{name} refused {method}: {exc.message}") from exc
                 first_failure = first_failure or time.monotonic()
                 if time.monotonic() - first_failure > self.lost_after:
                     raise TargetGone(
@@ -307,10 +307,11 @@ class Dispatcher:
             try:
                 await self.fleet.call(await self._machine(name), "task.finish", {"taskId": task_id}, 10)
                 return
-            except (RemoteError, TargetGone):
-                return  # it answered (it knows the task no more), or it is gone for good
-            except TentacleError:
-                pass
+            except TargetGone:
+                return  # it is gone for good
+            except TentacleError as exc:
+                if not exc.retryable:
+                    return  # it answered (it knows the task no more)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 

@@ -19,8 +19,9 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
-from tentacle.errors import RemoteError, TransportError, TrustError
-from tentacle.net.tls import mismatch_text, pinned_connector
+from tentacle.errors import RemoteError, TransportError
+from tentacle.net.failures import NETWORK_ERRORS, translate
+from tentacle.net.tls import pinned_connector
 from tentacle.protocol import messages
 from tentacle.protocol.messages import Request, Response
 
@@ -110,10 +111,8 @@ class ListeningLink:
                     raise TransportError(
                         f"{method}: {self.url} answered HTTP {answer.status}: {body[:200]!r}"
                     )
-        except aiohttp.ServerFingerprintMismatch as exc:
-            raise TrustError(f"{self.url}: not the registered tentacle: {mismatch_text(exc)}") from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TransportError(f"{method}: {self.url}: {exc or type(exc).__name__}") from exc
+        except NETWORK_ERRORS as exc:
+            raise translate(exc, f"{method}: {self.url}") from exc
         response = messages.decode(body)
         if not isinstance(response, Response):
             raise TransportError(f"{method}: {self.url} sent a request instead of a response")

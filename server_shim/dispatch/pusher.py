@@ -22,7 +22,6 @@ import contextlib
 import functools
 import http.client
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +34,8 @@ from server_shim.dispatch.fleet import Fleet
 from server_shim.store import feed_store as feed
 from server_shim.store.machine_rows import Machine
 from tentacle.common.logs import event
-from tentacle.net.tls import socket_thumbprint
+from tentacle.net.failures import CONNECTION_ERRORS
+from tentacle.net.pinned import PinnedConnection
 from tentacle.packages.receive import ENCODING, OFFSET, PARTIAL_LENGTH
 from tentacle.protocol.coordinator import ACQUISITION
 from tentacle.protocol.plan import PackageRef, Plan, PlannedPackage
@@ -157,7 +157,7 @@ class _Sender:
     def __init__(self, url: str, ctx: ssl.SSLContext, thumbprint: str, timeout: float) -> None:
         self.url, self.ctx, self.thumbprint, self.timeout = url, ctx, thumbprint, timeout
         self.sent = 0
-        self._sock: socket.socket | None = None
+        self._pinned: PinnedConnection | None = None
 
     def head(self) -> int | None:
         """None when the tentacle has the file; else how many bytes of it it holds."""
@@ -196,21 +196,21 @@ class _Sender:
     @contextlib.contextmanager
     def _connection(self, method: str) -> Iterator[http.client.HTTPSConnection]:
         """A connection to the tentacle, pinned to its thumbprint; failures become PushError."""
-        parts = urlsplit(self.url)
-        conn = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port, timeout=self.timeout, context=self.ctx, blocksize=CHUNK
+        pinned = PinnedConnection(
+            self.url,
+            self.ctx,
+            connect_timeout=self.timeout,
+            io_timeout=self.timeout,
+            pins=[self.thumbprint],
+            blocksize=CHUNK,
         )
+        self._pinned = pinned
         try:
-            conn.connect()
-            self._sock = conn.sock
-            presented = socket_thumbprint(conn.sock) or "none"
-            if presented != self.thumbprint:
-                raise PushError(f"{method} {self.url}: not the registered tentacle: presented {presented}")
-            yield conn
-        except (OSError, http.client.HTTPException) as exc:
-            raise PushError(f"{method} {self.url}: {exc or type(exc).__name__}") from exc
+            yield pinned.open()
+        except CONNECTION_ERRORS as exc:
+            raise PushError(f"{method} {self.url}: {pinned.describe(exc)}") from exc
         finally:
-            conn.close()
+            pinned.close()
 
     def _compressed(self, handle: BinaryIO) -> Iterator[bytes]:
         import zstandard
@@ -227,9 +227,8 @@ class _Sender:
 
     def abort(self) -> None:
         """Stop the transfer: shut the socket down under the writing thread."""
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+        if self._pinned is not None:
+            self._pinned.abort()
 
 
 class _Counted:

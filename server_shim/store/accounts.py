@@ -14,17 +14,15 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from tentacle.errors import TentacleError, UsageError
+from tentacle.errors import Forbidden, UsageError
 from tentacle.protocol.identity import check_name
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-class TokenRefused(TentacleError):
+class TokenRefused(Forbidden):
     """A registration token that is unknown, expired or used up."""
-
-    api_status = 403
 
 
 def digest(secret: str) -> str:

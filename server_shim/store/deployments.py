@@ -20,22 +20,14 @@ from server_shim.store import project_rows as projects
 from server_shim.store import task_rows as tasks
 from server_shim.store.machine_rows import Machine
 from server_shim.store.task_rows import TaskRecord
-from tentacle.errors import TentacleError
+from tentacle.errors import InvalidInput, NotFound
 from tentacle.protocol.coordinator import TaskCoordinator
 from tentacle.protocol.plan import Kind, PackageRef, Plan, PlanError, resolve_plan
 from tentacle.protocol.process import Process, Step
 
 
-class TargetError(TentacleError):
+class TargetError(InvalidInput):
     """The request names environments or machines that give no usable targets."""
-
-    api_status = 400
-
-
-class NotFound(TentacleError):
-    """The request names something that does not exist."""
-
-    api_status = 404
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from server_shim.store.database import Database
 from tentacle.common.atomicfile import fsync_directory, write_private
-from tentacle.errors import TentacleError
+from tentacle.errors import Conflict, InvalidInput, NotFound, StorageError
 from tentacle.protocol.identity import check_name
 from tentacle.protocol.nuget import InvalidVersion, NuGetVersion, is_valid_package_id, newest
 from tentacle.protocol.nuspec import MAX_NUSPEC_BYTES, NuspecError, parse_nuspec
@@ -61,35 +61,26 @@ _VERSION_START = re.compile(r"\.(?=[0-9])")
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class PackageError(TentacleError):
+class PackageError(InvalidInput):
     """A file the feed will not take; the message names the file and why."""
 
-    api_status = 400
 
-
-class PackageConflict(TentacleError):
+class PackageConflict(Conflict):
     """That id and version are in the feed with different bytes."""
 
-    api_status = 409
 
-
-class PackageNotFound(TentacleError):
+class PackageNotFound(NotFound):
     """No such package, or no such version of it, in the built-in feed."""
 
-    api_status = 404
 
-
-class FeedCorrupt(TentacleError):
+class FeedCorrupt(StorageError):
     """A stored package file no longer matches the hash recorded at push."""
 
-    api_status = 500
 
-
-class FeedError(TentacleError):
+class FeedError(InvalidInput):
     """A mirror feed definition or export base URL that cannot be used."""
 
     exit_code = 2
-    api_status = 400
 
 
 def store_dir(state: Path) -> Path:

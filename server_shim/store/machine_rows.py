@@ -14,14 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tentacle.errors import TentacleError
+from tentacle.errors import Conflict, NotFound
 
 
-class MachineConflict(TentacleError):
+class MachineConflict(Conflict):
     """A machine of that name exists and --force was not given."""
 
 
-class MachineNotFound(TentacleError):
+class MachineNotFound(NotFound):
     """No machine of that name."""
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server_shim.store import feed_store as feed
-from tentacle.errors import TentacleError
+from tentacle.errors import Conflict, NotFound
 from tentacle.protocol.json_fields import NAME_MAX, DocumentError, key_path, text_problem
 from tentacle.protocol.nuget import InvalidVersion, NuGetVersion
 from tentacle.protocol.plan import PackageRef
@@ -36,32 +36,24 @@ from tentacle.protocol.process import Process, parse_process
 MAX_VERSION_CHARS = 100
 
 
-class ProjectNotFound(TentacleError):
+class ProjectNotFound(NotFound):
     """No project of that name in the space."""
 
-    api_status = 404
 
-
-class ReleaseNotFound(TentacleError):
+class ReleaseNotFound(NotFound):
     """No release of that version in the project."""
 
-    api_status = 404
 
-
-class ReleaseExists(TentacleError):
+class ReleaseExists(Conflict):
     """A release of that version already exists."""
-
-    api_status = 409
 
 
 class ReleaseRequestError(DocumentError):
     """The release request is wrong; ``problems`` names each field."""
 
 
-class PackageMissing(TentacleError):
+class PackageMissing(NotFound):
     """The feed cannot supply a package version the release needs."""
-
-    api_status = 404
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tentacle.errors import TentacleError
+from tentacle.errors import NotFound
 from tentacle.protocol.plan import Plan
 
 FINAL_STATES = ("success", "failed", "cancelled")
 
 
-class TaskNotFound(TentacleError):
+class TaskNotFound(NotFound):
     """No task with that id."""
-
-    api_status = 404
 
 
 @dataclass(frozen=True)

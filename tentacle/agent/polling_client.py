@@ -19,7 +19,9 @@ import aiohttp
 
 from tentacle.agent.rpc import Service
 from tentacle.common.logs import event
-from tentacle.net.tls import mismatch_text, pinned_connector
+from tentacle.errors import RemoteError, TrustError
+from tentacle.net.failures import NETWORK_ERRORS, reason, translate
+from tentacle.net.tls import pinned_connector
 from tentacle.protocol import messages
 from tentacle.protocol.backoff import Backoff
 from tentacle.protocol.messages import MessageError, Request
@@ -76,21 +78,15 @@ class PollingClient:
                 self.on_state("connected", self.url)
                 event(log, "polling.connected", url=self.url)
                 return await self._serve(ws, stop)
-        except aiohttp.ServerFingerprintMismatch as exc:
-            event(log, "trust.refused", logging.ERROR, url=self.url, reason=mismatch_text(exc))
-            return "server thumbprint mismatch: " + mismatch_text(exc)
-        except aiohttp.WSServerHandshakeError as exc:
-            event(log, "polling.refused", logging.ERROR, status=exc.status, reason=exc.message)
-            return f"server refused the connection: {exc.status} {exc.message}"
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            event(
-                log,
-                "polling.connect_failed",
-                logging.WARNING,
-                url=self.url,
-                reason=str(exc) or type(exc).__name__,
-            )
-            return str(exc) or type(exc).__name__
+        except NETWORK_ERRORS as exc:
+            error = translate(exc, self.url)
+            if isinstance(error, TrustError):
+                event(log, "trust.refused", logging.ERROR, url=self.url, reason=reason(exc))
+            elif isinstance(error, RemoteError):
+                event(log, "polling.refused", logging.ERROR, url=self.url, reason=reason(exc))
+            else:
+                event(log, "polling.connect_failed", logging.WARNING, url=self.url, reason=reason(exc))
+            return reason(exc)
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse, stop: asyncio.Event) -> str:
         stopper = asyncio.create_task(stop.wait())

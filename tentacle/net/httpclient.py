@@ -1,9 +1,9 @@
-"""The one place where HTTP calls to the server turn aiohttp errors into ours.
+"""JSON calls to the server: every client of the project (registration, the operator's CLI).
 
 Every client in the project (registration, the operator's API client) sends JSON
 and expects JSON; a non-2xx answer carries the error body of design.md and becomes
-`RemoteError` with the server's message; network failures become `TransportError`;
-a pinned thumbprint mismatch becomes `TrustError` naming both thumbprints.
+`RemoteError` with the server's message; network failures become ours in
+`tentacle.net.failures` (a pinned thumbprint mismatch is a `TrustError` naming both).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from tentacle.errors import RemoteError, TransportError, TrustError
-from tentacle.net.tls import mismatch_text
+from tentacle.errors import RemoteError
+from tentacle.net.failures import NETWORK_ERRORS, translate
 
 
 async def call(
@@ -40,12 +40,8 @@ async def call(
         ) as response:
             text = await response.text()
             return _decode(response.status, text, url)
-    except aiohttp.ServerFingerprintMismatch as exc:
-        raise TrustError(f"{url}: the server is not the one pinned: {mismatch_text(exc)}") from exc
-    except aiohttp.ClientConnectorCertificateError as exc:
-        raise TrustError(f"{url}: certificate refused: {exc.certificate_error}") from exc
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise TransportError(f"{url}: {exc or type(exc).__name__}") from exc
+    except NETWORK_ERRORS as exc:
+        raise translate(exc, url) from exc
 
 
 def _decode(status: int, text: str, url: str) -> Any:

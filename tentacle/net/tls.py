@@ -112,8 +112,3 @@ def pinned_connector(thumbprints: Iterable[str], **kwargs: Any) -> aiohttp.TCPCo
     ``ssl=``; the connector's own ``ssl`` holds the pins (aiohttp checks both).
     """
     return aiohttp.TCPConnector(ssl=PinnedThumbprints(thumbprints), **kwargs)
-
-
-def mismatch_text(exc: aiohttp.ServerFingerprintMismatch) -> str:
-    """'expected X, presented Y' for a refusal message."""
-    return f"expected thumbprint {exc.expected.decode()}, presented {exc.got.decode()}"

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol
 
-from tentacle.errors import TentacleError
+from tentacle.errors import InvalidInput, TentacleError
 from tentacle.protocol.nuspec import MAX_NUSPEC_BYTES, NuspecError, NuspecInfo, parse_nuspec
 
 _KIB = 1024
@@ -69,7 +69,7 @@ _READ_ERRORS = (
 )
 
 
-class ArchiveError(TentacleError):
+class ArchiveError(InvalidInput):
     """The archive breaks a rule: ``rule`` names it, ``member`` the entry (None: the archive)."""
 
     def __init__(self, rule: str, detail: str, *, member: str | None = None) -> None:

@@ -35,15 +35,12 @@ Errors (see tentacle.errors)::
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import http.client
 import json
 import logging
 import re
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import ExitStack
@@ -54,7 +51,8 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from tentacle.common.logs import event
 from tentacle.errors import TentacleError
-from tentacle.net.tls import socket_thumbprint
+from tentacle.net.failures import CONNECTION_ERRORS, NETWORK_ERRORS
+from tentacle.net.pinned import PinnedConnection, in_thread
 from tentacle.packages.cache import CacheError, Digest, PackageCache, Partial, PartialWriter
 from tentacle.protocol.nuget import InvalidVersion, NuGetVersion
 from tentacle.protocol.plan import Plan, PlannedPackage
@@ -169,16 +167,19 @@ def _http_reason(status: int, body: bytes) -> str:
 
 
 class _Request:
-    """One GET (redirects followed) on its own connection; `cancel` works from any thread."""
+    """One GET (redirects followed), each hop on its own `PinnedConnection`; `cancel` from any thread."""
 
     def __init__(self, client: MirrorClient, read_timeout: float) -> None:
         """A request whose reads may each wait `read_timeout` seconds for a byte."""
         self.client = client
         self.read_timeout = read_timeout
-        self.connected = False
         self.cancelled = False
-        self.sock: socket.socket | None = None
-        self._conn: http.client.HTTPSConnection | None = None
+        self._conn: PinnedConnection | None = None
+
+    @property
+    def sock(self) -> socket.socket | None:
+        """The current connection's socket (for reading a body straight into buffers)."""
+        return self._conn.sock if self._conn is not None else None
 
     def open(self, url: str, headers: Mapping[str, str]) -> http.client.HTTPResponse:
         """The response to GET `url` (after at most MAX_REDIRECTS redirects)."""
@@ -192,24 +193,21 @@ class _Request:
         raise MirrorFailure(f"more than {MAX_REDIRECTS} redirects")
 
     def _get(self, url: str, headers: Mapping[str, str]) -> http.client.HTTPResponse:
-        """Connect (TLS included) within the connect timeout, send the GET, read the head."""
+        """Connect (TLS and pin included) within the connect timeout, send the GET, read the head."""
         parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise MirrorFailure(f"not an https URL: {url}")
-        self.connected = False
-        timeout = self.client.timeouts.connect
-        conn = http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=timeout, context=self.client.ssl_context
-        )
-        self._conn = conn
-        conn.connect()
+        try:
+            self._conn = PinnedConnection(
+                url,
+                self.client.ssl_context,
+                connect_timeout=self.client.timeouts.connect,
+                io_timeout=self.read_timeout,
+                pins=self.client.pins.get(parts.netloc.lower()),
+            )
+        except ValueError as exc:
+            raise MirrorFailure(str(exc)) from exc
         if self.cancelled:
             raise MirrorFailure("cancelled")
-        self._check_pin(parts.netloc.lower(), conn.sock)
-        self.connected = True
-        self.sock = conn.sock
-        if self.sock is not None:
-            self.sock.settimeout(self.read_timeout)
+        conn = self._conn.open()
         target = parts.path or "/"
         target += f"?{parts.query}" if parts.query else ""
         all_headers = {"Accept-Encoding": "identity", "User-Agent": "tentacle", **headers}
@@ -218,42 +216,17 @@ class _Request:
         conn.request("GET", target, headers=all_headers)
         return conn.getresponse()
 
-    def _check_pin(self, netloc: str, sock: socket.socket | None) -> None:
-        pins = self.client.pins.get(netloc)
-        if pins is None:
-            return
-        presented = socket_thumbprint(sock) or "none"
-        if presented not in pins:
-            raise MirrorFailure(
-                f"not the pinned server: expected {','.join(sorted(pins))}, presented {presented}"
-            )
-
     def describe(self, exc: BaseException) -> str:
         """A short reason for this request's failure, as an operator would want to read it."""
-        if isinstance(exc, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(exc, TimeoutError):
-            if self.connected:
-                return f"stalled: no bytes for {self.read_timeout:g} s"
-            return f"no connection within {self.client.timeouts.connect:g} s"
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return f"certificate refused: {exc.verify_message}"
-        if isinstance(exc, ssl.SSLError):
-            return f"TLS failed: {exc.reason or exc}"
-        if isinstance(exc, http.client.HTTPException | ConnectionError | EOFError):
-            return "connection closed"
-        if not self.connected:
-            return f"cannot connect: {getattr(exc, 'strerror', None) or exc}"
-        return f"connection failed: {exc}"
+        if self._conn is None:
+            return str(exc)
+        return self._conn.describe(exc)
 
     def cancel(self) -> None:
         """Stop the request: a read blocked in another thread returns at once."""
         self.cancelled = True
-        if self.sock is not None:
-            with contextlib.suppress(OSError):
-                # The plain socket's shutdown: SSLSocket's own would drop its SSL object
-                # under the reading thread.
-                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        if self._conn is not None:
+            self._conn.abort()
 
     def close(self) -> None:
         """Close the connection."""
@@ -272,36 +245,10 @@ def _fetch_index(client: MirrorClient, url: str) -> object:
         return json.loads(body)
     except ValueError as exc:
         raise MirrorFailure(f"service index is not JSON: {exc}") from exc
-    except (OSError, http.client.HTTPException) as exc:
+    except CONNECTION_ERRORS as exc:
         raise MirrorFailure(request.describe(exc)) from exc
     finally:
         request.close()
-
-
-async def _in_thread(work: Callable[[], T], cancel: Callable[[], None]) -> T:
-    """Run blocking `work` in a thread of its own; on cancellation, `cancel` it and wait for it.
-
-    A thread of its own, not the default executor: a download holds it for minutes, and
-    a few parallel downloads must not starve everything else that uses the executor.
-    """
-    done: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-    def run() -> None:
-        try:
-            done.set_result(work())
-        except BaseException as exc:  # handed to the awaiting task, whatever it is
-            done.set_exception(exc)
-
-    threading.Thread(target=run, name="tentacle-pull", daemon=True).start()
-    future = asyncio.wrap_future(done)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        cancel()
-        await asyncio.wait([future])  # the thread has closed its files before we go on
-        if not future.cancelled():
-            future.exception()  # retrieved: the cancellation is what the caller gets
-        raise
 
 
 # --- ranking ---------------------------------------------------------------------------
@@ -491,7 +438,7 @@ async def _try_mirror(
         try:
             url = await ranker.base_address(client, mirror) + package_path(pkg)
             transfer = _Transfer(pkg, url, partial, client)
-            digest = await _in_thread(transfer.run, transfer.cancel)
+            digest = await in_thread(transfer.run, transfer.cancel, "tentacle-pull")
             digest = _verify(pkg, mirror, partial, digest, ranker, resumed=transfer.resumed_from > 0)
         except MirrorFailure as exc:
             attempts.append(
@@ -534,7 +481,7 @@ class _Transfer:
         """Request (resuming when the partial allows), stream into the partial, fsync."""
         try:
             return self._run()
-        except (OSError, http.client.HTTPException) as exc:
+        except CONNECTION_ERRORS as exc:
             reason = self._request.describe(exc)
             if self.received:
                 reason = f"cut after {self.received} bytes: {reason}"
@@ -612,7 +559,7 @@ class _Body:
                 if not count:
                     break
                 filled += count
-        except (OSError, http.client.HTTPException) as exc:
+        except NETWORK_ERRORS as exc:
             return filled, exc
         return filled, None
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
-from tentacle.errors import TentacleError
+from tentacle.errors import InvalidInput
 
 NAME_MAX: Final = 200
 #: How many problems the message spells out; `DocumentError.problems` keeps them all.
@@ -26,7 +26,7 @@ _SIMPLE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 REQUIRED: Final = object()
 
 
-class DocumentError(TentacleError, ValueError):
+class DocumentError(InvalidInput):
     """A JSON document with problems; ``problems`` lists ``(path, message)`` pairs."""
 
     def __init__(self, problems: Sequence[tuple[str, str]]) -> None:

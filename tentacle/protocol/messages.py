@@ -17,12 +17,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tentacle.errors import TentacleError
+from tentacle.errors import InvalidInput
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-class MessageError(TentacleError, ValueError):
+class MessageError(InvalidInput):
     """A message that does not have the agreed shape."""
 
 

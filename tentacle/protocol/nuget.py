@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property, total_ordering
 
-from tentacle.errors import TentacleError
+from tentacle.errors import InvalidInput
 
 __all__ = [
     "FloatBehavior",
@@ -56,7 +56,7 @@ _PACKAGE_ID = re.compile(r"\w+(?:[.-]\w+)*")
 _PACKAGE_ID_MAX_LENGTH = 100
 
 
-class InvalidVersion(TentacleError, ValueError):
+class InvalidVersion(InvalidInput):
     """A text is not a NuGet version; the message names the text and why."""
 
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from xml.parsers import expat
 
-from tentacle.errors import TentacleError
+from tentacle.errors import InvalidInput
 
 MAX_NUSPEC_BYTES = 1024 * 1024
 
@@ -28,7 +28,7 @@ _MAX_ID_LENGTH = 100
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,127}")
 
 
-class NuspecError(TentacleError, ValueError):
+class NuspecError(InvalidInput):
     """The manifest is malformed, incomplete, too large or uses a DTD."""
 
 
