@@ -36,7 +36,12 @@ class ApiClient:
 
     @classmethod
     def from_home(
-        cls, paths: InstancePaths, server: str | None, api_key: str | None, ca: str | None
+        cls,
+        paths: InstancePaths,
+        server: str | None,
+        api_key: str | None,
+        ca: str | None,
+        space: str = "Default",
     ) -> ApiClient:
         """Fill what the flags leave out from the instance home."""
         if server is None:
@@ -51,7 +56,7 @@ class ApiClient:
         pin = None
         if ca is None and home_cert.exists():
             pin = pki.cert_thumbprint(pki.load_cert(home_cert))
-        return cls(server.rstrip("/"), api_key, ca_path, pin=pin)
+        return cls(server.rstrip("/"), api_key, ca_path, space=space, pin=pin)
 
     def _ssl(self) -> ssl.SSLContext:
         if self.ca is None:

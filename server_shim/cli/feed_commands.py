@@ -9,42 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from server_shim import server_config as cfg
+from server_shim.cli.command import Command, LocalCommand
 from server_shim.store import feed_store as feed
 from server_shim.store.database import Database
 from tentacle.common.paths import InstancePaths
 from tentacle.errors import TentacleError
 from tentacle.protocol.process import BUILTIN_FEED
-
-
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `package` and `feed`."""
-    package = sub.add_parser("package", help="packages of the built-in feed")
-    package_actions = package.add_subparsers(dest="action", required=True, metavar="ACTION")
-    push = package_actions.add_parser("push", help="add .nupkg, .zip or .tar.gz files to the built-in feed")
-    push.add_argument(
-        "files", nargs="+", type=Path, metavar="FILE", help="ID.VERSION.zip|.tar.gz or any .nupkg"
-    )
-    feeds = sub.add_parser("feed", help="export the built-in feed; name feeds of mirrors")
-    actions = feeds.add_subparsers(dest="action", required=True, metavar="ACTION")
-    export = actions.add_parser("export", help="write a static NuGet v3 feed (incremental)")
-    export.add_argument("dir", type=Path, metavar="DIR")
-    export.add_argument("--base-url", metavar="URL", help="where DIR will be served (default: relative URLs)")
-    add = actions.add_parser("add", help="name a feed of mirror candidates (replaces one of that name)")
-    add.add_argument("name")
-    add.add_argument(
-        "--mirror", action="append", required=True, metavar="URL", help="a NuGet v3 service index URL"
-    )
-    listing = actions.add_parser("list", help="list the feeds")
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def _db(paths: InstancePaths) -> Database:
-    cfg.load(paths)  # a clear error when the instance was never initialised
-    return Database(paths.state / cfg.DATABASE_FILE)
 
 
 def _push_all(db: Database, feed_dir: Path, files: list[Path]) -> int:
@@ -60,15 +32,6 @@ def _push_all(db: Database, feed_dir: Path, files: list[Path]) -> int:
     if failed:
         print(f"server-shim: {failed} of {len(files)} files were not pushed", file=sys.stderr)
     return 1 if failed else 0
-
-
-def cmd_package(paths: InstancePaths, args: argparse.Namespace) -> int:
-    """`package push FILE...`: one line per package, exit 1 if any file failed."""
-    db = _db(paths)
-    try:
-        return _push_all(db, feed.store_dir(paths.state), args.files)
-    finally:
-        db.close()
 
 
 def _export(db: Database, paths: InstancePaths, args: argparse.Namespace) -> int:
@@ -95,22 +58,70 @@ def _list(db: Database, as_json: bool) -> int:
     return 0
 
 
-def cmd_feed(paths: InstancePaths, args: argparse.Namespace) -> int:
-    """`feed export DIR`, `feed add NAME --mirror URL...`, `feed list`."""
-    db = _db(paths)
-    try:
-        if args.action == "export":
+class PackagePush(LocalCommand):
+    """`package push FILE...`: one line per package, exit 1 if any file failed."""
+
+    words = ("package", "push")
+    help = "add .nupkg, .zip or .tar.gz files to the built-in feed"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "files", nargs="+", type=Path, metavar="FILE", help="ID.VERSION.zip|.tar.gz or any .nupkg"
+        )
+
+    def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
+        with self.database(paths) as db:
+            return _push_all(db, feed.store_dir(paths.state), args.files)
+
+
+class FeedExport(LocalCommand):
+    """`feed export DIR`: a static NuGet v3 feed, written incrementally."""
+
+    words = ("feed", "export")
+    help = "write a static NuGet v3 feed (incremental)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("dir", type=Path, metavar="DIR")
+        parser.add_argument(
+            "--base-url", metavar="URL", help="where DIR will be served (default: relative URLs)"
+        )
+
+    def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
+        with self.database(paths) as db:
             return _export(db, paths, args)
-        if args.action == "add":
+
+
+class FeedAdd(LocalCommand):
+    """`feed add NAME --mirror URL...`: a named feed of mirror candidates."""
+
+    words = ("feed", "add")
+    help = "name a feed of mirror candidates (replaces one of that name)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("name")
+        parser.add_argument(
+            "--mirror", action="append", required=True, metavar="URL", help="a NuGet v3 service index URL"
+        )
+
+    def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
+        with self.database(paths) as db:
             db.sync(feed.add_feed, args.name, args.mirror)
-            print(f"feed {args.name}: {len(dict.fromkeys(args.mirror))} mirrors")
-            return 0
-        return _list(db, args.json)
-    finally:
-        db.close()
+        print(f"feed {args.name}: {len(dict.fromkeys(args.mirror))} mirrors")
+        return 0
 
 
-COMMANDS: dict[str, Callable[[InstancePaths, argparse.Namespace], int]] = {
-    "package": cmd_package,
-    "feed": cmd_feed,
-}
+class FeedList(LocalCommand):
+    """`feed list [--json]`."""
+
+    words = ("feed", "list")
+    help = "list the feeds"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
+        with self.database(paths) as db:
+            return _list(db, args.json)
+
+
+COMMANDS: list[Command] = [PackagePush(), FeedExport(), FeedAdd(), FeedList()]

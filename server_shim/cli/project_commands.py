@@ -11,39 +11,13 @@ release version alone, for scripts.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server_shim.cli import main as shim_cli
-from server_shim.cli.api_client import ApiClient
+from server_shim.cli.command import ClientCommand, Command
 from tentacle.common.paths import InstancePaths
 from tentacle.errors import TentacleError, UsageError
-
-
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``project`` and ``release`` commands."""
-    project = sub.add_parser("project", help="projects (deployment processes)")
-    actions = project.add_subparsers(dest="action", required=True, metavar="ACTION")
-    apply = actions.add_parser("apply", help="create or replace a project from its process document (JSON)")
-    apply.add_argument("file", metavar="FILE", help="the process document")
-    apply.add_argument("--name", help='project name (default: the document\'s "name")')
-    shim_cli._client_flags(apply)
-    release = sub.add_parser("release", help="releases")
-    actions = release.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = actions.add_parser("create", help="create a release (prints its version alone)")
-    create.add_argument("--project", required=True, help="project name")
-    create.add_argument("--version", required=True, help="release version (a NuGet version)")
-    create.add_argument(
-        "--package",
-        action="append",
-        default=[],
-        metavar="ID=VERSION",
-        help="pin a package version (default: the newest in the feed); repeatable",
-    )
-    shim_cli._client_flags(create)
 
 
 def read_document(file: str) -> dict[str, Any]:
@@ -70,17 +44,6 @@ def project_name(document: dict[str, Any], flag: str | None, file: str) -> str:
     return name
 
 
-def cmd_project(paths: InstancePaths, args: argparse.Namespace) -> int:
-    """`project apply FILE`: one PUT of the document."""
-    document = read_document(args.file)
-    name = project_name(document, args.name, args.file)
-    client = ApiClient.from_home(paths, args.server, args.api_key, args.ca)
-    answer = asyncio.run(client.request("PUT", client.path("projects", name, "v1"), document))
-    runbooks = ", ".join(answer["runbooks"]) or "none"
-    print(f"applied project {answer['name']!r}: {answer['steps']} steps; runbooks: {runbooks}")
-    return 0
-
-
 def package_versions(pairs: list[str]) -> dict[str, str]:
     """``--package ID=VERSION`` flags as a mapping; a malformed or repeated one is a usage error."""
     versions: dict[str, str] = {}
@@ -94,18 +57,51 @@ def package_versions(pairs: list[str]) -> dict[str, str]:
     return versions
 
 
-def cmd_release(paths: InstancePaths, args: argparse.Namespace) -> int:
+class ProjectApply(ClientCommand):
+    """`project apply FILE`: one PUT of the document."""
+
+    words = ("project", "apply")
+    help = "create or replace a project from its process document (JSON)"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("file", metavar="FILE", help="the process document")
+        parser.add_argument("--name", help='project name (default: the document\'s "name")')
+
+    def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
+        document = read_document(args.file)
+        name = project_name(document, args.name, args.file)
+        client = self.client(paths, args)
+        answer = self.call(client.request("PUT", client.path("projects", name, "v1"), document))
+        runbooks = ", ".join(answer["runbooks"]) or "none"
+        print(f"applied project {answer['name']!r}: {answer['steps']} steps; runbooks: {runbooks}")
+        return 0
+
+
+class ReleaseCreate(ClientCommand):
     """`release create`: one POST; prints the release version alone."""
-    body: dict[str, Any] = {"projectName": args.project, "releaseVersion": args.version}
-    if args.package:
-        body["packageVersions"] = package_versions(args.package)
-    client = ApiClient.from_home(paths, args.server, args.api_key, args.ca)
-    answer = asyncio.run(client.request("POST", client.path("releases", "create", "v1"), body))
-    print(answer["releaseVersion"])
-    return 0
+
+    words = ("release", "create")
+    help = "create a release (prints its version alone)"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--project", required=True, help="project name")
+        parser.add_argument("--version", required=True, help="release version (a NuGet version)")
+        parser.add_argument(
+            "--package",
+            action="append",
+            default=[],
+            metavar="ID=VERSION",
+            help="pin a package version (default: the newest in the feed); repeatable",
+        )
+
+    def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
+        body: dict[str, Any] = {"projectName": args.project, "releaseVersion": args.version}
+        if args.package:
+            body["packageVersions"] = package_versions(args.package)
+        client = self.client(paths, args)
+        answer = self.call(client.request("POST", client.path("releases", "create", "v1"), body))
+        print(answer["releaseVersion"])
+        return 0
 
 
-COMMANDS: dict[str, Callable[[InstancePaths, argparse.Namespace], int]] = {
-    "project": cmd_project,
-    "release": cmd_release,
-}
+COMMANDS: list[Command] = [ProjectApply(), ReleaseCreate()]

@@ -13,82 +13,90 @@ import sys
 import time
 from typing import Any
 
-from server_shim.cli import main as shim_cli
 from server_shim.cli.api_client import ApiClient
+from server_shim.cli.command import ClientCommand, Command
 from tentacle.common.paths import InstancePaths
 
 FOLLOW_EVERY = 0.3
 FINAL = ("success", "failed", "cancelled")
 
 
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `deploy`, `runbook run` and `task show`."""
-    deploy = sub.add_parser("deploy", help="deploy a release to environments (one request)")
-    deploy.add_argument("--project", required=True)
-    deploy.add_argument("--version", required=True, help="the release version")
-    deploy.add_argument("--environment", action="append", required=True, help="repeatable")
-    deploy.add_argument("--machine", action="append", default=[], help="only these machines (repeatable)")
-    deploy.add_argument("--follow", action="store_true", help="print the live log; exit 1 unless success")
-    shim_cli._client_flags(deploy)
-    runbook = sub.add_parser("runbook", help="runbooks").add_subparsers(dest="action", required=True)
-    run = runbook.add_parser("run", help="run a project's runbook (one request)")
-    run.add_argument("--project", required=True)
-    run.add_argument("--runbook", required=True)
-    run.add_argument("--environment", action="append", required=True, help="repeatable")
-    run.add_argument("--machine", action="append", default=[], help="only these machines (repeatable)")
-    run.add_argument("--follow", action="store_true", help="print the live log; exit 1 unless success")
-    shim_cli._client_flags(run)
-    task = sub.add_parser("task", help="tasks").add_subparsers(dest="action", required=True)
-    show = task.add_parser("show", help="a task's state and targets (one request)")
-    show.add_argument("task_id", metavar="ID")
-    show.add_argument("--follow", action="store_true", help="print the live log; exit 1 unless success")
-    shim_cli._client_flags(show)
+def _targets(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--environment", action="append", required=True, help="repeatable")
+    parser.add_argument("--machine", action="append", default=[], help="only these machines (repeatable)")
+    parser.add_argument("--follow", action="store_true", help="print the live log; exit 1 unless success")
 
 
-def _client(paths: InstancePaths, args: argparse.Namespace) -> ApiClient:
-    return ApiClient.from_home(paths, args.server, args.api_key, args.ca)
+class Deploy(ClientCommand):
+    """Deploy a release: one request, then the live log with --follow."""
+
+    words = ("deploy",)
+    help = "deploy a release to environments (one request)"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        _targets(parser)
+        parser.add_argument("--version", required=True, help="the release version")
+
+    def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
+        client = self.client(paths, args)
+        body: dict[str, Any] = {
+            "projectName": args.project,
+            "releaseVersion": args.version,
+            "environmentNames": args.environment,
+        }
+        if args.machine:
+            body["machineNames"] = args.machine
+        path = client.path("deployments", "create", "untenanted", "v1")
+        answer = self.call(client.request("POST", path, body))
+        return _started(client, answer["taskId"], args.follow)
 
 
-def cmd_deploy(paths: InstancePaths, args: argparse.Namespace) -> int:
-    client = _client(paths, args)
-    body: dict[str, Any] = {
-        "projectName": args.project,
-        "releaseVersion": args.version,
-        "environmentNames": args.environment,
-    }
-    if args.machine:
-        body["machineNames"] = args.machine
-    answer = asyncio.run(
-        client.request("POST", client.path("deployments", "create", "untenanted", "v1"), body)
-    )
-    return _started(client, answer["taskId"], args.follow)
+class RunbookRun(ClientCommand):
+    """Run a runbook: one request, then the live log with --follow."""
+
+    words = ("runbook", "run")
+    help = "run a project's runbook (one request)"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        _targets(parser)
+        parser.add_argument("--runbook", required=True)
+
+    def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
+        client = self.client(paths, args)
+        body: dict[str, Any] = {
+            "projectName": args.project,
+            "runbookName": args.runbook,
+            "environmentNames": args.environment,
+        }
+        if args.machine:
+            body["machineNames"] = args.machine
+        answer = self.call(client.request("POST", client.path("runbook-runs", "create", "v1"), body))
+        return _started(client, answer["taskId"], args.follow)
 
 
-def cmd_runbook(paths: InstancePaths, args: argparse.Namespace) -> int:
-    client = _client(paths, args)
-    body: dict[str, Any] = {
-        "projectName": args.project,
-        "runbookName": args.runbook,
-        "environmentNames": args.environment,
-    }
-    if args.machine:
-        body["machineNames"] = args.machine
-    answer = asyncio.run(client.request("POST", client.path("runbook-runs", "create", "v1"), body))
-    return _started(client, answer["taskId"], args.follow)
+class TaskShow(ClientCommand):
+    """A task's state and targets, or its live log with --follow."""
+
+    words = ("task", "show")
+    help = "a task's state and targets (one request)"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("task_id", metavar="ID")
+        parser.add_argument("--follow", action="store_true", help="print the live log; exit 1 unless success")
+
+    def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
+        client = self.client(paths, args)
+        if args.follow:
+            return asyncio.run(follow_task(client, args.task_id))
+        task = self.call(client.request("GET", client.path("tasks", args.task_id, "v1")))
+        _print_task(task)
+        return 0
 
 
 def _started(client: ApiClient, task_id: str, follow: bool) -> int:
     print(task_id)
     return asyncio.run(follow_task(client, task_id)) if follow else 0
-
-
-def cmd_task(paths: InstancePaths, args: argparse.Namespace) -> int:
-    client = _client(paths, args)
-    if args.follow:
-        return asyncio.run(follow_task(client, args.task_id))
-    task = asyncio.run(client.request("GET", client.path("tasks", args.task_id, "v1")))
-    _print_task(task)
-    return 0
 
 
 def _print_task(task: dict[str, Any]) -> None:
@@ -128,4 +136,4 @@ async def follow_task(client: ApiClient, task_id: str) -> int:
     return 0 if task["state"] == "success" else 1
 
 
-COMMANDS: dict[str, shim_cli.Command] = {"deploy": cmd_deploy, "runbook": cmd_runbook, "task": cmd_task}
+COMMANDS: list[Command] = [Deploy(), RunbookRun(), TaskShow()]
