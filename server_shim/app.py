@@ -20,12 +20,12 @@ from aiohttp import web
 from server_shim import server_config as cfg
 from server_shim.api import feed_routes as feed_api
 from server_shim.api import machine_routes as api
+from server_shim.api import polling_site as polling
 from server_shim.api import project_routes as projects_api
 from server_shim.api import task_routes as tasks_api
 from server_shim.api.middleware import DB, api_key, errors
 from server_shim.api.tls_site import LeanTLSSite
 from server_shim.ca import Authority
-from server_shim.dispatch import polling_site as polling
 from server_shim.dispatch.dispatcher import Dispatcher
 from server_shim.dispatch.fleet import Fleet
 from server_shim.dispatch.pusher import Pusher

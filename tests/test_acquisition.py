@@ -249,7 +249,7 @@ async def _send_part(live: LiveServer, url: str, path: Path, offset: int, limit:
     import aiohttp
 
     from tentacle.net.tls import pinned_connector
-    from tentacle.packages.receive import OFFSET
+    from tentacle.protocol.push_wire import OFFSET
 
     async def body() -> Any:
         with path.open("rb") as handle:

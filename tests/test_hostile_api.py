@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from server_shim import server_config
+from server_shim.api import polling_site as polling
 from server_shim.app import POLL_HEARTBEAT, Server
 from server_shim.cli import main as server_cli
-from server_shim.dispatch import polling_site as polling
 from server_shim.store import feed_store as feed
 from tentacle.agent import agent_config as config
 from tentacle.agent import registration

@@ -18,8 +18,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tentacle.packages.cache import PackageCache
-from tentacle.packages.receive import ENCODING, OFFSET, PARTIAL_LENGTH, PackageReceiver
+from tentacle.packages.receive import PackageReceiver
 from tentacle.protocol.plan import PlannedPackage
+from tentacle.protocol.push_wire import ENCODING, OFFSET, PARTIAL_LENGTH
 
 DATA = os.urandom(300_000) + b"text " * 100_000
 PKG = PlannedPackage(

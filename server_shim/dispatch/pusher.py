@@ -2,7 +2,7 @@
 
 How it works. `Pusher` is a gate hook of the dispatcher: before a listening target gets
 its acquisition gate, each of its plan's pushed packages is sent to the tentacle's
-listening port (the protocol is in tentacle.packages.receive): HEAD says whether it is there
+listening port (the protocol is in tentacle.protocol.push_wire): HEAD says whether it is there
 already or how much of it, and one PUT sends the rest from that offset. A cut is resumed
 from where the tentacle's partial ends, up to `attempts` times. The body is zstd when a
 sample of the file shrinks by a tenth or more (a .nupkg or .tar.gz is already compressed
@@ -36,9 +36,9 @@ from server_shim.store.machine_rows import Machine
 from tentacle.common.logs import event
 from tentacle.net.failures import CONNECTION_ERRORS
 from tentacle.net.pinned import PinnedConnection
-from tentacle.packages.receive import ENCODING, OFFSET, PARTIAL_LENGTH
 from tentacle.protocol.coordinator import ACQUISITION
 from tentacle.protocol.plan import PackageRef, Plan, PlannedPackage
+from tentacle.protocol.push_wire import ENCODING, OFFSET, PARTIAL_LENGTH
 
 log = logging.getLogger("server_shim.dispatch.pusher")
 T = TypeVar("T")

@@ -40,18 +40,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from tentacle.common.logs import event
 from tentacle.protocol.plan import PlannedPackage
+from tentacle.protocol.push_wire import ENCODING, OFFSET, PACKAGES_PATH, PARTIAL_LENGTH
 
 if TYPE_CHECKING:  # imported when the first push arrives: an idle listener never needs them
     from tentacle.packages.cache import Digest, PackageCache, Partial, PartialWriter
 
-__all__ = ["ENCODING", "OFFSET", "PACKAGES_PATH", "PARTIAL_LENGTH", "PackageReceiver"]
+__all__ = ["PackageReceiver"]
 
 log = logging.getLogger(__name__)
 
-PACKAGES_PATH = "/packages/v1/{taskId}/{sha512}"
-OFFSET = "Tentacle-Offset"
-ENCODING = "Tentacle-Encoding"
-PARTIAL_LENGTH = "Tentacle-Partial-Length"
 # Bytes handed to the writer thread at once, and the compressed piece decoded at once
 # (a zstd frame expands at most ~32,000 times: a piece's output stays bounded).
 _BATCH = 4 * 1024 * 1024

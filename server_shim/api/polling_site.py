@@ -23,7 +23,7 @@ from tentacle.net.tls import peer_thumbprint
 from tentacle.protocol import messages
 from tentacle.protocol.messages import MessageError, Response
 
-log = logging.getLogger("server_shim.dispatch.polling_site")
+log = logging.getLogger("server_shim.api.polling_site")
 POLL_PATH = "/poll/v1"
 HEARTBEAT = web.AppKey("heartbeat", float)
 
