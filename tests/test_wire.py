@@ -11,14 +11,14 @@ from tentacle.errors import InvalidInput
 from tentacle.protocol.wire import Wire, WireError, convert, decode, encode
 
 
-class Step(Wire):
+class Step(Wire, frozen=True):
     """A sample nested message."""
 
     step_name: Annotated[str, msgspec.Meta(min_length=1)]
     roles: Annotated[list[str], msgspec.Meta(min_length=1)]
 
 
-class Doc(Wire):
+class Doc(Wire, frozen=True):
     """A sample message with a list of nested ones."""
 
     steps: list[Step]

@@ -39,7 +39,11 @@ _TYPES = {
 
 
 class Wire(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, rename="camel"):
-    """Base of every wire message: immutable, keyword-built, camelCase, strict."""
+    """Base of every wire message: immutable, keyword-built, camelCase, strict.
+
+    Subclasses say ``frozen=True`` again (``class Ping(Wire, frozen=True)``): msgspec
+    inherits it anyway, but mypy checks each class's own declaration.
+    """
 
 
 class WireError(InvalidInput):
