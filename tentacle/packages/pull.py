@@ -53,7 +53,8 @@ from tentacle.common.logs import event
 from tentacle.errors import TentacleError
 from tentacle.net.failures import CONNECTION_ERRORS, NETWORK_ERRORS
 from tentacle.net.pinned import PinnedConnection, in_thread
-from tentacle.packages.cache import CacheError, Digest, PackageCache, Partial, PartialWriter
+from tentacle.packages.cache import PackageCache
+from tentacle.packages.partial import CacheError, Digest, Partial, PartialWriter
 from tentacle.protocol.nuget import InvalidVersion, NuGetVersion
 from tentacle.protocol.plan import Plan, PlannedPackage
 
