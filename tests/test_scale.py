@@ -198,6 +198,7 @@ def test_tentacle_run_does_not_load_what_an_idle_tentacle_never_uses() -> None:
         "tentacle.net.pki",
         "tentacle.agent.registration",
         "tentacle.agent.listening",
+        "tentacle.packages.archives",
         "tentacle.packages.extraction",
         "tentacle.packages.cache",
         "tentacle.packages.partial",
