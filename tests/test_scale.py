@@ -203,6 +203,9 @@ def test_tentacle_run_does_not_load_what_an_idle_tentacle_never_uses() -> None:
         "tentacle.packages.cache",
         "tentacle.packages.partial",
         "tentacle.packages.pull",
+        "tentacle.packages.download",
+        "tentacle.packages.mirror_ranking",
+        "tentacle.packages.mirror_client",
         "zstandard",
     ]
     code = "import sys, json, tentacle.agent.command_line, tentacle.agent.daemon; "
