@@ -16,15 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tentacle.packages.cache import (
-    BUFFER_SIZE,
-    CacheError,
-    Digest,
-    DiskUsage,
-    PackageCache,
-    Partial,
-    PartialWriter,
-)
+from tentacle.packages.cache import DiskUsage, PackageCache
+from tentacle.packages.partial import BUFFER_SIZE, CacheError, Digest, Partial, PartialWriter
 from tentacle.protocol.plan import PlannedPackage
 
 pytestmark = pytest.mark.timeout(30)

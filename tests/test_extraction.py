@@ -13,14 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tentacle.packages.extraction import (
-    DEFAULT_LIMITS,
-    ArchiveError,
-    DestinationError,
-    ExtractionReport,
-    Limits,
-    extract,
-)
+from tentacle.packages.archives import DEFAULT_LIMITS, ArchiveError, Limits
+from tentacle.packages.extraction import DestinationError, ExtractionReport, extract
 from tentacle.protocol.nuspec import NuspecError, NuspecInfo, parse_nuspec
 
 NUSPEC = (

@@ -38,15 +38,10 @@ from rigs.nginx_mirror import (  # the *_fixture imports provide the pki, mirror
 )
 from tentacle.net.tls import client_context
 from tentacle.packages.cache import PackageCache
-from tentacle.packages.pull import (
-    Acquirer,
-    AcquisitionError,
-    MirrorClient,
-    MirrorRanker,
-    Timeouts,
-    package_base_address,
-    package_path,
-)
+from tentacle.packages.download import AcquisitionError, package_path
+from tentacle.packages.mirror_client import MirrorClient, Timeouts
+from tentacle.packages.mirror_ranking import MirrorRanker, package_base_address
+from tentacle.packages.pull import Acquirer
 from tentacle.protocol.identity import thumbprint
 from tentacle.protocol.plan import Plan, PlannedPackage
 

@@ -198,9 +198,14 @@ def test_tentacle_run_does_not_load_what_an_idle_tentacle_never_uses() -> None:
         "tentacle.net.pki",
         "tentacle.agent.registration",
         "tentacle.agent.listening",
+        "tentacle.packages.archives",
         "tentacle.packages.extraction",
         "tentacle.packages.cache",
+        "tentacle.packages.partial",
         "tentacle.packages.pull",
+        "tentacle.packages.download",
+        "tentacle.packages.mirror_ranking",
+        "tentacle.packages.mirror_client",
         "zstandard",
     ]
     code = "import sys, json, tentacle.agent.command_line, tentacle.agent.daemon; "
@@ -212,7 +217,8 @@ def test_tentacle_run_does_not_load_what_an_idle_tentacle_never_uses() -> None:
 def test_a_listening_tentacle_loads_the_package_cache_only_when_a_push_arrives() -> None:
     """The push receiver's routes are there from the start; the cache code comes with the first push."""
     code = "import sys, json, tentacle.agent.daemon, tentacle.agent.listening, tentacle.packages.receive; "
-    code += "print(json.dumps([m for m in ['tentacle.packages.cache', 'zstandard'] if m in sys.modules]))"
+    cache = ["tentacle.packages.cache", "tentacle.packages.partial", "zstandard"]
+    code += f"print(json.dumps([m for m in {cache!r} if m in sys.modules]))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == []
 

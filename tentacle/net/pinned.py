@@ -2,9 +2,9 @@
 
 A package body is the hot path (a 1 GiB file must move at least as fast as curl moves
 it), so both directions use a blocking TLS socket in a thread rather than the event
-loop: the tentacle's pull from mirrors and the server's feed (tentacle.packages.pull),
-and the server's push to listening tentacles (server_shim.dispatch.pusher). This
-module is what they share:
+loop: the tentacle's pull from mirrors and the server's feed
+(tentacle.packages.mirror_client), and the server's push to listening tentacles
+(server_shim.dispatch.pusher). This module is what they share:
 
 - `PinnedConnection`: connect (TLS included) within ``connect_timeout``, refuse a peer
   whose certificate thumbprint is not pinned (when pins are given) before a byte of the

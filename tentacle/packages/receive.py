@@ -43,7 +43,8 @@ from tentacle.protocol.plan import PlannedPackage
 from tentacle.protocol.push_wire import ENCODING, OFFSET, PACKAGES_PATH, PARTIAL_LENGTH
 
 if TYPE_CHECKING:  # imported when the first push arrives: an idle listener never needs them
-    from tentacle.packages.cache import Digest, PackageCache, Partial, PartialWriter
+    from tentacle.packages.cache import PackageCache
+    from tentacle.packages.partial import Digest, Partial, PartialWriter
 
 __all__ = ["PackageReceiver"]
 
@@ -88,7 +89,8 @@ class PackageReceiver:
         app.router.add_put(PACKAGES_PATH, self.put)
 
     def _package(self, request: web.Request) -> PlannedPackage | web.Response:
-        from tentacle.packages.cache import CacheError, check_sha512
+        from tentacle.packages.cache import check_sha512
+        from tentacle.packages.partial import CacheError
 
         task_id, sha512 = request.match_info["taskId"], request.match_info["sha512"]
         try:
@@ -113,7 +115,7 @@ class PackageReceiver:
 
     async def put(self, request: web.Request) -> web.Response:
         """Receive (the rest of) a package into the cache."""
-        from tentacle.packages.cache import CacheError
+        from tentacle.packages.partial import CacheError
 
         pkg = self._package(request)
         if isinstance(pkg, web.Response):
@@ -155,7 +157,7 @@ async def _receive(
     request: web.Request, pkg: PlannedPackage, partial: Partial, offset: int, zstd: bool
 ) -> Digest:
     """Append the body to the partial (decoding zstd), then the digest of the whole file."""
-    from tentacle.packages.cache import CacheError, PartialWriter
+    from tentacle.packages.partial import CacheError, PartialWriter
 
     writer = await asyncio.to_thread(PartialWriter, partial.path, offset)
     decode = _decoder(pkg, offset) if zstd else _plain(pkg, offset)

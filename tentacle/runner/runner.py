@@ -642,7 +642,8 @@ def package_key(package: PlannedPackage) -> str:
 def _unpack(source: Path, dest: Path, file_name: str) -> str | None:
     """Extract an archive (in a worker thread); why it was refused, or None."""
     # Imported here: zip, tar and lzma weigh a megabyte that an idle tentacle never uses.
-    from tentacle.packages.extraction import ArchiveError, DestinationError, extract
+    from tentacle.packages.archives import ArchiveError
+    from tentacle.packages.extraction import DestinationError, extract
 
     try:
         extract(source, dest, name=file_name)
