@@ -41,8 +41,8 @@ from tentacle.net import pki
 from tentacle.net.tls import client_context
 from tentacle.protocol import messages
 from tentacle.protocol.messages import MessageError
-from tentacle.protocol.nuget import InvalidVersion, NuGetVersion
 from tentacle.protocol.nuget_ranges import VersionRange
+from tentacle.protocol.nuget_versions import InvalidVersion, NuGetVersion
 from tentacle.protocol.plan import Plan, PlanError
 from tentacle.protocol.process import ProcessError, parse_process
 from tests import hostile

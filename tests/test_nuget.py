@@ -21,14 +21,16 @@ from hypothesis import strategies as st
 
 from tentacle.errors import TentacleError
 from tentacle.protocol.nuget import (
+    FloatBehavior,
     InvalidVersion,
+    InvalidVersionRange,
     NuGetVersion,
+    VersionRange,
     flat_container_index_path,
     flat_container_nupkg_path,
     is_valid_package_id,
     newest,
 )
-from tentacle.protocol.nuget_ranges import FloatBehavior, InvalidVersionRange, VersionRange
 
 # A copy of shared/reference/nuget-versions.json, kept in the repository so that a checkout alone tests.
 REFERENCE_PATH = Path(__file__).resolve().parent / "data" / "nuget-versions.json"

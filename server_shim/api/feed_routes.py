@@ -29,7 +29,7 @@ from server_shim.store import machine_rows as machines
 from tentacle.common.logs import event
 from tentacle.errors import NotFound
 from tentacle.net.tls import peer_thumbprint
-from tentacle.protocol.nuget import InvalidVersion
+from tentacle.protocol.nuget_versions import InvalidVersion
 
 log = logging.getLogger("server_shim.api.feed_routes")
 FEED_DIR = web.AppKey("feed_dir", Path)

@@ -45,7 +45,7 @@ from server_shim.store.database import Database
 from tentacle.common.atomicfile import fsync_directory, write_private
 from tentacle.errors import Conflict, InvalidInput, NotFound, StorageError
 from tentacle.protocol.identity import check_name
-from tentacle.protocol.nuget import InvalidVersion, NuGetVersion, is_valid_package_id, newest
+from tentacle.protocol.nuget_versions import InvalidVersion, NuGetVersion, is_valid_package_id, newest
 from tentacle.protocol.nuspec import MAX_NUSPEC_BYTES, NuspecError, parse_nuspec
 from tentacle.protocol.plan import MAX_URL, PackageRef
 from tentacle.protocol.process import BUILTIN_FEED

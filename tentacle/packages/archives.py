@@ -350,5 +350,7 @@ def reading(rule: str, member: str | None = None) -> Iterator[None]:
     """Turn the readers' exceptions for damaged data into ArchiveError."""
     try:
         yield
+    except ArchiveError:
+        raise  # a refusal of ours (an InvalidInput, so a ValueError too) is not damage
     except READ_ERRORS as exc:
         raise ArchiveError(rule, f"cannot be read: {exc}", member=member) from exc

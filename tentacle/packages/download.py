@@ -37,7 +37,7 @@ from tentacle.net.pinned import in_thread
 from tentacle.packages.mirror_client import MirrorClient, MirrorFailure, MirrorRequest, http_reason
 from tentacle.packages.mirror_ranking import MirrorRanker
 from tentacle.packages.partial import Digest, Partial, PartialWriter
-from tentacle.protocol.nuget import InvalidVersion, NuGetVersion
+from tentacle.protocol.nuget_versions import InvalidVersion, NuGetVersion
 from tentacle.protocol.plan import PlannedPackage
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 How it works. A range is NuGet's interval notation (``1.0``, ``[1.0]``, ``(1.0,2.0]``,
 ``(,2.0)``) with an optional floating lower bound (``1.0.*``, ``1.0.0-beta*``, ``*``);
-its bounds are versions as tentacle.protocol.nuget parses and orders them. ``satisfies``
+its bounds are versions as tentacle.protocol.nuget_versions parses and orders them. ``satisfies``
 checks the bounds only; the float matters to ``best_match``, which follows
 ``FindBestMatch``: the lowest version in the range, but for a floating range the highest
 inside the float.
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from tentacle.protocol.nuget import InvalidVersion, NuGetVersion, dotnet_trim
+from tentacle.protocol.nuget_versions import InvalidVersion, NuGetVersion, dotnet_trim
 
 __all__ = [
     "FloatBehavior",
