@@ -368,7 +368,7 @@ async def test_a_package_the_process_does_not_use_is_400_naming_it(released: Shi
     status, answer = await released.release(body)
     assert status == 400
     assert "the process uses no package 'Other.Pkg'" in error_of(answer)
-    assert answer["error"]["details"]["problems"][0]["path"] == 'packageVersions["Other.Pkg"]'
+    assert answer["error"]["details"]["path"] == 'packageVersions["Other.Pkg"]'
     assert await released.counts() == (1, 0)
 
 
@@ -398,31 +398,44 @@ async def test_release_of_an_unknown_project_is_404(shim: Shim) -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"releaseVersion": "1.0.0"}, "projectName: is required"),
-        ({"projectName": PROJECT}, "releaseVersion: is required"),
-        ({"projectName": 5, "releaseVersion": "1.0.0"}, "projectName: must be a non-empty string"),
-        ({"projectName": None, "releaseVersion": "1.0.0"}, "projectName: is required"),
-        ({"projectName": [PROJECT], "releaseVersion": "1.0.0"}, "projectName: must be a non-empty string"),
-        ({"projectName": PROJECT, "releaseVersion": 1}, "releaseVersion: must be a non-empty string"),
+        ({"releaseVersion": "1.0.0"}, "projectName: required"),
+        ({"projectName": PROJECT}, "releaseVersion: required"),
+        ({"projectName": 5, "releaseVersion": "1.0.0"}, "projectName: expected a string, got an integer"),
+        ({"projectName": None, "releaseVersion": "1.0.0"}, "projectName: expected a string, got null"),
+        ({"projectName": [PROJECT], "releaseVersion": "1.0.0"}, "projectName: expected a string, got a list"),
+        ({"projectName": "", "releaseVersion": "1.0.0"}, "projectName: expected a string of length >= 1"),
+        ({"projectName": PROJECT, "releaseVersion": 1}, "releaseVersion: expected a string, got an integer"),
         ({"projectName": PROJECT, "releaseVersion": "one"}, "releaseVersion: must be a NuGet version"),
         (
             {"projectName": PROJECT, "releaseVersion": "1.0.0", "packageVersions": []},
-            "packageVersions: must be an object",
+            "packageVersions: expected an object, got a list",
         ),
         (
             {"projectName": PROJECT, "releaseVersion": "1.0.0", "packageVersions": {WEB: 1}},
-            'packageVersions["OctoPetShop.Web"]: must be a non-empty string',
+            "packageVersions[...]: expected a string, got an integer",
         ),
         (
             {"projectName": PROJECT, "releaseVersion": "1.0.0", "packageVersions": {WEB: "x.y"}},
             'packageVersions["OctoPetShop.Web"]: must be a NuGet version',
         ),
+        (
+            {"projectName": PROJECT, "releaseVersion": "1.0.0", "packageVersions": {WEB: "1\x00"}},
+            'packageVersions["OctoPetShop.Web"]: must not contain NUL',
+        ),
+        (
+            {"projectName": PROJECT, "releaseVersion": "1.0.0", "packageVersions": {"a\x00": "1.0.0"}},
+            "packageVersions: a key must not contain NUL",
+        ),
         ({"projectName": PROJECT, "releaseVersion": "1.0.0", "channel": "x"}, "channel: unknown field"),
         (
             {"projectName": "x" * MiB, "releaseVersion": "1.0.0"},
-            "projectName: must be at most 200 characters",
+            "projectName: expected a string of length <= 200",
         ),
-        ({"projectName": "\ud800", "releaseVersion": "1.0.0"}, "projectName: must be valid Unicode"),
+        (
+            {"projectName": PROJECT, "releaseVersion": "1." * 51},
+            "releaseVersion: expected a string of length <= 100",
+        ),
+        ({"projectName": "\ud800", "releaseVersion": "1.0.0"}, "\\ud800 at byte 17 is half a surrogate pair"),
         ({"projectName": "a\x00b", "releaseVersion": "1.0.0"}, "projectName: must not contain NUL"),
     ],
 )

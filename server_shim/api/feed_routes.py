@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
-from server_shim.api.middleware import DB, Handler, error_response
+from server_shim.api.middleware import DB, Handler, answer, error_response
 from server_shim.store import accounts
 from server_shim.store import feed_store as feed
 from server_shim.store import machine_rows as machines
@@ -111,7 +111,7 @@ class PackageFileResponse(web.FileResponse):
 
 async def service_index(request: web.Request) -> web.Response:
     """The service index; its PackageBaseAddress is this server as the caller reached it."""
-    return web.json_response(feed.service_index(f"{request.scheme}://{request.host}{FLAT_CONTAINER}"))
+    return answer(feed.service_index(f"{request.scheme}://{request.host}{FLAT_CONTAINER}"))
 
 
 async def versions_index(request: web.Request) -> web.Response:
@@ -120,7 +120,7 @@ async def versions_index(request: web.Request) -> web.Response:
     found = await request.app[DB].run(feed.versions, lower_id)
     if not found:
         raise NotFound(f"package {lower_id} is not in the built-in feed")
-    return web.json_response(feed.versions_index(found))
+    return answer(feed.versions_index(found))
 
 
 async def package_file(request: web.Request) -> web.StreamResponse:

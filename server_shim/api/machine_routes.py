@@ -14,16 +14,22 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server_shim.api.middleware import DB, field, read_json, string_list
+from server_shim.api.bodies import (
+    MachineList,
+    MachineRemoved,
+    MachineView,
+    RegistrationAnswer,
+    RegistrationRequest,
+)
+from server_shim.api.middleware import DB, answer, read_body
 from server_shim.ca import Authority
 from server_shim.dispatch.fleet import Fleet
 from server_shim.store import accounts
 from server_shim.store import machine_rows as machines
 from server_shim.store.machine_rows import Machine, MachineConflict, MachineNotFound
 from tentacle.common.logs import event
-from tentacle.errors import Conflict, InvalidInput, NotFound
+from tentacle.errors import Conflict, NotFound
 from tentacle.net import pki
-from tentacle.protocol.identity import check_name
 
 log = logging.getLogger("server_shim.api.machine_routes")
 FLEET = web.AppKey("fleet", Fleet)
@@ -42,83 +48,60 @@ class ApiSettings:
 SETTINGS = web.AppKey("settings", ApiSettings)
 
 
-def _names(kind: str, values: list[str]) -> tuple[str, ...]:
-    if not values:
-        raise InvalidInput(f"{kind}: must be a non-empty list", details={"field": kind})
-    try:
-        return tuple(check_name(kind[:-1], v) for v in values)
-    except ValueError as exc:
-        raise InvalidInput(f"{kind}: {exc}", details={"field": kind}) from exc
-
-
-def _registration(
-    body: dict[str, object],
-) -> tuple[str, str, str, str | None, tuple[str, ...], tuple[str, ...], bool]:
-    name = field(body, "name", str)
-    try:
-        check_name("name", name)
-    except ValueError as exc:
-        raise InvalidInput(f"name: {exc}", details={"field": "name"}) from exc
-    mode = field(body, "mode", str)
-    if mode not in ("listening", "polling"):
-        raise InvalidInput("mode: must be 'listening' or 'polling'", details={"field": "mode"})
-    endpoint = field(body, "endpoint", str, required=mode == "listening")
-    if endpoint is not None and (not endpoint.startswith("https://") or len(endpoint) > 300):
-        raise InvalidInput("endpoint: must be an https:// URL", details={"field": "endpoint"})
-    environments = _names("environments", string_list(body, "environments"))
-    roles = _names("roles", string_list(body, "roles"))
-    return (
-        field(body, "token", str),
-        field(body, "csr", str),
-        name,
-        endpoint if mode == "listening" else None,
-        environments,
-        roles,
-        bool(field(body, "force", bool, required=False, default=False)),
-    )
-
-
 async def register(request: web.Request) -> web.Response:
     """A tentacle trades a token and a CSR for a certificate."""
-    body = await read_json(request)
-    token, csr, name, endpoint, environments, roles, force = _registration(body)
+    body = await read_body(request, RegistrationRequest)
+    environments, roles = body.environments, body.roles
     db = request.app[DB]
     # A refused token (or a claim it does not allow) is reported before any CSR work.
-    await db.run(accounts.check_token, token, environments, roles)
-    cert = request.app[AUTHORITY].sign(csr, name)
+    await db.run(accounts.check_token, body.token, environments, roles)
+    cert = request.app[AUTHORITY].sign(body.csr, body.name)
     machine = Machine(
         space="Default",
-        name=name,
+        name=body.name,
         thumbprint=pki.cert_thumbprint(cert),
         certificate=pki.cert_pem(cert).decode(),
-        mode="listening" if endpoint else "polling",
-        endpoint=endpoint,
+        mode=body.mode,
+        endpoint=body.endpoint if body.mode == "listening" else None,
         environments=environments,
         roles=roles,
         registered_at=time.time(),
     )
 
     def commit(conn: sqlite3.Connection) -> None:
-        accounts.use_token(conn, token, environments, roles)
-        machines.insert(conn, machine, force=force)
+        accounts.use_token(conn, body.token, environments, roles)
+        machines.insert(conn, machine, force=body.force)
 
     try:
         await db.run(commit)
     except MachineConflict as exc:
         raise Conflict(exc.message, details={"field": "name"}) from exc
-    if force:
-        await request.app[FLEET].forget(name)
-    event(log, "machine.registered", machine=name, mode=machine.mode, thumbprint=machine.thumbprint)
+    if body.force:
+        await request.app[FLEET].forget(machine.name)
+    event(log, "machine.registered", machine=machine.name, mode=machine.mode, thumbprint=machine.thumbprint)
     settings = request.app[SETTINGS]
-    return web.json_response(
-        {
-            "certificate": machine.certificate,
-            "caCertificate": settings.ca_pem,
-            "serverThumbprint": settings.server_thumbprint,
-            "pollingUrl": settings.polling_url,
-            "machine": machines.to_json(machine, False, None),
-        },
-        status=201,
+    registered = RegistrationAnswer(
+        certificate=machine.certificate,
+        ca_certificate=settings.ca_pem,
+        server_thumbprint=settings.server_thumbprint,
+        polling_url=settings.polling_url,
+        machine=machine_view(machine, False, None),
+    )
+    return answer(registered, 201)
+
+
+def machine_view(machine: Machine, online: bool, last_seen: float | None) -> MachineView:
+    """The machines-list entry of design.md; ``last_seen`` (live) wins over the stored one."""
+    seen = last_seen or machine.last_seen
+    return MachineView(
+        name=machine.name,
+        thumbprint=machine.thumbprint,
+        mode=machine.mode,
+        endpoint=machine.endpoint,
+        environments=tuple(machine.environments),
+        roles=tuple(machine.roles),
+        status="online" if online else "offline",
+        last_seen=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seen)) if seen else None,
     )
 
 
@@ -138,8 +121,8 @@ async def list_machines(request: web.Request) -> web.Response:
     space = await space_of(request)
     rows = await request.app[DB].run(machines.listing, space)
     fleet = request.app[FLEET]
-    items = [machines.to_json(m, fleet.is_online(m.name), fleet.seen.get(m.name)) for m in rows]
-    return web.json_response({"items": items})
+    items = [machine_view(m, fleet.is_online(m.name), fleet.seen.get(m.name)) for m in rows]
+    return answer(MachineList(items=items))
 
 
 async def remove_machine(request: web.Request) -> web.Response:
@@ -152,7 +135,7 @@ async def remove_machine(request: web.Request) -> web.Response:
         raise NotFound(exc.message) from exc
     await request.app[FLEET].forget(name)
     event(log, "machine.removed", machine=name, thumbprint=machine.thumbprint)
-    return web.json_response({"name": name, "revokedThumbprint": machine.thumbprint})
+    return answer(MachineRemoved(name=name, revoked_thumbprint=machine.thumbprint))
 
 
 def add_routes(app: web.Application) -> None:

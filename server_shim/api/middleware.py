@@ -4,22 +4,31 @@ This is the one place where errors become HTTP statuses. Every error leaves as
 ``{"error": {"code", "message", "details"}}``: our own `TentacleError`s with the status
 their class declares (see tentacle.errors), aiohttp's HTTP exceptions with theirs, and
 anything else as a logged 500 whose body says nothing about internals.
+
+Request bodies come in through `read_body` (a typed `Body` from `bodies`) or, for a
+document whose rules live elsewhere, `read_document`; both read at most 2 MiB (413
+beyond), refuse what is not a JSON object (``bad-json``), and name the path of any other
+problem (``environmentNames[1]: expected a string, got an integer``). Answers go out
+through `answer`, encoded from structs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 from aiohttp import web
 
+from server_shim.api.bodies import Body, ErrorBody, ErrorDetail, refusal
 from server_shim.store import accounts
 from server_shim.store.database import Database
 from tentacle.common.logs import event
-from tentacle.errors import BadJson, InvalidInput, TentacleError, TooLarge, kebab
-from tentacle.protocol.json_fields import text_problem
+from tentacle.errors import BadJson, TentacleError, TooLarge, kebab
+from tentacle.protocol import wire
+from tentacle.protocol.json_fields import index_path, key_path, text_problem
 
 log = logging.getLogger("server_shim.api.middleware")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -27,15 +36,42 @@ DB = web.AppKey("db", Database)
 API_KEY_NAME = web.RequestKey("api_key_name", str)
 MAX_JSON_BYTES = 2 * 1024 * 1024
 MAX_JSON_DEPTH = 64
+T = TypeVar("T")
+# A JSON escape of a high surrogate (uD800-uDBFF) not followed by a low one (uDC00-uDFFF),
+# or a low one alone; an even run of backslashes before it is escaped backslashes, not an escape.
+_LONE_SURROGATE = re.compile(
+    rb"(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
+B = TypeVar("B", bound=Body)
 
 
 def error_response(
     status: int, code: str, message: str, details: dict[str, Any] | None = None
 ) -> web.Response:
     """The JSON error body of design.md."""
-    return web.json_response(
-        {"error": {"code": code, "message": message, "details": details or {}}}, status=status
-    )
+    return answer(ErrorBody(error=ErrorDetail(code=code, message=message, details=details or {})), status)
+
+
+def answer(body: Any, status: int = 200) -> web.Response:
+    """A JSON answer encoded from a struct (or, for documents owned elsewhere, plain JSON values)."""
+    try:
+        data = wire.encode(body)
+    except UnicodeEncodeError:
+        # A lone surrogate (an error echoing a URL, a line a script printed) has no UTF-8 form:
+        # send it as the escape repr() would show rather than fail the whole answer.
+        data = wire.encode(_escaped(wire.to_builtins(body)))
+    return web.Response(body=data, status=status, content_type="application/json")
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_escaped(key): _escaped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    return value
 
 
 @web.middleware
@@ -56,20 +92,23 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(500, "internal", "internal server error (logged on the server)")
 
 
-def _depth(value: Any, limit: int) -> int:
-    stack, deepest = [(value, 1)], 1
-    while stack:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
+async def read_body(request: web.Request, kind: type[B]) -> B:
+    """The request's body as `kind`, strictly: a 400 naming the path of what is wrong."""
+    body = _decode(await _read(request), kind)
+    _check_tree(body, MAX_JSON_DEPTH)
+    body.check()
+    return body
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object body, or a 4xx naming what is wrong."""
+async def read_document(request: web.Request) -> dict[str, Any]:
+    """The request's body as a JSON object whose rules live elsewhere (the process document)."""
+    document = _decode(await _read(request), dict[str, Any])
+    _check_tree(document, MAX_JSON_DEPTH)
+    return document
+
+
+async def _read(request: web.Request) -> bytes:
+    """The body's bytes; TooLarge as soon as they pass the limit, before the rest is read."""
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
         raise TooLarge(f"request body over {MAX_JSON_BYTES} bytes")
     chunks: list[bytes] = []
@@ -80,55 +119,68 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         if size > MAX_JSON_BYTES:
             raise TooLarge(f"request body over {MAX_JSON_BYTES} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BadJson(f"request body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
-    except (ValueError, RecursionError) as exc:
-        raise BadJson(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
+    return b"".join(chunks)
+
+
+def _decode(raw: bytes, kind: type[T]) -> T:
+    """`wire.decode`, with what is not a JSON object at all told apart (BadJson) from a misfit."""
+    if not raw.lstrip().startswith(b"{"):
         raise BadJson("request body must be a JSON object")
-    if _depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        raise BadJson(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
-    return body
+    try:
+        return wire.decode(raw, kind)
+    except RecursionError as exc:  # msgspec's own guard, on nesting far past ours
+        raise BadJson(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from exc
+    except wire.WireError as exc:
+        if isinstance(exc.__cause__, msgspec.ValidationError):
+            raise  # well-formed JSON of the wrong shape: the message names the path
+        raise BadJson(f"request body is not valid JSON: {_why_malformed(raw, exc)}") from exc
 
 
-def field(body: dict[str, Any], name: str, kind: type, *, required: bool = True, default: Any = None) -> Any:
-    """A typed field of a JSON body; wrong or missing is a 400 naming it."""
-    if name not in body or body[name] is None:
-        if required:
-            raise InvalidInput(f"{name}: required", details={"field": name})
-        return default
-    value = body[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidInput(f"{name}: must be {_kind(kind)}", details={"field": name})
-    if isinstance(value, str):
-        _check_text(name, value)
-    return value
+def _why_malformed(raw: bytes, exc: wire.WireError) -> str:
+    """msgspec's reason, except for a lone surrogate escape, which it calls "truncated" at times."""
+    lone = _LONE_SURROGATE.search(raw)
+    if lone is None:
+        return str(exc.__cause__)
+    escape = lone.group(1).decode("ascii")
+    return f"{escape} at byte {lone.start(1)} is half a surrogate pair (text must be valid Unicode)"
 
 
-def string_list(body: dict[str, Any], name: str, *, required: bool = True) -> list[str]:
-    """A list of strings field."""
-    value = field(body, name, list, required=required, default=[])
-    if not all(isinstance(item, str) for item in value):
-        raise InvalidInput(f"{name}: must be a list of strings", details={"field": name})
-    for item in value:
-        _check_text(name, item)
-    return list(value)
+def _check_tree(value: Any, limit: int) -> None:
+    """Refuse nesting deeper than `limit` and text nothing downstream can hold, naming the path.
+
+    JSON allows ``\\u0000``, which no script argument or environment variable can carry;
+    a lone-surrogate escape (``\\ud800``) would crash whatever encodes it next (SQLite,
+    hashing). msgspec refuses the surrogates today; this keeps that promise ours.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, str):
+            _check_text(path, item)
+        elif depth > limit:
+            raise BadJson(f"{path}: nests deeper than {limit} levels", details={"path": path})
+        else:
+            stack.extend(reversed(_children(item, path, depth + 1)))
 
 
-def _check_text(name: str, value: str) -> None:
-    """A lone surrogate (JSON allows its escape) would crash whatever encodes it next: SQLite, hashing."""
+def _children(item: Any, path: str, depth: int) -> list[tuple[Any, str, int]]:
+    """The values inside a struct, object or list, each with its path; keys are checked here."""
+    if isinstance(item, msgspec.Struct):
+        fields = msgspec.structs.fields(item)
+        return [(getattr(item, f.name), key_path(path, f.encode_name), depth) for f in fields]
+    if isinstance(item, dict):
+        for key in item:
+            _check_text(path or "body", key, "a key ")
+        return [(child, key_path(path, key), depth) for key, child in item.items()]
+    if isinstance(item, list | tuple):
+        return [(child, index_path(path, index), depth) for index, child in enumerate(item)]
+    return []
+
+
+def _check_text(path: str, value: str, what: str = "") -> None:
     problem = text_problem(value)
     if problem is not None:
-        raise InvalidInput(f"{name}: {problem}", details={"field": name})
-
-
-def _kind(kind: type) -> str:
-    return {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "an object"}.get(
-        kind, kind.__name__
-    )
+        raise refusal(path, what + problem)
 
 
 @web.middleware

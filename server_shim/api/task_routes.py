@@ -18,62 +18,49 @@ import functools
 from typing import Any
 
 from aiohttp import web
+from msgspec import UNSET
 
+from server_shim.api.bodies import (
+    CancelAnswer,
+    DeploymentRequest,
+    LogLine,
+    LogPage,
+    RunbookRunRequest,
+    TargetView,
+    TaskCreated,
+    TaskView,
+)
 from server_shim.api.machine_routes import space_of
-from server_shim.api.middleware import API_KEY_NAME, DB, field, read_json, string_list
+from server_shim.api.middleware import API_KEY_NAME, DB, answer, read_body
 from server_shim.dispatch.dispatcher import Dispatcher
 from server_shim.store import deployments
 from server_shim.store import task_rows as tasks
 from tentacle.errors import Conflict, InvalidInput, NotFound
 from tentacle.protocol.coordinator import TaskCoordinator
+from tentacle.protocol.states import TaskState
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 MAX_LOG_PAGE = 1000
 
 
-def _only(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in body:
-        if key not in allowed:
-            raise InvalidInput(
-                f"{key}: unknown field (expected {', '.join(allowed)})", details={"field": key}
-            )
-
-
-def _names(body: dict[str, Any], key: str, required: bool) -> tuple[str, ...]:
-    values = string_list(body, key, required=required)
-    if required and not values:
-        raise InvalidInput(f"{key}: must be a non-empty list", details={"field": key})
-    if len(values) > 1000 or any(not v or len(v) > 200 for v in values):
-        raise InvalidInput(f"{key}: at most 1000 names of 1-200 characters", details={"field": key})
-    return tuple(dict.fromkeys(values))
-
-
-def _text(body: dict[str, Any], key: str) -> str:
-    value = field(body, key, str)
-    if not value or len(value) > 200:
-        raise InvalidInput(f"{key}: must be 1-200 characters", details={"field": key})
-    return str(value)
-
-
 async def _create(request: web.Request, req: deployments.Request) -> web.Response:
     record = await request.app[DB].run(deployments.create, req)
     await request.app[DISPATCHER].submit(record)
-    return web.json_response({"taskId": record.task_id}, status=201)
+    return answer(TaskCreated(task_id=record.task_id), 201)
 
 
 async def create_deployment(request: web.Request) -> web.Response:
     """Deploy a release to environments: one request, one task."""
     space = await space_of(request)
-    body = await read_json(request)
-    _only(body, ("projectName", "releaseVersion", "environmentNames", "machineNames"))
+    body = await read_body(request, DeploymentRequest)
     req = deployments.Request(
         space=space,
         kind="deployment",
-        project=_text(body, "projectName"),
-        release_version=_text(body, "releaseVersion"),
+        project=body.project_name,
+        release_version=body.release_version,
         runbook=None,
-        environments=_names(body, "environmentNames", True),
-        machine_names=_names(body, "machineNames", False),
+        environments=_distinct(body.environment_names),
+        machine_names=_distinct(body.machine_names),
     )
     return await _create(request, req)
 
@@ -81,42 +68,44 @@ async def create_deployment(request: web.Request) -> web.Response:
 async def create_runbook_run(request: web.Request) -> web.Response:
     """Run a project's runbook in environments: one request, one task."""
     space = await space_of(request)
-    body = await read_json(request)
-    _only(body, ("projectName", "runbookName", "environmentNames", "machineNames"))
+    body = await read_body(request, RunbookRunRequest)
     req = deployments.Request(
         space=space,
         kind="runbook",
-        project=_text(body, "projectName"),
+        project=body.project_name,
         release_version="",
-        runbook=_text(body, "runbookName"),
-        environments=_names(body, "environmentNames", True),
-        machine_names=_names(body, "machineNames", False),
+        runbook=body.runbook_name,
+        environments=_distinct(body.environment_names),
+        machine_names=_distinct(body.machine_names),
     )
     return await _create(request, req)
 
 
-def task_json(record: tasks.TaskRecord, coordinator: TaskCoordinator | None) -> dict[str, Any]:
+def _distinct(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Names in their first order, each once: a repeat asks for nothing more."""
+    return tuple(dict.fromkeys(names))
+
+
+def task_view(record: tasks.TaskRecord, coordinator: TaskCoordinator | None) -> TaskView:
     """The task resource of design.md."""
     coordinator = coordinator or TaskCoordinator.restore(record.coordinator)
     targets = [
-        {"machineName": t.machine_name, "phase": t.phase, "state": t.state}
+        TargetView(machine_name=t.machine_name, phase=t.phase, state=t.state)
         for t in coordinator.target_states()
     ]
-    body: dict[str, Any] = {
-        "taskId": record.task_id,
-        "state": record.state,
-        "kind": record.kind,
-        "projectName": record.project,
-        "releaseVersion": record.release_version or None,
-        "runbookName": record.runbook,
-        "environmentNames": record.environment.split(","),
-        "createdAt": record.created_at,
-        "finishedAt": record.finished_at,
-        "targets": targets,
-    }
-    if record.error:
-        body["error"] = record.error
-    return body
+    return TaskView(
+        task_id=record.task_id,
+        state=TaskState(record.state),
+        kind=record.kind,
+        project_name=record.project,
+        release_version=record.release_version or None,
+        runbook_name=record.runbook,
+        environment_names=record.environment.split(","),
+        created_at=record.created_at,
+        finished_at=record.finished_at,
+        targets=targets,
+        error=record.error or UNSET,
+    )
 
 
 async def _record(request: web.Request) -> tasks.TaskRecord:
@@ -133,7 +122,7 @@ async def get_task(request: web.Request) -> web.Response:
     """One task's state and its targets' phases."""
     record = await _record(request)
     run = request.app[DISPATCHER].runs.get(record.task_id)
-    return web.json_response(task_json(record, run.coordinator if run else None))
+    return answer(task_view(record, run.coordinator if run else None))
 
 
 async def get_log(request: web.Request) -> web.Response:
@@ -146,14 +135,24 @@ async def get_log(request: web.Request) -> web.Response:
     if not -(2**63) <= since < 2**63:  # SQLite's integers are 64-bit: a bigger one would crash the query
         raise InvalidInput("since: must be a 64-bit integer", details={"field": "since"})
     lines = await request.app[DB].run(tasks.read_log, record.task_id, since, MAX_LOG_PAGE)
-    return web.json_response(
-        {
-            "taskId": record.task_id,
-            "taskState": record.state,
-            "items": lines,
-            "nextSince": lines[-1]["seq"] if lines else since,
-            "more": len(lines) == MAX_LOG_PAGE,
-        }
+    page = LogPage(
+        task_id=record.task_id,
+        task_state=TaskState(record.state),
+        items=[_log_line(line) for line in lines],
+        next_since=lines[-1]["seq"] if lines else since,
+        more=len(lines) == MAX_LOG_PAGE,
+    )
+    return answer(page)
+
+
+def _log_line(row: dict[str, Any]) -> LogLine:
+    return LogLine(
+        seq=row["seq"],
+        time=row["time"],
+        machine_name=row["machineName"],
+        stream=row["stream"],
+        step=row["step"],
+        text=row["text"],
     )
 
 
@@ -164,7 +163,7 @@ async def cancel_task(request: web.Request) -> web.Response:
         raise Conflict(f"task {record.task_id} already finished ({record.state})")
     name = request.get(API_KEY_NAME, "an operator")
     state = await request.app[DISPATCHER].cancel(record.task_id, f"cancelled by {name}")
-    return web.json_response({"taskId": record.task_id, "state": state}, status=202)
+    return answer(CancelAnswer(task_id=record.task_id, state=state), 202)
 
 
 def add_routes(app: web.Application) -> None:

@@ -12,7 +12,6 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from tentacle.errors import Conflict, NotFound
 
@@ -135,22 +134,3 @@ def save_last_seen(conn: sqlite3.Connection, seen: dict[str, float]) -> None:
         "UPDATE machines SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE name = ?",
         [(stamp, name) for name, stamp in seen.items()],
     )
-
-
-def to_json(machine: Machine, online: bool, last_seen: float | None) -> dict[str, Any]:
-    """The machines-list entry of design.md."""
-    seen = last_seen or machine.last_seen
-    return {
-        "name": machine.name,
-        "thumbprint": machine.thumbprint,
-        "mode": machine.mode,
-        "endpoint": machine.endpoint,
-        "environments": list(machine.environments),
-        "roles": list(machine.roles),
-        "status": "online" if online else "offline",
-        "lastSeen": _iso(seen) if seen else None,
-    }
-
-
-def _iso(stamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))

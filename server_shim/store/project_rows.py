@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from server_shim.store import feed_store as feed
-from tentacle.errors import Conflict, NotFound
-from tentacle.protocol.json_fields import NAME_MAX, DocumentError, key_path, text_problem
+from tentacle.errors import Conflict, InvalidInput, NotFound
+from tentacle.protocol.json_fields import NAME_MAX, key_path, text_problem
 from tentacle.protocol.nuget_versions import InvalidVersion, NuGetVersion
 from tentacle.protocol.plan import PackageRef
 from tentacle.protocol.process import Process, parse_process
@@ -48,8 +48,11 @@ class ReleaseExists(Conflict):
     """A release of that version already exists."""
 
 
-class ReleaseRequestError(DocumentError):
-    """The release request is wrong; ``problems`` names each field."""
+class ReleaseRequestError(InvalidInput):
+    """The release request is wrong where only the release rules can tell; names the path."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}", details={"path": path})
 
 
 class PackageMissing(NotFound):
@@ -188,7 +191,7 @@ def _packages_json(release: Release) -> str:
 def _release_version(text: str) -> NuGetVersion:
     version = _parse_version(text)
     if isinstance(version, str):
-        raise ReleaseRequestError([("releaseVersion", version)])
+        raise ReleaseRequestError("releaseVersion", version)
     return version
 
 
@@ -209,25 +212,22 @@ def _wanted_versions(used: Iterable[str], given: Mapping[str, str]) -> dict[str,
     """Each used package id with its requested version (None: the newest)."""
     by_lower = {package_id.lower(): package_id for package_id in used}
     wanted: dict[str, str | None] = dict.fromkeys(by_lower.values())
-    problems: list[tuple[str, str]] = []
     seen: set[str] = set()
     for package_id, text in given.items():
         target = by_lower.get(package_id.lower())
         path = key_path("packageVersions", package_id) if _storable(package_id) else "packageVersions"
-        version = _parse_version(text)
         if target is None:
             names = ", ".join(sorted(by_lower.values())) or "none"
-            problems.append((path, f"the process uses no package {_shown(package_id)} (it uses: {names})"))
-        elif target in seen:
-            problems.append((path, f"package {target!r} is given twice"))
-        elif isinstance(version, str):
-            seen.add(target)
-            problems.append((path, version))
-        else:
-            seen.add(target)
-            wanted[target] = str(version)
-    if problems:
-        raise ReleaseRequestError(problems)
+            raise ReleaseRequestError(
+                path, f"the process uses no package {_shown(package_id)} (it uses: {names})"
+            )
+        if target in seen:
+            raise ReleaseRequestError(path, f"package {target!r} is given twice")
+        seen.add(target)
+        version = _parse_version(text)
+        if isinstance(version, str):
+            raise ReleaseRequestError(path, version)
+        wanted[target] = str(version)
     return wanted
 
 

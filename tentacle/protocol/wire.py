@@ -49,6 +49,8 @@ class Wire(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 class WireError(InvalidInput):
     """A body that does not fit its type; ``details["path"]`` says where (``steps[1].roles``)."""
 
+    CODE = "invalid"
+
 
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
@@ -66,6 +68,8 @@ def describe(error: msgspec.DecodeError) -> tuple[str, str]:
         return _join(path, missing.group("name")), "required"
     for name, words in _TYPES.items():
         what = what.replace(name, words)
+    if what[:2].isupper():  # "JSON is malformed" keeps its acronym
+        return path, what
     return path, what[:1].lower() + what[1:]
 
 
@@ -73,6 +77,8 @@ def decode(data: bytes | str, kind: type[T], *, what: str = "body") -> T:
     """Parse and check `data` as `kind`; `WireError` names the path of the first problem."""
     try:
         return msgspec.json.decode(data, type=kind)
+    except RecursionError as exc:  # msgspec's own guard against deep nesting
+        raise WireError(f"{what}: nested too deep") from exc
     except msgspec.DecodeError as exc:
         path, problem = describe(exc)
         message = f"{path}: {problem}" if path else f"{what}: {problem}"

@@ -1,0 +1,244 @@
+"""The request and answer bodies of the operator API, as typed wire structs.
+
+Each request body is a `Body`: msgspec checks its types, lengths and unknown fields as
+it parses (``environmentNames[1]: expected a string, got an integer``), then `check`
+refuses what a type cannot say (a machine name's characters, an endpoint's scheme),
+naming the path the same way. Each answer is a `Wire` struct that the route encodes;
+field names travel in camelCase, exactly as design.md spells them.
+
+Bodies that the agent or the process rules own live elsewhere: the process document is
+read by `tentacle.protocol.process`, the RPC messages by `tentacle.protocol.messages`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from server_shim.store.project_rows import MAX_VERSION_CHARS
+from tentacle.protocol.identity import check_name
+from tentacle.protocol.states import TaskState
+from tentacle.protocol.wire import Wire, WireError
+
+MAX_NAMES: Final = 1000
+MAX_PACKAGE_VERSIONS: Final = 1000
+
+#: A project, environment, machine or runbook name as a request gives it.
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+#: Names of environments or machines: at most 1000 (repeats are dropped by the routes).
+Names = Annotated[tuple[Name, ...], Meta(max_length=MAX_NAMES)]
+SomeNames = Annotated[tuple[Name, ...], Meta(min_length=1, max_length=MAX_NAMES)]
+#: The text of a version; whether it is a NuGet version is the release rules' call.
+VersionText = Annotated[str, Meta(min_length=1, max_length=MAX_VERSION_CHARS)]
+#: A machine's claims at registration (each is also checked by `check_name`).
+Claims = Annotated[tuple[Annotated[str, Meta(max_length=100)], ...], Meta(min_length=1, max_length=100)]
+MachineMode = Literal["listening", "polling"]
+
+
+def refusal(path: str, problem: str) -> WireError:
+    """A 400 for ``path`` (``environments[1]``), worded like msgspec's own refusals."""
+    return WireError(f"{path}: {problem}", details={"path": path})
+
+
+class Body(Wire, frozen=True):
+    """A request body: typed by its fields, then checked by `check` where types cannot say."""
+
+    def check(self) -> None:
+        """Raise `WireError` naming the path of the first problem types did not catch."""
+
+
+# --- machines ----------------------------------------------------------------------------
+
+
+class RegistrationRequest(Body, frozen=True):
+    """``POST /api/machines/register/v1``: a token and a CSR, and what the machine claims to be."""
+
+    token: Annotated[str, Meta(min_length=1, max_length=200)]
+    csr: Annotated[str, Meta(min_length=1)]  # the CA bounds and parses it (`Authority.sign`)
+    name: Annotated[str, Meta(max_length=100)]
+    mode: MachineMode
+    environments: Claims
+    roles: Claims
+    endpoint: Annotated[str, Meta(max_length=300)] | None = None
+    force: bool = False
+
+    def check(self) -> None:
+        """Names of the allowed characters; a listening machine gives its https:// endpoint."""
+        _check_name("name", "name", self.name)
+        for kind, values in (("environment", self.environments), ("role", self.roles)):
+            for index, value in enumerate(values):
+                _check_name(f"{kind}s[{index}]", kind, value)
+        if self.mode != "listening":
+            return
+        if self.endpoint is None:
+            raise refusal("endpoint", "required for a listening machine")
+        if not self.endpoint.startswith("https://"):
+            raise refusal("endpoint", "must be an https:// URL")
+
+
+def _check_name(path: str, kind: str, value: str) -> None:
+    try:
+        check_name(kind, value)
+    except ValueError as exc:
+        raise refusal(path, str(exc)) from exc
+
+
+class MachineView(Wire, frozen=True):
+    """An entry of the machines list (design.md), also the registration answer's ``machine``."""
+
+    name: str
+    thumbprint: str
+    mode: str  # listening or polling
+    endpoint: str | None
+    environments: tuple[str, ...]
+    roles: tuple[str, ...]
+    status: Literal["online", "offline"]
+    last_seen: str | None
+
+
+class RegistrationAnswer(Wire, frozen=True):
+    """What a registered machine needs: its certificate, the CA, and how to reach the server."""
+
+    certificate: str
+    ca_certificate: str
+    server_thumbprint: str
+    polling_url: str
+    machine: MachineView
+
+
+class MachineList(Wire, frozen=True):
+    """``GET /api/{space}/machines/v1``."""
+
+    items: list[MachineView]
+
+
+class MachineRemoved(Wire, frozen=True):
+    """``DELETE /api/{space}/machines/{name}/v1``: the machine and the certificate revoked."""
+
+    name: str
+    revoked_thumbprint: str
+
+
+# --- projects and releases ---------------------------------------------------------------
+
+
+class ProjectSaved(Wire, frozen=True):
+    """``PUT /api/{space}/projects/{name}/v1``: what was stored."""
+
+    name: str
+    steps: int
+    runbooks: list[str]
+
+
+class ReleaseRequest(Body, frozen=True):
+    """``POST /api/{space}/releases/create/v1``; package ids and versions are the release rules' call."""
+
+    project_name: Name
+    release_version: VersionText
+    package_versions: Annotated[dict[str, VersionText], Meta(max_length=MAX_PACKAGE_VERSIONS)] = {}
+
+
+class ReleaseCreated(Wire, frozen=True):
+    """The release as stored: its normalized version and the exact package versions pinned."""
+
+    project_name: str
+    release_version: str
+    package_versions: dict[str, str]
+
+
+# --- tasks -------------------------------------------------------------------------------
+
+
+class DeploymentRequest(Body, frozen=True):
+    """``POST /api/{space}/deployments/create/untenanted/v1``."""
+
+    project_name: Name
+    release_version: Name
+    environment_names: SomeNames
+    machine_names: Names = ()
+
+
+class RunbookRunRequest(Body, frozen=True):
+    """``POST /api/{space}/runbook-runs/create/v1``."""
+
+    project_name: Name
+    runbook_name: Name
+    environment_names: SomeNames
+    machine_names: Names = ()
+
+
+class TaskCreated(Wire, frozen=True):
+    """The answer to a create: the task to follow."""
+
+    task_id: str
+
+
+class TargetView(Wire, frozen=True):
+    """One machine's part in a task: the phase it is in and its state there."""
+
+    machine_name: str
+    phase: str
+    state: str
+
+
+class TaskView(Wire, frozen=True):
+    """``GET /api/{space}/tasks/{taskId}/v1`` (design.md); ``error`` only when there is one."""
+
+    task_id: str
+    state: TaskState
+    kind: str
+    project_name: str
+    release_version: str | None
+    runbook_name: str | None
+    environment_names: list[str]
+    created_at: float
+    finished_at: float | None
+    targets: list[TargetView]
+    error: str | UnsetType = UNSET
+
+
+class LogLine(Wire, frozen=True):
+    """One output line of a task, numbered by ``seq``."""
+
+    seq: int
+    time: float
+    machine_name: str
+    stream: str
+    step: str | None
+    text: str
+
+
+class LogPage(Wire, frozen=True):
+    """``GET /api/{space}/tasks/{taskId}/log/v1``: lines after ``since``; ``more`` when the page is full."""
+
+    task_id: str
+    task_state: TaskState
+    items: list[LogLine]
+    next_since: int
+    more: bool
+
+
+class CancelAnswer(Wire, frozen=True):
+    """``POST /api/{space}/tasks/{taskId}/cancel/v1``: the task's state after the request."""
+
+    task_id: str
+    state: str  # a TaskState, or "cancelling" while a running task's targets stop
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+class ErrorDetail(Wire, frozen=True):
+    """What went wrong: a stable code, a message naming the field or path, details."""
+
+    code: str
+    message: str
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ErrorBody(Wire, frozen=True):
+    """Every error answer: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorDetail
