@@ -19,7 +19,7 @@ from server_shim.store import accounts
 from server_shim.store.database import Database
 from tentacle.common.logs import event
 from tentacle.errors import BadJson, InvalidInput, TentacleError, TooLarge, kebab
-from tentacle.protocol.json_fields import text_problem
+from tentacle.protocol.documents import text_problem
 
 log = logging.getLogger("server_shim.api.middleware")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -23,7 +23,8 @@ from server_shim.api.middleware import DB, read_json
 from server_shim.store import project_rows as projects
 from server_shim.store.project_rows import MAX_VERSION_CHARS, ReleaseRequestError
 from tentacle.common.logs import event
-from tentacle.protocol.json_fields import FieldReader, key_path
+from tentacle.protocol.documents import key_path
+from tentacle.protocol.json_fields import FieldReader
 from tentacle.protocol.process import MAX_PACKAGE_ID, ProcessError, parse_process
 
 log = logging.getLogger("server_shim.store.project_rows")

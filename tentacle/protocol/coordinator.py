@@ -45,7 +45,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
-from tentacle.protocol.json_fields import DocumentError, FieldReader, key_path
+from tentacle.protocol.documents import DocumentError, key_path
+from tentacle.protocol.json_fields import FieldReader
 from tentacle.protocol.plan import Plan
 
 GateOutcome = Literal["success", "failed", "unknown"]

@@ -11,56 +11,18 @@ and ``null`` stands for an absent optional field.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
-from tentacle.errors import InvalidInput
+from tentacle.protocol.documents import NAME_MAX, DocumentError, key_path, text_problem
 
-NAME_MAX: Final = 200
-#: How many problems the message spells out; `DocumentError.problems` keeps them all.
-MESSAGE_PROBLEMS_MAX: Final = 20
-
-_SIMPLE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 #: Sentinel default: the field must be present.
 REQUIRED: Final = object()
-
-
-class DocumentError(InvalidInput):
-    """A JSON document with problems; ``problems`` lists ``(path, message)`` pairs."""
-
-    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
-        self.problems = list(problems)
-        shown = [f"{path}: {message}" for path, message in self.problems[:MESSAGE_PROBLEMS_MAX]]
-        hidden = len(self.problems) - len(shown)
-        if hidden:
-            shown.append(f"and {hidden} more problems")
-        details = {"problems": [{"path": p, "message": m} for p, m in self.problems]}
-        super().__init__("; ".join(shown), details=details)
-
-
-def key_path(path: str, key: str) -> str:
-    """The path of ``key`` inside the object at ``path`` (``steps[0].name``)."""
-    if not _SIMPLE_KEY.match(key):
-        escaped = key.replace("\\", "\\\\").replace('"', '\\"')
-        return f'{path}["{escaped}"]'
-    return f"{path}.{key}" if path else key
 
 
 def index_path(path: str, index: int) -> str:
     """The path of item ``index`` of the list at ``path`` (``steps[1]``)."""
     return f"{path}[{index}]"
-
-
-def text_problem(value: str) -> str | None:
-    """Why ``value`` cannot be stored or passed to a process, or None when it can."""
-    if "\x00" in value:
-        return "must not contain NUL characters"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be valid Unicode (no unpaired surrogates)"
-    return None
 
 
 class FieldReader:

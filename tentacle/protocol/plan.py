@@ -17,7 +17,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
-from tentacle.protocol.json_fields import DocumentError, FieldReader, key_path
+from tentacle.protocol.documents import DocumentError, key_path
+from tentacle.protocol.json_fields import FieldReader
 from tentacle.protocol.process import (
     ACQUISITIONS,
     BUILTIN_FEED,

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal, cast
 
-from tentacle.protocol.json_fields import DocumentError, FieldReader, key_path
+from tentacle.protocol.documents import DocumentError, key_path
+from tentacle.protocol.json_fields import FieldReader
 
 Phase = Literal["preAcquisition", "deployment"]
 Syntax = Literal["bash", "sh", "python3"]
