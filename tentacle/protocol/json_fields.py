@@ -1,9 +1,10 @@
-"""Reading typed fields out of decoded JSON, collecting every problem with its path.
+"""A hand-written reader of JSON fields, left for the one body not yet a struct.
 
-The process document and the plan are both checked by a `FieldReader`: each read
-either returns the value or records ``(path, message)`` and returns ``None``, so one
-pass finds every problem (``steps[1].roles: must be a non-empty list``) instead of
-stopping at the first. `DocumentError` carries the list; its message joins them.
+Every document of the pure core is a msgspec struct now (see `documents`); the release
+request (``releases/create/v1``) is still read with `FieldReader` until it becomes a
+struct of the API too, and then this module goes. Each read either returns the value
+or records ``(path, message)`` and returns ``None``, so one pass finds every problem;
+``raise_if_any`` raises them as one `DocumentError`.
 
 Types are strict, as JSON has them: a bool is not an integer, a string is not a list,
 and ``null`` stands for an absent optional field.
@@ -18,11 +19,6 @@ from tentacle.protocol.documents import NAME_MAX, DocumentError, key_path, text_
 
 #: Sentinel default: the field must be present.
 REQUIRED: Final = object()
-
-
-def index_path(path: str, index: int) -> str:
-    """The path of item ``index`` of the list at ``path`` (``steps[1]``)."""
-    return f"{path}[{index}]"
 
 
 class FieldReader:
@@ -110,76 +106,5 @@ class FieldReader:
             issue = f"must be at most {max_bytes} bytes"
         if issue is not None:
             self.problem(path, issue)
-            return None
-        return value
-
-    def texts(
-        self,
-        obj: Mapping[str, object],
-        key: str,
-        path: str,
-        *,
-        non_empty: bool = False,
-        max_items: int = 1000,
-    ) -> tuple[str, ...] | None:
-        """A list of non-empty names; absent means empty unless ``non_empty``."""
-        items = self.items(obj, key, path, max_items=max_items, non_empty=non_empty)
-        if items is None:
-            return None
-        values = [self.check_text(value, item_path) for item_path, value in items]
-        if any(value is None for value in values):
-            return None
-        return tuple(value for value in values if value is not None)
-
-    def items(
-        self,
-        obj: Mapping[str, object],
-        key: str,
-        path: str,
-        *,
-        max_items: int,
-        non_empty: bool = False,
-    ) -> list[tuple[str, object]] | None:
-        """The ``(path, value)`` items of a list field, bounded in length."""
-        field_path = key_path(path, key)
-        value = self._get(obj, key, path, REQUIRED if non_empty else [])
-        if value is REQUIRED:
-            return None
-        if not isinstance(value, list | tuple) or (non_empty and not value):
-            self.problem(field_path, "must be a non-empty list" if non_empty else "must be a list")
-            return None
-        if len(value) > max_items:
-            self.problem(field_path, f"must have at most {max_items} items")
-            return None
-        return [(index_path(field_path, i), item) for i, item in enumerate(value)]
-
-    def integer(
-        self,
-        obj: Mapping[str, object],
-        key: str,
-        path: str,
-        *,
-        low: int,
-        high: int,
-        default: object = REQUIRED,
-    ) -> int | None:
-        """An integer field within ``low..high`` (a bool is not an integer)."""
-        value = self._get(obj, key, path, default)
-        if value is REQUIRED:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            self.problem(key_path(path, key), f"must be an integer from {low} to {high}")
-            return None
-        return value
-
-    def flag(
-        self, obj: Mapping[str, object], key: str, path: str, *, default: object = REQUIRED
-    ) -> bool | None:
-        """A boolean field."""
-        value = self._get(obj, key, path, default)
-        if value is REQUIRED:
-            return None
-        if not isinstance(value, bool):
-            self.problem(key_path(path, key), "must be true or false")
             return None
         return value
