@@ -17,12 +17,13 @@ from tentacle.protocol.coordinator import (
     GateError,
     GateOutcome,
     OpenGate,
-    TargetState,
+    TargetProgress,
     TaskCoordinator,
     TaskFinished,
 )
 from tentacle.protocol.plan import PackageRef, Plan, resolve_plan
 from tentacle.protocol.process import parse_process
+from tentacle.protocol.states import TargetState, TaskState
 
 PROCESS = parse_process(
     {
@@ -94,7 +95,7 @@ def test_happy_path_over_three_targets_with_different_roles() -> None:
     """Each gate opens only for targets with work in it, and the task ends in success."""
     c = coordinator()
     assert c.gates == GATES
-    assert (c.state, c.error) == ("pending", None)
+    assert (c.state, c.error) == ("queued", None)
     assert c.start() == [OpenGate("web-1", 0, "preAcquisition")]
     assert (c.state, c.error) == ("running", None)
     assert opened(ok(c, "web-1", 0)) == [("web-1", 1), ("db-1", 1)]
@@ -105,12 +106,12 @@ def test_happy_path_over_three_targets_with_different_roles() -> None:
     assert opened(ok(c, "cache-1", 4)) == [("web-1", 5), ("db-1", 5), ("cache-1", 5)]
     assert ok(c, "web-1", 5) == []
     assert ok(c, "cache-1", 5) == []
-    assert ok(c, "db-1", 5) == [TaskFinished("success", None)]
+    assert ok(c, "db-1", 5) == [TaskFinished(TaskState.SUCCESS, None)]
     assert (c.state, c.error) == ("success", None)
     assert c.target_states() == [
-        TargetState("web-1", "done", "success"),
-        TargetState("db-1", "done", "success"),
-        TargetState("cache-1", "done", "success"),
+        TargetProgress("web-1", "done", TargetState.SUCCESS),
+        TargetProgress("db-1", "done", TargetState.SUCCESS),
+        TargetProgress("cache-1", "done", TargetState.SUCCESS),
     ]
 
 
@@ -137,7 +138,7 @@ def test_failure_in_pre_acquisition_opens_no_step_gate() -> None:
     assert c.target_finished("web-1", 0, "failed", "vpn down") == []
     assert c.state == "running"
     finished = ok(c, "web-2", 0)
-    assert finished == [TaskFinished("failed", "web-1 failed in preAcquisition: vpn down")]
+    assert finished == [TaskFinished(TaskState.FAILED, "web-1 failed in preAcquisition: vpn down")]
     assert (c.state, c.error) == ("failed", "web-1 failed in preAcquisition: vpn down")
     assert states(c)["web-1"] == ("preAcquisition", "failed")
     assert c.start() == []
@@ -151,7 +152,7 @@ def test_failure_in_acquisition_means_no_deployment_step_anywhere() -> None:
     ok(c, "web-1", 0)
     assert c.target_finished("db-1", 1, "failed", "hash mismatch") == []
     actions = ok(c, "web-1", 1)
-    assert actions == [TaskFinished("failed", "db-1 failed in acquisition: hash mismatch")]
+    assert actions == [TaskFinished(TaskState.FAILED, "db-1 failed in acquisition: hash mismatch")]
 
 
 def test_failure_in_step_stops_later_steps() -> None:
@@ -162,7 +163,7 @@ def test_failure_in_step_stops_later_steps() -> None:
     ok(c, "web-1", 1)
     ok(c, "db-1", 1)
     actions = c.target_finished("web-1", 2, "failed", "exit code 3")
-    assert actions == [TaskFinished("failed", "web-1 failed in step:1 (Deploy web): exit code 3")]
+    assert actions == [TaskFinished(TaskState.FAILED, "web-1 failed in step:1 (Deploy web): exit code 3")]
     assert c.target_finished("db-1", 3, "success") == []
     assert c.state == "failed"
 
@@ -175,7 +176,7 @@ def test_unknown_result_fails_the_task() -> None:
     actions = c.target_finished("cache-1", 2, "unknown", "tentacle restarted")
     assert actions == [
         TaskFinished(
-            "failed",
+            TaskState.FAILED,
             "cache-1 reported an unknown result in step:3 (Warm cache): tentacle restarted",
         )
     ]
@@ -216,7 +217,7 @@ def test_cancel_stops_running_targets_and_ends_when_they_report() -> None:
     assert c.cancel("again") == []
     assert c.target_finished("web-1", 1, "failed", "killed") == []
     assert (c.state, c.error) == ("running", None)
-    assert ok(c, "db-1", 1) == [TaskFinished("cancelled", "cancelled: operator asked")]
+    assert ok(c, "db-1", 1) == [TaskFinished(TaskState.CANCELLED, "cancelled: operator asked")]
     assert (c.state, c.error) == ("cancelled", "cancelled: operator asked")
     assert {state for _, state in states(c).values()} == {"cancelled"}
 
@@ -224,7 +225,7 @@ def test_cancel_stops_running_targets_and_ends_when_they_report() -> None:
 def test_cancel_with_nothing_running_ends_at_once() -> None:
     """Cancelling a task that has not started ends it immediately."""
     c = coordinator()
-    assert c.cancel("not needed") == [TaskFinished("cancelled", "cancelled: not needed")]
+    assert c.cancel("not needed") == [TaskFinished(TaskState.CANCELLED, "cancelled: not needed")]
     assert c.start() == []
     assert c.cancel("again") == []
 
@@ -236,7 +237,7 @@ def test_failure_before_cancel_keeps_the_task_failed() -> None:
     c.target_finished("web-1", 0, "failed", "boom")
     assert c.cancel("stop") == [CancelTarget("web-2")]
     assert c.target_finished("web-2", 0, "failed", "killed") == [
-        TaskFinished("failed", "web-1 failed in preAcquisition: boom")
+        TaskFinished(TaskState.FAILED, "web-1 failed in preAcquisition: boom")
     ]
 
 
@@ -245,7 +246,7 @@ def test_lost_running_target_fails_the_task() -> None:
     c = coordinator()
     c.start()
     assert c.target_lost("web-1", "connection closed") == [
-        TaskFinished("failed", "web-1 was lost in preAcquisition: connection closed")
+        TaskFinished(TaskState.FAILED, "web-1 was lost in preAcquisition: connection closed")
     ]
     assert c.target_lost("web-1", "again") == []
 
@@ -257,7 +258,7 @@ def test_lost_waiting_target_fails_the_task_once_others_report() -> None:
     ok(c, "web-1", 0)
     ok(c, "web-1", 1)
     assert c.target_lost("web-1", "gone") == []
-    assert ok(c, "db-1", 1) == [TaskFinished("failed", "web-1 was lost in acquisition: gone")]
+    assert ok(c, "db-1", 1) == [TaskFinished(TaskState.FAILED, "web-1 was lost in acquisition: gone")]
     assert c.target_lost("db-1", "late") == []
     assert c.target_lost("nobody", "?") == []
 
@@ -266,7 +267,7 @@ def test_plans_without_work_pass_every_gate() -> None:
     """Targets with nothing to do anywhere finish the task at start."""
     c = coordinator({"idle-1": ["none"], "idle-2": ["other"]})
     assert c.gates == ("preAcquisition", "acquisition")
-    assert c.start() == [TaskFinished("success", None)]
+    assert c.start() == [TaskFinished(TaskState.SUCCESS, None)]
     assert c.start() == []
 
 
@@ -310,25 +311,27 @@ def test_snapshot_keeps_failure_and_cancellation() -> None:
     c.start()
     c.target_finished("web-1", 0, "failed", "boom")
     restored = TaskCoordinator.restore(json.loads(json.dumps(c.snapshot())))
-    assert ok(restored, "web-2", 0) == [TaskFinished("failed", "web-1 failed in preAcquisition: boom")]
-    assert restored.resume() == [TaskFinished("failed", "web-1 failed in preAcquisition: boom")]
+    assert ok(restored, "web-2", 0) == [
+        TaskFinished(TaskState.FAILED, "web-1 failed in preAcquisition: boom")
+    ]
+    assert restored.resume() == [TaskFinished(TaskState.FAILED, "web-1 failed in preAcquisition: boom")]
     c = coordinator()
     c.start()
     c.cancel("stop")
     restored = TaskCoordinator.restore(c.snapshot())
     assert restored.resume() == [CancelTarget("web-1")]
-    assert ok(restored, "web-1", 0) == [TaskFinished("cancelled", "cancelled: stop")]
+    assert ok(restored, "web-1", 0) == [TaskFinished(TaskState.CANCELLED, "cancelled: stop")]
 
 
 SNAPSHOT_PROBLEMS: list[tuple[Callable[[dict[str, Any]], object], tuple[str, str]]] = [
-    (lambda s: s.update(version=2), ("version", "must be an integer from 1 to 1")),
+    (lambda s: s.update(version=2), ("version", "expected an integer <= 1")),
     (
         lambda s: s.update(state="paused"),
-        ("state", "must be one of: pending, running, success, failed, cancelled"),
+        ("state", "expected queued, running, success, failed or cancelled, got 'paused'"),
     ),
-    (lambda s: s.update(current=9), ("current", "must be an integer from 0 to 5")),
+    (lambda s: s.update(current=9), ("current", "must be a gate index from 0 to 5")),
     (lambda s: s.update(gateLabels=["x"]), ("gateLabels", "must have one label per gate")),
-    (lambda s: s.update(targets=[]), ("targets", "must be a non-empty list")),
+    (lambda s: s.update(targets=[]), ("targets", "expected a list of length >= 1")),
     (
         lambda s: s["targets"][0].update(work=[6]),
         ("targets[0].work[0]", "must be a gate index from 0 to 5"),
@@ -337,7 +340,7 @@ SNAPSHOT_PROBLEMS: list[tuple[Callable[[dict[str, Any]], object], tuple[str, str
         lambda s: s["targets"][0].update(state="asleep"),
         (
             "targets[0].state",
-            "must be one of: waiting, running, success, failed, cancelled, unknown",
+            "expected waiting, running, success, failed, cancelled or unknown, got 'asleep'",
         ),
     ),
     (
@@ -362,8 +365,41 @@ def test_restore_rejects_malformed_snapshots(
 
 def test_restore_rejects_non_objects() -> None:
     """A snapshot that is not an object is refused."""
-    with pytest.raises(GateError, match="document: must be an object"):
+    with pytest.raises(GateError) as caught:
         TaskCoordinator.restore([])
+    assert caught.value.problems == [("document", "expected an object, got a list")]
+
+
+def test_a_snapshot_stored_with_the_old_pending_state_restores_as_queued() -> None:
+    """Snapshots stored before the shared vocabulary (a task not started read "pending") still restore."""
+    snapshot = coordinator().snapshot()
+    assert snapshot["state"] == "queued"
+    restored = TaskCoordinator.restore(dict(snapshot, state="pending"))
+    assert restored.state == TaskState.QUEUED
+    assert restored.snapshot() == snapshot
+    assert restored.start() == [OpenGate("web-1", 0, "preAcquisition")]
+
+
+def test_a_step_name_of_the_longest_length_survives_a_snapshot() -> None:
+    """A gate label (``step:<index> (<name>)``) may be longer than a name; its snapshot still restores."""
+    long_name = "n" * 200
+    steps = [{"name": long_name, "roles": ["web"], "script": {"syntax": "sh", "body": "x"}}]
+    process = parse_process({"name": "Shop", "steps": steps})
+    target = resolve_plan(
+        task_id="T-1",
+        kind="deployment",
+        steps=process.steps,
+        variables=(),
+        project_name="Shop",
+        release_version="1.0",
+        environment="Production",
+        machine_name="web-1",
+        machine_roles=["web"],
+        packages={},
+        feeds={},
+    )
+    c = TaskCoordinator("T-1", {"web-1": target})
+    assert TaskCoordinator.restore(json.loads(json.dumps(c.snapshot()))).snapshot() == c.snapshot()
 
 
 # --- property: the gate rules hold under any sequence of events ------------------------

@@ -271,6 +271,35 @@ def test_json_round_trip() -> None:
     assert Plan.from_json(wire) == plan
 
 
+# A plan as the server stored it before plans were msgspec structs: no nulls, every field spelled out.
+STORED_PLAN = (
+    """{"taskId": "T-1", "kind": "deployment", "projectName": "OctoPetShop",
+ "releaseVersion": "1.0.0", "environmentName": "Production", "machineName": "web-1",
+ "steps": [{"index": 0, "name": "Open VPN", "phase": "preAcquisition",
+            "script": {"syntax": "bash", "body": "vpn-up.sh"}, "timeoutSeconds": 3600},
+           {"index": 1, "name": "Deploy web", "phase": "deployment",
+            "script": {"syntax": "bash", "body": "cat \\"$PACKAGE_DIR/readme.txt\\""},
+            "package": {"id": "OctoPetShop.Web", "version": "1.2.0", "sha512": "WEB_SHA", "size": 1234,
+                        "fileName": "web.1.2.0.nupkg", "feed": "builtin", "acquisition": "push",
+                        "mirrors": []},
+            "timeoutSeconds": 3600}],
+ "variables": [{"name": "Db.Password", "value": "prod-pw", "sensitive": true}]}"""
+).replace("WEB_SHA", WEB_SHA)
+
+
+def test_a_plan_stored_in_the_old_form_still_loads() -> None:
+    """Plans stored (server database, tentacle disk) before the structs load with the same field names."""
+    plan = Plan.from_json(json.loads(STORED_PLAN))
+    assert [(step.index, step.name, step.phase) for step in plan.steps] == [
+        (0, "Open VPN", "preAcquisition"),
+        (1, "Deploy web", "deployment"),
+    ]
+    assert plan.steps[0].package is None
+    assert plan.steps[1].package is not None and plan.steps[1].package.file_name == "web.1.2.0.nupkg"
+    assert plan.sensitive_values() == ["prod-pw"]
+    assert Plan.from_json(plan.to_json()) == plan
+
+
 def test_runbook_plan_may_have_no_release_version() -> None:
     """A runbook plan round-trips with an empty release version; a deployment may not."""
     wire = dict(plan_for("web-1", ["web"]).to_json(), kind="runbook", releaseVersion="")
@@ -291,14 +320,14 @@ def _pkg(wire: dict[str, Any]) -> dict[str, Any]:
 
 
 BAD_PLANS: list[tuple[str, Callable[[dict[str, Any]], object], tuple[str, str]]] = [
-    ("missing taskId", lambda w: w.pop("taskId"), ("taskId", "is required")),
-    ("bad kind", lambda w: w.update(kind="x"), ("kind", "must be one of: deployment, runbook")),
+    ("missing taskId", lambda w: w.pop("taskId"), ("taskId", "required")),
+    ("bad kind", lambda w: w.update(kind="x"), ("kind", "expected deployment or runbook, got 'x'")),
     ("unknown field", lambda w: w.update(extra=1), ("extra", "unknown field")),
-    ("steps not a list", lambda w: w.update(steps={}), ("steps", "must be a list")),
+    ("steps not a list", lambda w: w.update(steps={}), ("steps", "expected a list, got an object")),
     (
         "index a bool",
         lambda w: w["steps"][0].update(index=False),
-        ("steps[0].index", "must be an integer from 0 to 499"),
+        ("steps[0].index", "expected an integer, got true or false"),
     ),
     (
         "indices not increasing",
@@ -308,12 +337,12 @@ BAD_PLANS: list[tuple[str, Callable[[dict[str, Any]], object], tuple[str, str]]]
     (
         "phase missing",
         lambda w: w["steps"][1].pop("phase"),
-        ("steps[1].phase", "is required"),
+        ("steps[1].phase", "required"),
     ),
     (
         "bad phase",
         lambda w: w["steps"][1].update(phase="late"),
-        ("steps[1].phase", "must be one of: preAcquisition, deployment"),
+        ("steps[1].phase", "expected deployment or preAcquisition, got 'late'"),
     ),
     (
         "no script or package",
@@ -333,7 +362,7 @@ BAD_PLANS: list[tuple[str, Callable[[dict[str, Any]], object], tuple[str, str]]]
     (
         "negative size",
         lambda w: _pkg(w).update(size=-1),
-        ("steps[2].package.size", f"must be an integer from 0 to {2**63 - 1}"),
+        ("steps[2].package.size", "expected an integer >= 0"),
     ),
     (
         "file name with a slash",
@@ -343,12 +372,12 @@ BAD_PLANS: list[tuple[str, Callable[[dict[str, Any]], object], tuple[str, str]]]
     (
         "mirrors a string",
         lambda w: _pkg(w).update(mirrors="https://m"),
-        ("steps[2].package.mirrors", "must be a list"),
+        ("steps[2].package.mirrors", "expected a list, got a string"),
     ),
     (
         "mirror empty",
         lambda w: _pkg(w).update(mirrors=[""]),
-        ("steps[2].package.mirrors[0]", "must be a non-empty string"),
+        ("steps[2].package.mirrors[0]", "expected a string of length >= 1"),
     ),
     (
         "package unknown field",
@@ -356,9 +385,29 @@ BAD_PLANS: list[tuple[str, Callable[[dict[str, Any]], object], tuple[str, str]]]
         ("steps[2].package.url", "unknown field"),
     ),
     (
+        "timeout missing",
+        lambda w: w["steps"][1].pop("timeoutSeconds"),
+        ("steps[1].timeoutSeconds", "required"),
+    ),
+    (
+        "package feed missing",
+        lambda w: _pkg(w).pop("feed"),
+        ("steps[2].package.feed", "required"),
+    ),
+    (
+        "index past the last step",
+        lambda w: w["steps"][3].update(index=500),
+        ("steps[3].index", "expected an integer <= 499"),
+    ),
+    (
+        "package id with a trailing newline",
+        lambda w: _pkg(w).update(id="OctoPetShop.Db\n"),
+        ("steps[2].package.id", "must be a package id (letters, digits, '.', '_', '-')"),
+    ),
+    (
         "variable sensitive missing",
         lambda w: w["variables"][0].pop("sensitive"),
-        ("variables[0].sensitive", "is required"),
+        ("variables[0].sensitive", "required"),
     ),
     (
         "duplicate variable",

@@ -141,27 +141,47 @@ def test_steps_and_runbooks_and_variables_are_optional() -> None:
     assert process.package_ids() == set()
 
 
-def test_null_means_absent_for_optional_fields() -> None:
-    """null for an optional field is the same as leaving it out."""
-    doc = mutated(lambda d: d["steps"][1].update(timeoutSeconds=None, phase=None))
-    assert parse_process(doc).steps[1].timeout_seconds == 3600
+def test_null_is_absent_only_where_a_field_may_be_null() -> None:
+    """A step's script or package may be null (none); null for a field with a default is refused."""
+    doc = mutated(lambda d: d["steps"][1].update(package=None))
+    assert parse_process(doc).steps[1].package is None
+    refused = mutated(lambda d: d["steps"][1].update(timeoutSeconds=None))
+    assert problems_of(refused) == [("steps[1].timeoutSeconds", "expected an integer, got null")]
 
 
-def test_error_lists_every_problem_in_the_documented_format() -> None:
-    """All problems are reported at once, joined as 'path: message; path: message'."""
+def test_error_lists_every_broken_rule_in_the_documented_format() -> None:
+    """Every broken rule is reported at once, joined as 'path: message; path: message'."""
 
     def change(doc: dict[str, Any]) -> None:
-        doc["steps"][1]["roles"] = []
-        doc["variables"][0]["name"] = ""
+        doc["steps"][0]["package"] = {"id": "A"}
+        doc["steps"][2]["name"] = "Open VPN"
 
     with pytest.raises(ProcessError) as caught:
         parse_process(mutated(change))
     assert str(caught.value) == (
-        "steps[1].roles: must be a non-empty list; variables[0].name: must be a non-empty string"
+        "steps[0].package: not allowed in a preAcquisition step; "
+        "steps[2].name: duplicate step name (see steps[0])"
     )
-    assert caught.value.details["problems"][0] == {
+    assert caught.value.details["path"] == "steps[0].package"
+    assert caught.value.details["problems"][1] == {
+        "path": "steps[2].name",
+        "message": "duplicate step name (see steps[0])",
+    }
+
+
+def test_a_problem_of_shape_is_reported_first_and_alone() -> None:
+    """msgspec stops at the first problem of shape; the rules are checked only on a well-formed document."""
+
+    def change(doc: dict[str, Any]) -> None:
+        doc["steps"][1]["roles"] = []
+        doc["steps"][2]["name"] = "Open VPN"
+
+    with pytest.raises(ProcessError) as caught:
+        parse_process(mutated(change))
+    assert str(caught.value) == "steps[1].roles: expected a list of length >= 1"
+    assert caught.value.details == {
         "path": "steps[1].roles",
-        "message": "must be a non-empty list",
+        "problems": [{"path": "steps[1].roles", "message": "expected a list of length >= 1"}],
     }
 
 
@@ -175,11 +195,11 @@ def test_error_is_a_tentacle_error_and_a_value_error() -> None:
 
 def test_long_problem_lists_are_shortened_in_the_message_only() -> None:
     """Past 20 problems the message summarizes; the problems list keeps them all."""
-    doc = {"name": "P", "variables": [{"name": ""} for _ in range(30)]}
+    step = {"name": "Same", "roles": ["r"], "script": {"syntax": "sh", "body": "x"}}
     with pytest.raises(ProcessError) as caught:
-        parse_process(doc)
-    assert len(caught.value.problems) == 60
-    assert str(caught.value).endswith("and 40 more problems")
+        parse_process({"name": "P", "steps": [step] * 31})
+    assert len(caught.value.problems) == 30
+    assert str(caught.value).endswith("and 10 more problems")
 
 
 def _step(doc: dict[str, Any], index: int = 1) -> dict[str, Any]:
@@ -195,13 +215,17 @@ def _var(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 INVALID: list[tuple[str, Callable[[dict[str, Any]], object], tuple[str, str]]] = [
-    ("missing name", lambda d: d.pop("name"), ("name", "is required")),
-    ("empty name", lambda d: d.update(name=""), ("name", "must be a non-empty string")),
-    ("long name", lambda d: d.update(name="n" * 201), ("name", "must be at most 200 characters")),
+    ("missing name", lambda d: d.pop("name"), ("name", "required")),
+    ("empty name", lambda d: d.update(name=""), ("name", "expected a string of length >= 1")),
+    ("long name", lambda d: d.update(name="n" * 201), ("name", "expected a string of length <= 200")),
     ("unknown top field", lambda d: d.update(stpes=[]), ("stpes", "unknown field")),
-    ("steps not a list", lambda d: d.update(steps="x"), ("steps", "must be a list")),
-    ("steps a dict", lambda d: d.update(steps={}), ("steps", "must be a list")),
-    ("step not an object", lambda d: d["steps"].append(7), ("steps[3]", "must be an object")),
+    ("steps not a list", lambda d: d.update(steps="x"), ("steps", "expected a list, got a string")),
+    ("steps a dict", lambda d: d.update(steps={}), ("steps", "expected a list, got an object")),
+    (
+        "step not an object",
+        lambda d: d["steps"].append(7),
+        ("steps[3]", "expected an object, got an integer"),
+    ),
     (
         "misspelt field",
         lambda d: _step(d, 0).update(scirpt={}),
@@ -210,34 +234,34 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], object], tuple[str, str]]] =
     (
         "empty roles",
         lambda d: _step(d).update(roles=[]),
-        ("steps[1].roles", "must be a non-empty list"),
+        ("steps[1].roles", "expected a list of length >= 1"),
     ),
     (
         "roles a string",
         lambda d: _step(d).update(roles="web"),
-        ("steps[1].roles", "must be a non-empty list"),
+        ("steps[1].roles", "expected a list, got a string"),
     ),
-    ("roles missing", lambda d: _step(d).pop("roles"), ("steps[1].roles", "is required")),
+    ("roles missing", lambda d: _step(d).pop("roles"), ("steps[1].roles", "required")),
     (
         "empty role",
         lambda d: _step(d).update(roles=[""]),
-        ("steps[1].roles[0]", "must be a non-empty string"),
+        ("steps[1].roles[0]", "expected a string of length >= 1"),
     ),
     (
         "role not a string",
         lambda d: _step(d).update(roles=["a", 1]),
-        ("steps[1].roles[1]", "must be a non-empty string"),
+        ("steps[1].roles[1]", "expected a string, got an integer"),
     ),
-    ("step name missing", lambda d: _step(d).pop("name"), ("steps[1].name", "is required")),
+    ("step name missing", lambda d: _step(d).pop("name"), ("steps[1].name", "required")),
     (
         "step name long",
         lambda d: _step(d).update(name="s" * 201),
-        ("steps[1].name", "must be at most 200 characters"),
+        ("steps[1].name", "expected a string of length <= 200"),
     ),
     (
         "bad phase",
         lambda d: _step(d).update(phase="post"),
-        ("steps[1].phase", "must be one of: preAcquisition, deployment"),
+        ("steps[1].phase", "expected deployment or preAcquisition, got 'post'"),
     ),
     (
         "neither script nor package",
@@ -257,32 +281,32 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], object], tuple[str, str]]] =
     (
         "script not an object",
         lambda d: _step(d).update(script="ls"),
-        ("steps[1].script", "must be an object"),
+        ("steps[1].script", "expected object or null, got a string"),
     ),
     (
         "bad syntax",
         lambda d: _step(d).update(script={"syntax": "powershell", "body": "x"}),
-        ("steps[1].script.syntax", "must be one of: bash, sh, python3"),
+        ("steps[1].script.syntax", "expected bash, python3 or sh, got 'powershell'"),
     ),
     (
         "empty body",
         lambda d: _step(d).update(script={"syntax": "sh", "body": ""}),
-        ("steps[1].script.body", "must be a non-empty string"),
+        ("steps[1].script.body", "expected a string of length >= 1"),
     ),
     (
         "body missing",
         lambda d: _step(d).update(script={"syntax": "sh"}),
-        ("steps[1].script.body", "is required"),
+        ("steps[1].script.body", "required"),
     ),
     (
         "body over 1 MiB in UTF-8",
         lambda d: _step(d).update(script={"syntax": "sh", "body": "é" * (MiB // 2 + 1)}),
-        ("steps[1].script.body", f"must be at most {MiB} bytes"),
+        ("steps[1].script.body", f"must be at most {MiB} bytes in UTF-8"),
     ),
     (
         "body with NUL",
         lambda d: _step(d).update(script={"syntax": "sh", "body": "a\x00b"}),
-        ("steps[1].script.body", "must not contain NUL characters"),
+        ("steps[1].script.body", "must not contain NUL characters or unpaired surrogates"),
     ),
     (
         "unknown script field",
@@ -297,17 +321,17 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], object], tuple[str, str]]] =
     (
         "package id too long",
         lambda d: _step(d).update(package={"id": "p" * 101}),
-        ("steps[1].package.id", "must be at most 100 characters"),
+        ("steps[1].package.id", "expected a string of length <= 100"),
     ),
     (
         "bad acquisition",
         lambda d: _step(d).update(package={"id": "A", "acquisition": "pigeon"}),
-        ("steps[1].package.acquisition", "must be one of: push, pull"),
+        ("steps[1].package.acquisition", "expected pull or push, got 'pigeon'"),
     ),
     (
         "empty feed",
         lambda d: _step(d).update(package={"id": "A", "feed": ""}),
-        ("steps[1].package.feed", "must be a non-empty string"),
+        ("steps[1].package.feed", "expected a string of length >= 1"),
     ),
     (
         "unknown package field",
@@ -317,95 +341,107 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], object], tuple[str, str]]] =
     (
         "timeout bool",
         lambda d: _step(d).update(timeoutSeconds=True),
-        ("steps[1].timeoutSeconds", "must be an integer from 1 to 86400"),
+        ("steps[1].timeoutSeconds", "expected an integer, got true or false"),
     ),
     (
         "timeout zero",
         lambda d: _step(d).update(timeoutSeconds=0),
-        ("steps[1].timeoutSeconds", "must be an integer from 1 to 86400"),
+        ("steps[1].timeoutSeconds", "expected an integer >= 1"),
     ),
     (
         "timeout too long",
         lambda d: _step(d).update(timeoutSeconds=86401),
-        ("steps[1].timeoutSeconds", "must be an integer from 1 to 86400"),
+        ("steps[1].timeoutSeconds", "expected an integer <= 86400"),
     ),
     (
         "timeout string",
         lambda d: _step(d).update(timeoutSeconds="60"),
-        ("steps[1].timeoutSeconds", "must be an integer from 1 to 86400"),
+        ("steps[1].timeoutSeconds", "expected an integer, got a string"),
     ),
     (
         "timeout float",
         lambda d: _step(d).update(timeoutSeconds=1.5),
-        ("steps[1].timeoutSeconds", "must be an integer from 1 to 86400"),
+        ("steps[1].timeoutSeconds", "expected an integer, got a number"),
     ),
-    ("variables not a list", lambda d: d.update(variables={}), ("variables", "must be a list")),
+    (
+        "variables not a list",
+        lambda d: d.update(variables={}),
+        ("variables", "expected a list, got an object"),
+    ),
     (
         "variable not an object",
         lambda d: d.update(variables=["x"]),
-        ("variables[0]", "must be an object"),
+        ("variables[0]", "expected an object, got a string"),
     ),
     (
         "variable name empty",
         lambda d: _var(d).update(name=""),
-        ("variables[0].name", "must be a non-empty string"),
+        ("variables[0].name", "expected a string of length >= 1"),
     ),
     (
         "variable value missing",
         lambda d: _var(d).pop("value"),
-        ("variables[0].value", "is required"),
+        ("variables[0].value", "required"),
     ),
     (
         "variable value a number",
         lambda d: _var(d).update(value=5),
-        ("variables[0].value", "must be a string"),
+        ("variables[0].value", "expected a string, got an integer"),
     ),
     (
         "variable value with unpaired surrogate",
         lambda d: _var(d).update(value="\ud800"),
-        ("variables[0].value", "must be valid Unicode (no unpaired surrogates)"),
+        ("variables[0].value", "must not contain NUL characters or unpaired surrogates"),
     ),
     (
         "sensitive not a bool",
         lambda d: _var(d).update(sensitive=1),
-        ("variables[0].sensitive", "must be true or false"),
+        ("variables[0].sensitive", "expected true or false, got an integer"),
     ),
     (
         "environments a string",
         lambda d: _var(d).update(environments="Production"),
-        ("variables[0].environments", "must be a list"),
+        ("variables[0].environments", "expected a list, got a string"),
     ),
     (
         "empty environment",
         lambda d: _var(d).update(environments=[""]),
-        ("variables[0].environments[0]", "must be a non-empty string"),
+        ("variables[0].environments[0]", "expected a string of length >= 1"),
     ),
     (
         "machines not strings",
         lambda d: _var(d).update(machines=[None]),
-        ("variables[0].machines[0]", "must be a non-empty string"),
+        ("variables[0].machines[0]", "expected a string, got null"),
     ),
-    ("roles a dict", lambda d: _var(d).update(roles={}), ("variables[0].roles", "must be a list")),
+    (
+        "roles a dict",
+        lambda d: _var(d).update(roles={}),
+        ("variables[0].roles", "expected a list, got an object"),
+    ),
     (
         "unknown variable field",
         lambda d: _var(d).update(scope="x"),
         ("variables[0].scope", "unknown field"),
     ),
-    ("runbooks a list", lambda d: d.update(runbooks=[]), ("runbooks", "must be an object")),
+    (
+        "runbooks a list",
+        lambda d: d.update(runbooks=[]),
+        ("runbooks", "expected an object, got a list"),
+    ),
     (
         "runbook without steps",
         lambda d: d["runbooks"].update(Empty={}),
-        ("runbooks.Empty.steps", "is required"),
+        ("runbooks.Empty.steps", "required"),
     ),
     (
         "runbook with no steps",
         lambda d: d["runbooks"].update(Empty={"steps": []}),
-        ("runbooks.Empty.steps", "must be a non-empty list"),
+        ("runbooks.Empty.steps", "expected a list of length >= 1"),
     ),
     (
         "runbook not an object",
         lambda d: d["runbooks"].update(Bad=[]),
-        ("runbooks.Bad", "must be an object"),
+        ("runbooks.Bad", "expected an object, got a list"),
     ),
     (
         "runbook unknown field",
@@ -415,17 +451,17 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], object], tuple[str, str]]] =
     (
         "runbook empty name",
         lambda d: d["runbooks"].update({"": {"steps": []}}),
-        ('runbooks[""]', "must be a non-empty string"),
+        ('runbooks[""]', "expected a string of length >= 1"),
     ),
     (
         "runbook step problem",
         lambda d: d["runbooks"]["Restart"]["steps"][0].update(roles=[]),
-        ("runbooks.Restart.steps[0].roles", "must be a non-empty list"),
+        ("runbooks.Restart.steps[0].roles", "expected a list of length >= 1"),
     ),
     (
         "runbook step problem under an odd name",
         lambda d: d["runbooks"].update({"Re start": {"steps": [{"name": "x", "package": {"id": "A"}}]}}),
-        ('runbooks["Re start"].steps[0].roles', "is required"),
+        ('runbooks["Re start"].steps[0].roles', "required"),
     ),
     (
         "runbook duplicate step names",
@@ -445,10 +481,13 @@ def test_invalid_documents_name_the_field(
     assert problems_of(mutated(change)) == [problem]
 
 
-@pytest.mark.parametrize("doc", [None, [], "process", 3, True])
-def test_document_must_be_an_object(doc: object) -> None:
+@pytest.mark.parametrize(
+    ("doc", "given"),
+    [(None, "null"), ([], "a list"), ("process", "a string"), (3, "an integer"), (True, "true or false")],
+)
+def test_document_must_be_an_object(doc: object, given: str) -> None:
     """A document that is not an object is rejected as such."""
-    assert problems_of(doc) == [("document", "must be an object")]
+    assert problems_of(doc) == [("document", f"expected an object, got {given}")]
 
 
 def test_name_must_match_the_caller() -> None:
@@ -460,14 +499,16 @@ def test_at_most_500_steps() -> None:
     """More than 500 steps are refused."""
     step = {"roles": ["r"], "script": {"syntax": "sh", "body": "x"}}
     many = [dict(step, name=f"s{i}") for i in range(501)]
-    assert problems_of({"name": "P", "steps": many}) == [("steps", "must have at most 500 items")]
+    assert problems_of({"name": "P", "steps": many}) == [("steps", "expected a list of length <= 500")]
     assert len(parse_process({"name": "P", "steps": many[:500]}).steps) == 500
 
 
 def test_at_most_5000_variables() -> None:
     """More than 5000 variables are refused."""
     many = [{"name": f"v{i}", "value": "x"} for i in range(5001)]
-    assert problems_of({"name": "P", "variables": many}) == [("variables", "must have at most 5000 items")]
+    assert problems_of({"name": "P", "variables": many}) == [
+        ("variables", "expected a list of length <= 5000")
+    ]
     assert len(parse_process({"name": "P", "variables": many[:5000]}).variables) == 5000
 
 
@@ -479,7 +520,7 @@ def test_script_of_exactly_1_mib_is_allowed() -> None:
 
 def test_non_string_keys_are_rejected() -> None:
     """An object key that is not a string is a problem, not a crash."""
-    assert ("document", "keys must be strings") in problems_of({1: "x", "name": "P"})
+    assert problems_of({1: "x", "name": "P"}) == [("document", "expected a string as a key")]
 
 
 def test_sensitive_value_is_not_in_repr() -> None:

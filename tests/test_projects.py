@@ -226,19 +226,19 @@ def _set(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("doc", "path", "message"),
     [
-        (_set(("steps", 1, "roles"), []), "steps[1].roles", "must be a non-empty list"),
+        (_set(("steps", 1, "roles"), []), "steps[1].roles", "expected a list of length >= 1"),
         (_set(("steps", 0, "scirpt"), {}), "steps[0].scirpt", "unknown field"),
         (_set(("colour",), "blue"), "colour", "unknown field"),
         (_set(("name",), "Other"), "name", "must match the project name 'OctoPetShop'"),
         (
             _set(("steps", 0, "phase"), "later"),
             "steps[0].phase",
-            "must be one of: preAcquisition, deployment",
+            "expected deployment or preAcquisition, got 'later'",
         ),
         (
             _set(("steps", 2, "timeoutSeconds"), 0),
             "steps[2].timeoutSeconds",
-            "must be an integer from 1 to 86400",
+            "expected an integer >= 1",
         ),
         (_set(("steps", 1, "package", "id"), "../x"), "steps[1].package.id", "must be a package id"),
         (
@@ -246,11 +246,23 @@ def _set(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
             "steps[0].package",
             "not allowed in a preAcquisition step",
         ),
-        (_set(("variables", 0, "sensitive"), "yes"), "variables[0].sensitive", "must be true or false"),
-        (_set(("runbooks", "Restart", "steps"), []), "runbooks.Restart.steps", "must be a non-empty list"),
-        (_set(("steps",), {"name": "x"}), "steps", "must be a list"),
+        (
+            _set(("variables", 0, "sensitive"), "yes"),
+            "variables[0].sensitive",
+            "expected true or false, got a string",
+        ),
+        (
+            _set(("runbooks", "Restart", "steps"), []),
+            "runbooks.Restart.steps",
+            "expected a list of length >= 1",
+        ),
+        (_set(("steps",), {"name": "x"}), "steps", "expected a list, got an object"),
         (_set(("steps", 2, "name"), "Open VPN"), "steps[2].name", "duplicate step name (see steps[0])"),
-        (_set(("steps", 1, "script", "body"), "x" * (MiB + 1)), "steps[1].script.body", "must be at most"),
+        (
+            _set(("steps", 1, "script", "body"), "x" * (MiB + 1)),
+            "steps[1].script.body",
+            "expected a string of length <= 1048576",
+        ),
     ],
 )
 async def test_each_validation_error_names_its_field_and_creates_nothing(
@@ -265,14 +277,15 @@ async def test_each_validation_error_names_its_field_and_creates_nothing(
     assert await shim.counts() == (0, 0)
 
 
-async def test_every_problem_is_listed_in_one_answer(shim: Shim) -> None:
-    """Several problems come back together, each with its path."""
-    doc = _set(("steps", 1, "roles"), [])
-    doc["variables"][0]["name"] = ""
+async def test_every_broken_rule_is_listed_in_one_answer(shim: Shim) -> None:
+    """Several broken rules come back together, each with its path."""
+    doc = _set(("steps", 0, "package"), {"id": "A"})
+    doc["steps"][2]["name"] = "Open VPN"
     status, answer = await shim.apply(doc)
     assert status == 400
     assert error_of(answer) == (
-        "steps[1].roles: must be a non-empty list; variables[0].name: must be a non-empty string"
+        "steps[0].package: not allowed in a preAcquisition step; "
+        "steps[2].name: duplicate step name (see steps[0])"
     )
     assert len(answer["error"]["details"]["problems"]) == 2
 
@@ -576,7 +589,7 @@ async def test_project_apply_reports_the_server_problems(
     file.write_text(json.dumps(_set(("steps", 1, "roles"), [])))
     code, requests = await cli(shim, "project", "apply", str(file))
     assert (code, len(requests)) == (1, 1)
-    assert "steps[1].roles: must be a non-empty list" in capsys.readouterr().err
+    assert "steps[1].roles: expected a list of length >= 1" in capsys.readouterr().err
 
 
 async def test_project_apply_refuses_a_bad_file_without_a_request(

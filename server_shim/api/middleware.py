@@ -28,7 +28,7 @@ from server_shim.store.database import Database
 from tentacle.common.logs import event
 from tentacle.errors import BadJson, TentacleError, TooLarge, kebab
 from tentacle.protocol import wire
-from tentacle.protocol.json_fields import index_path, key_path, text_problem
+from tentacle.protocol.documents import index_path, key_path, text_problem
 
 log = logging.getLogger("server_shim.api.middleware")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -21,7 +21,7 @@ from server_shim.api.machine_routes import space_of
 from server_shim.api.middleware import DB, answer, read_body, read_document
 from server_shim.store import project_rows as projects
 from tentacle.common.logs import event
-from tentacle.protocol.json_fields import NAME_MAX, text_problem
+from tentacle.protocol.documents import NAME_MAX, text_problem
 from tentacle.protocol.process import parse_process
 
 log = logging.getLogger("server_shim.store.project_rows")

@@ -90,7 +90,7 @@ class TaskRun:
             actions = fire(self.coordinator)
             if not actions:
                 return
-            state = {"pending": "queued"}.get(self.coordinator.state, self.coordinator.state)
+            state = self.coordinator.state  # one vocabulary (states.py): not started reads "queued"
             await self.d.db.run(
                 tasks.save_progress, self.task_id, state, self.coordinator.error, self.coordinator.snapshot()
             )

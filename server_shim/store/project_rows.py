@@ -28,7 +28,7 @@ from typing import Any
 
 from server_shim.store import feed_store as feed
 from tentacle.errors import Conflict, InvalidInput, NotFound
-from tentacle.protocol.json_fields import NAME_MAX, key_path, text_problem
+from tentacle.protocol.documents import NAME_MAX, key_path, text_problem
 from tentacle.protocol.nuget_versions import InvalidVersion, NuGetVersion
 from tentacle.protocol.plan import PackageRef
 from tentacle.protocol.process import Process, parse_process

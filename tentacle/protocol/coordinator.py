@@ -9,9 +9,10 @@ each deployment step index in any target's plan, ascending. Gate k+1 opens only 
 every target finished gate k with success. A target with nothing to do in a gate
 passes it at once and is never sent it.
 
-Task states (``failing`` and ``cancelling`` still read ``running`` until TaskFinished)::
+Task states (`TaskState`; ``failing`` and ``cancelling`` still read ``running`` until
+TaskFinished)::
 
-    pending ──start()──▶ running ──every gate passed─────────────────────────▶ success
+    queued ───start()──▶ running ──every gate passed─────────────────────────▶ success
                            │ a failed or unknown report, or a lost target, in gate k
                            ├──▶ failing: no gate opens; running targets finish ──▶ failed
                            │ cancel()
@@ -21,7 +22,7 @@ Task states (``failing`` and ``cancelling`` still read ``running`` until TaskFin
 The first cause wins: a failure before cancel() ends ``failed``; a failed report
 after cancel() is the cancellation taking effect and ends ``cancelled``.
 
-Target states, all targets being in the same (current) gate:
+Target states (`TargetState`), all targets being in the same (current) gate:
 
     event                          from             to                  action
     gate opens, target has work    waiting/success  running             OpenGate
@@ -37,41 +38,42 @@ Target states, all targets being in the same (current) gate:
 
 A report that matches no open gate of a running target (a duplicate, a stale gate,
 an unknown machine) is ignored and returns ``[]``, so retried messages are harmless.
+
+`snapshot()` is a `Snapshot` struct as JSON values; `restore` decodes one (a snapshot
+stored when a task not yet started read ``pending`` still restores, as ``queued``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
+from typing import Annotated, Any, Final, Literal
 
-from tentacle.protocol.json_fields import DocumentError, FieldReader, key_path
+import msgspec
+
+from tentacle.protocol.documents import (
+    NAME_MAX,
+    TEXT,
+    DocumentError,
+    Name,
+    convert_document,
+    json_values,
+    key_path,
+)
 from tentacle.protocol.plan import Plan
+from tentacle.protocol.states import TargetState, TaskState
+from tentacle.protocol.wire import Wire
 
 GateOutcome = Literal["success", "failed", "unknown"]
-TaskState = Literal["pending", "running", "success", "failed", "cancelled"]
-TargetStatus = Literal["waiting", "running", "success", "failed", "cancelled", "unknown"]
 
 PRE_ACQUISITION: Final = "preAcquisition"
 ACQUISITION: Final = "acquisition"
 OUTCOMES: Final = ("success", "failed", "unknown")
-TASK_STATES: Final = ("pending", "running", "success", "failed", "cancelled")
-TARGET_STATES: Final = ("waiting", "running", "success", "failed", "cancelled", "unknown")
 SNAPSHOT_VERSION: Final = 1
 MAX_REASON: Final = 1000  # keeps errors and snapshots bounded whatever a target reports
-_FINISHED: Final = ("success", "failed", "cancelled")
-_SNAPSHOT_FIELDS: Final = (
-    "version",
-    "taskId",
-    "gates",
-    "gateLabels",
-    "state",
-    "current",
-    "error",
-    "failure",
-    "cancelReason",
-    "targets",
-)
+MAX_TARGETS: Final = 100_000
+# Snapshots written before the shared vocabulary (states.py) called a task not yet started "pending".
+_LEGACY_TASK_STATES: Final = {"pending": TaskState.QUEUED}
 
 
 class GateError(DocumentError):
@@ -106,12 +108,12 @@ Action = OpenGate | CancelTarget | TaskFinished
 
 
 @dataclass(frozen=True)
-class TargetState:
+class TargetProgress:
     """What one target is doing, as the task view shows it."""
 
     machine_name: str
     phase: str
-    state: TargetStatus
+    state: TargetState
 
 
 @dataclass
@@ -119,7 +121,12 @@ class _Target:
     """A target's mutable record: the gates it has work in and its state in the current one."""
 
     work: frozenset[int]
-    state: TargetStatus = "waiting"
+    state: TargetState = TargetState.WAITING
+
+
+_RUNNING: Final = TargetState.RUNNING
+# A target in one of these has not failed (yet): it can still be lost, or read cancelled at the end.
+_ALIVE: Final = frozenset({TargetState.WAITING, TargetState.RUNNING, TargetState.SUCCESS})
 
 
 class TaskCoordinator:
@@ -144,14 +151,14 @@ class TaskCoordinator:
         self._labels = labels
         self._targets = targets
         self._current = 0
-        self._state: TaskState = "pending"
+        self._state = TaskState.QUEUED
         self._error: str | None = None
         self._failure: str | None = None
         self._cancel_reason: str | None = None
 
     @property
     def state(self) -> TaskState:
-        """``pending``, ``running``, ``success``, ``failed`` or ``cancelled``."""
+        """``queued``, ``running``, ``success``, ``failed`` or ``cancelled``."""
         return self._state
 
     @property
@@ -168,9 +175,9 @@ class TaskCoordinator:
 
     def start(self) -> list[Action]:
         """Open the first gate that any target has work in."""
-        if self._state != "pending":
+        if self._state != TaskState.QUEUED:
             return []
-        self._state = "running"
+        self._state = TaskState.RUNNING
         return self._open(0)
 
     def target_finished(
@@ -180,52 +187,51 @@ class TaskCoordinator:
         if outcome not in OUTCOMES:
             raise GateError([("outcome", "must be one of: " + ", ".join(OUTCOMES))])
         target = self._targets.get(machine)
-        if self._state != "running" or target is None or target.state != "running":
+        if self._state != TaskState.RUNNING or target is None or target.state != _RUNNING:
             return []
         if gate_index != self._current:
             return []
         if outcome == "success":
-            target.state = "success"
+            target.state = TargetState.SUCCESS
         elif outcome == "unknown":
-            target.state = "unknown"
+            target.state = TargetState.UNKNOWN
             self._fail(machine, "reported an unknown result", reason)
         else:
-            target.state = "failed" if self._cancel_reason is None else "cancelled"
+            cancelling = self._cancel_reason is not None
+            target.state = TargetState.CANCELLED if cancelling else TargetState.FAILED
             self._fail(machine, "failed", reason)
         return self._settle()
 
     def target_lost(self, machine: str, reason: str) -> list[Action]:
         """``machine`` cannot take part any more; it counts as failed in the current gate."""
         target = self._targets.get(machine)
-        if self._state in _FINISHED or target is None:
+        if self._state.final or target is None or target.state not in _ALIVE:
             return []
-        if target.state not in ("waiting", "running", "success"):
-            return []
-        target.state = "failed"
+        target.state = TargetState.FAILED
         self._fail(machine, "was lost", reason)
         return self._settle()
 
     def cancel(self, reason: str) -> list[Action]:
         """Stop the task: cancel running targets; it ends once they have reported."""
-        if self._state in _FINISHED or self._cancel_reason is not None:
+        if self._state.final or self._cancel_reason is not None:
             return []
         self._cancel_reason = reason or "cancelled"
-        running = [name for name, target in self._targets.items() if target.state == "running"]
+        running = [name for name, target in self._targets.items() if target.state == _RUNNING]
         return [*(CancelTarget(name) for name in running), *self._settle()]
 
     def resume(self) -> list[Action]:
         """The actions to repeat after `restore` (tentacles treat repeats as no-ops)."""
-        if self._state in _FINISHED:
+        if self._state.final:
             return [TaskFinished(self._state, self._error)]
-        running = [name for name, target in self._targets.items() if target.state == "running"]
+        running = [name for name, target in self._targets.items() if target.state == _RUNNING]
         if self._cancel_reason is not None:
             return [CancelTarget(name) for name in running]
         return [OpenGate(name, self._current, self.gates[self._current]) for name in running]
 
-    def target_states(self) -> list[TargetState]:
+    def target_states(self) -> list[TargetProgress]:
         """Each target's phase (gate name, or ``done`` after success) and state."""
-        phase = "done" if self._state == "success" else self.gates[self._current]
-        return [TargetState(name, phase, target.state) for name, target in self._targets.items()]
+        phase = "done" if self._state == TaskState.SUCCESS else self.gates[self._current]
+        return [TargetProgress(name, phase, target.state) for name, target in self._targets.items()]
 
     # --- transitions --------------------------------------------------------------
 
@@ -235,12 +241,12 @@ class TaskCoordinator:
             self._current = index
             actions: list[Action] = []
             for name, target in self._targets.items():
-                target.state = "running" if index in target.work else "success"
-                if target.state == "running":
+                target.state = _RUNNING if index in target.work else TargetState.SUCCESS
+                if target.state == _RUNNING:
                     actions.append(OpenGate(name, index, self.gates[index]))
             if actions:
                 return actions
-        return self._finish("success", None)
+        return self._finish(TaskState.SUCCESS, None)
 
     def _fail(self, machine: str, what: str, reason: str) -> None:
         """Record the task's first failure, unless a cancellation came first."""
@@ -251,13 +257,13 @@ class TaskCoordinator:
 
     def _settle(self) -> list[Action]:
         """Once no target is running: end the task or open the next gate."""
-        if any(target.state == "running" for target in self._targets.values()):
+        if any(target.state == _RUNNING for target in self._targets.values()):
             return []
         if self._failure is not None:
-            return self._finish("failed", self._failure)
+            return self._finish(TaskState.FAILED, self._failure)
         if self._cancel_reason is not None:
-            return self._finish("cancelled", f"cancelled: {self._cancel_reason[:MAX_REASON]}")
-        if self._state == "pending":
+            return self._finish(TaskState.CANCELLED, f"cancelled: {self._cancel_reason[:MAX_REASON]}")
+        if self._state == TaskState.QUEUED:
             return []
         return self._open(self._current + 1)
 
@@ -265,40 +271,49 @@ class TaskCoordinator:
         """End the task once; on cancellation, every target not failed reads cancelled."""
         self._state = state
         self._error = error
-        if state == "cancelled":
+        if state == TaskState.CANCELLED:
             for target in self._targets.values():
-                if target.state in ("waiting", "running", "success"):
-                    target.state = "cancelled"
+                if target.state in _ALIVE:
+                    target.state = TargetState.CANCELLED
         return [TaskFinished(state, error)]
 
     # --- persistence ----------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """A JSON-able dict from which `restore` rebuilds this coordinator exactly."""
-        return {
-            "version": SNAPSHOT_VERSION,
-            "taskId": self.task_id,
-            "gates": list(self.gates),
-            "gateLabels": list(self._labels),
-            "state": self._state,
-            "current": self._current,
-            "error": self._error,
-            "failure": self._failure,
-            "cancelReason": self._cancel_reason,
-            "targets": [
-                {"machineName": name, "work": sorted(target.work), "state": target.state}
+        """A JSON-able dict (a `Snapshot`) from which `restore` rebuilds this coordinator exactly."""
+        snapshot = Snapshot(
+            version=SNAPSHOT_VERSION,
+            task_id=self.task_id,
+            gates=self.gates,
+            gate_labels=self._labels,
+            state=self._state,
+            current=self._current,
+            error=self._error,
+            failure=self._failure,
+            cancel_reason=self._cancel_reason,
+            targets=tuple(
+                SnapshotTarget(machine_name=name, work=tuple(sorted(target.work)), state=target.state)
                 for name, target in self._targets.items()
-            ],
-        }
+            ),
+        )
+        return json_values(snapshot)
 
     @classmethod
     def restore(cls, snapshot: object) -> TaskCoordinator:
-        """Rebuild a coordinator from `snapshot()`'s dict; raises `GateError` when malformed."""
-        reader = FieldReader()
-        coordinator = _read_snapshot(reader, snapshot)
-        reader.raise_if_any(GateError)
-        if coordinator is None:  # pragma: no cover - a None result always records a problem
-            raise GateError([("document", "invalid snapshot")])
+        """Rebuild a coordinator from `snapshot()`'s dict; raises `GateError` naming what is wrong."""
+        if isinstance(snapshot, dict) and snapshot.get("state") in _LEGACY_TASK_STATES:
+            snapshot = {**snapshot, "state": _LEGACY_TASK_STATES[snapshot["state"]]}
+        decoded = convert_document(snapshot, Snapshot, GateError)
+        problems = list(decoded.rule_problems())
+        if problems:
+            raise GateError(problems)
+        coordinator = cls.__new__(cls)
+        targets = {t.machine_name: _Target(frozenset(t.work), t.state) for t in decoded.targets}
+        coordinator._setup(decoded.task_id, decoded.gates, decoded.gate_labels, targets)
+        coordinator._current = decoded.current
+        coordinator._state = decoded.state
+        coordinator._error, coordinator._failure = decoded.error, decoded.failure
+        coordinator._cancel_reason = decoded.cancel_reason
         return coordinator
 
 
@@ -344,70 +359,47 @@ def _layout(
     return gates, labels, work
 
 
-# --- snapshot decoding ----------------------------------------------------------------
+# --- the snapshot -----------------------------------------------------------------------
+
+# A label is "step:<index> (<step name>)": longer than a name by its prefix.
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX + 32, pattern=TEXT)]
+Reason = Annotated[str, msgspec.Meta(max_length=4 * MAX_REASON, pattern=TEXT)]
 
 
-def _read_snapshot(reader: FieldReader, value: object) -> TaskCoordinator | None:
-    """A coordinator from a snapshot, or None when it has problems (recorded)."""
-    obj = reader.obj(value, "", _SNAPSHOT_FIELDS)
-    if obj is None:
-        return None
-    reader.integer(obj, "version", "", low=SNAPSHOT_VERSION, high=SNAPSHOT_VERSION)
-    task_id = reader.text(obj, "taskId", "")
-    gates = reader.texts(obj, "gates", "", non_empty=True)
-    labels = reader.texts(obj, "gateLabels", "", non_empty=True)
-    count = len(gates or ())
-    if labels is not None and len(labels) != count:
-        reader.problem("gateLabels", "must have one label per gate")
-    state = reader.text(obj, "state", "", choices=TASK_STATES)
-    current = reader.integer(obj, "current", "", low=0, high=max(count - 1, 0))
-    targets = _read_targets(reader, obj, count)
-    texts = [_optional_text(reader, obj, key) for key in ("error", "failure", "cancelReason")]
-    if reader.problems or task_id is None or gates is None or labels is None or current is None:
-        return None
-    coordinator = TaskCoordinator.__new__(TaskCoordinator)
-    coordinator._setup(task_id, gates, labels, targets)
-    coordinator._current = current
-    coordinator._state = cast(TaskState, state)
-    coordinator._error, coordinator._failure, coordinator._cancel_reason = texts
-    return coordinator
+class SnapshotTarget(Wire, frozen=True, kw_only=True):
+    """One target in a snapshot: the gates it has work in and its state in the current one."""
+
+    machine_name: Name
+    work: tuple[Annotated[int, msgspec.Meta(ge=0)], ...]
+    state: TargetState
 
 
-def _read_targets(reader: FieldReader, obj: Mapping[str, object], gate_count: int) -> dict[str, _Target]:
-    """The targets of a snapshot, by machine name."""
-    targets: dict[str, _Target] = {}
-    for path, value in reader.items(obj, "targets", "", max_items=100_000, non_empty=True) or []:
-        target = reader.obj(value, path, ("machineName", "work", "state"))
-        if target is None:
-            continue
-        name = reader.text(target, "machineName", path)
-        state = reader.text(target, "state", path, choices=TARGET_STATES)
-        work = _read_work(reader, target, path, gate_count)
-        if name is not None and name in targets:
-            reader.problem(key_path(path, "machineName"), "duplicate machine name")
-        elif name is not None and state is not None and work is not None:
-            targets[name] = _Target(work, cast(TargetStatus, state))
-    return targets
+class Snapshot(Wire, frozen=True, kw_only=True):
+    """A coordinator's whole state, as the server stores it after every event."""
 
+    version: Annotated[int, msgspec.Meta(ge=SNAPSHOT_VERSION, le=SNAPSHOT_VERSION)]
+    task_id: Name
+    gates: Annotated[tuple[Name, ...], msgspec.Meta(min_length=1)]
+    gate_labels: Annotated[tuple[Label, ...], msgspec.Meta(min_length=1)]
+    state: TaskState
+    current: Annotated[int, msgspec.Meta(ge=0)]
+    error: Reason | None = None
+    failure: Reason | None = None
+    cancel_reason: Reason | None = None
+    targets: Annotated[tuple[SnapshotTarget, ...], msgspec.Meta(min_length=1, max_length=MAX_TARGETS)]
 
-def _read_work(
-    reader: FieldReader, obj: Mapping[str, object], path: str, gate_count: int
-) -> frozenset[int] | None:
-    """The gate indices a target has work in."""
-    items = reader.items(obj, "work", path, max_items=max(gate_count, 1))
-    if items is None:
-        return None
-    work = set()
-    for item_path, item in items:
-        if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item < gate_count:
-            reader.problem(item_path, f"must be a gate index from 0 to {gate_count - 1}")
-        else:
-            work.add(item)
-    return frozenset(work)
-
-
-def _optional_text(reader: FieldReader, obj: Mapping[str, object], key: str) -> str | None:
-    """A string field that may be null or absent."""
-    if obj.get(key) is None:
-        return None
-    return reader.text(obj, key, "", max_chars=4 * MAX_REASON)
+    def rule_problems(self) -> Iterator[tuple[str, str]]:
+        """What must agree between fields: labels and gates, indices in range, unique machines."""
+        count = len(self.gates)
+        if len(self.gate_labels) != count:
+            yield "gateLabels", "must have one label per gate"
+        if self.current >= count:
+            yield "current", f"must be a gate index from 0 to {count - 1}"
+        seen: set[str] = set()
+        for position, target in enumerate(self.targets):
+            if target.machine_name in seen:
+                yield f"targets[{position}].machineName", "duplicate machine name"
+            seen.add(target.machine_name)
+            for item, gate in enumerate(target.work):
+                if gate >= count:
+                    yield f"targets[{position}].work[{item}]", f"must be a gate index from 0 to {count - 1}"

@@ -4,72 +4,68 @@
 machine has (each keeps its ``index`` in the whole process, so every target numbers
 steps alike), pick each variable's most specific value for this machine, and pin
 every package to the release's exact file (``sha512``, ``size``) and its sources.
-`Plan.to_json` / `Plan.from_json` are the wire form (camelCase); `from_json` is as
-strict as the process parser: unknown fields are errors, because a tentacle that
-ignored a field it does not understand could run something other than was meant.
-`script_environment` gives a step's environment variables.
+
+A plan is a msgspec struct; `Plan.to_json` / `Plan.from_json` are its wire form
+(camelCase), the one the server stores and sends and the tentacle keeps on disk.
+`from_json` is as strict as the process parser: unknown fields are errors, because a
+tentacle that ignored a field it does not understand could run something other than
+was meant, and every field is spelled out (see `_SPELLED_OUT`). `script_environment`
+gives a step's environment variables.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal, cast
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
 
-from tentacle.protocol.json_fields import DocumentError, FieldReader, key_path
+import msgspec
+
+from tentacle.protocol.documents import (
+    FILE_NAME,
+    NAME_MAX,
+    SHA512,
+    TEXT,
+    DocumentError,
+    Name,
+    convert_document,
+    json_values,
+    over_bytes,
+)
 from tentacle.protocol.process import (
-    ACQUISITIONS,
     BUILTIN_FEED,
     DEFAULT_TIMEOUT,
     MAX_STEPS,
-    MAX_TIMEOUT,
     MAX_VALUE_BYTES,
     MAX_VARIABLES,
-    PHASES,
     Acquisition,
+    PackageId,
     PackageUse,
     Phase,
     Script,
     Step,
+    Timeout,
+    Value,
     Variable,
-    read_package_id,
-    read_script,
+    step_rule_problems,
 )
+from tentacle.protocol.wire import Wire
 
 Kind = Literal["deployment", "runbook"]
 KINDS: Final = ("deployment", "runbook")
 MAX_URL: Final = 2048
 MAX_SIZE: Final = 2**63 - 1
+MAX_MIRRORS: Final = 100
 
-_SHA512 = re.compile(r"^[0-9a-f]{128}$")
 _SHELL_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
-_PLAN_FIELDS: Final = (
-    "taskId",
-    "kind",
-    "projectName",
-    "releaseVersion",
-    "environmentName",
-    "machineName",
-    "steps",
-    "variables",
-)
-_STEP_FIELDS: Final = ("index", "name", "phase", "script", "package", "timeoutSeconds")
-_PACKAGE_FIELDS: Final = (
-    "id",
-    "version",
-    "sha512",
-    "size",
-    "fileName",
-    "feed",
-    "acquisition",
-    "mirrors",
-)
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_URL, pattern=TEXT)]
+Version = Annotated[str, msgspec.Meta(max_length=NAME_MAX, pattern=TEXT)]
 
 
 class PlanError(DocumentError):
-    """A plan cannot be resolved or decoded; the message names the field."""
+    """A plan cannot be resolved or decoded; ``problems`` name each field."""
 
 
 @dataclass(frozen=True)
@@ -83,103 +79,83 @@ class PackageRef:
     file_name: str
 
 
-@dataclass(frozen=True, kw_only=True)
-class PlannedPackage:
+class PlannedPackage(Wire, frozen=True, kw_only=True):
     """A pinned package with where a target gets it: the server (push) or mirrors (pull)."""
 
-    id: str
-    version: str
-    sha512: str
-    size: int
-    file_name: str
-    feed: str = BUILTIN_FEED
+    id: PackageId
+    version: Name
+    sha512: Annotated[str, msgspec.Meta(pattern=SHA512)]
+    size: Annotated[int, msgspec.Meta(ge=0, le=MAX_SIZE)]
+    file_name: Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=FILE_NAME)]
+    feed: Name = BUILTIN_FEED
     acquisition: Acquisition = "push"
-    mirrors: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        """The wire form."""
-        return {
-            "id": self.id,
-            "version": self.version,
-            "sha512": self.sha512,
-            "size": self.size,
-            "fileName": self.file_name,
-            "feed": self.feed,
-            "acquisition": self.acquisition,
-            "mirrors": list(self.mirrors),
-        }
+    mirrors: Annotated[tuple[Url, ...], msgspec.Meta(max_length=MAX_MIRRORS)] = ()
 
 
-@dataclass(frozen=True, kw_only=True)
-class PlannedStep:
+class PlannedStep(Wire, frozen=True, kw_only=True):
     """A step as one target runs it; ``index`` is its position in the whole process."""
 
-    index: int
-    name: str
+    index: Annotated[int, msgspec.Meta(ge=0, le=MAX_STEPS - 1)]
+    name: Name
     phase: Phase = "deployment"
     script: Script | None = None
     package: PlannedPackage | None = None
-    timeout_seconds: int = DEFAULT_TIMEOUT
-
-    def to_json(self) -> dict[str, Any]:
-        """The wire form."""
-        body: dict[str, Any] = {"index": self.index, "name": self.name, "phase": self.phase}
-        if self.script is not None:
-            body["script"] = self.script.to_json()
-        if self.package is not None:
-            body["package"] = self.package.to_json()
-        body["timeoutSeconds"] = self.timeout_seconds
-        return body
+    timeout_seconds: Timeout = DEFAULT_TIMEOUT
 
 
-@dataclass(frozen=True)
-class ResolvedVariable:
+class ResolvedVariable(Wire, frozen=True, kw_only=False):
     """The one value of a variable that applies to a target."""
 
-    name: str
-    value: str = field(repr=False)  # sensitive values must not reach logs via repr
+    name: Name
+    value: Value
     sensitive: bool = False
 
-    def to_json(self) -> dict[str, Any]:
-        """The wire form."""
-        return {"name": self.name, "value": self.value, "sensitive": self.sensitive}
+    def __repr__(self) -> str:
+        """Without the value: a sensitive one must not reach a log through a repr."""
+        return f"ResolvedVariable(name={self.name!r}, sensitive={self.sensitive!r})"
 
 
-@dataclass(frozen=True, kw_only=True)
-class Plan:
+class Plan(Wire, frozen=True, kw_only=True):
     """Everything one target needs to run its part of a task."""
 
-    task_id: str
+    task_id: Name
     kind: Kind
-    project_name: str
-    release_version: str
-    environment_name: str
-    machine_name: str
-    steps: tuple[PlannedStep, ...]
-    variables: tuple[ResolvedVariable, ...] = ()
+    project_name: Name
+    release_version: Version
+    environment_name: Name
+    machine_name: Name
+    steps: Annotated[tuple[PlannedStep, ...], msgspec.Meta(max_length=MAX_STEPS)] = ()
+    variables: Annotated[tuple[ResolvedVariable, ...], msgspec.Meta(max_length=MAX_VARIABLES)] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """The wire form (camelCase)."""
-        return {
-            "taskId": self.task_id,
-            "kind": self.kind,
-            "projectName": self.project_name,
-            "releaseVersion": self.release_version,
-            "environmentName": self.environment_name,
-            "machineName": self.machine_name,
-            "steps": [step.to_json() for step in self.steps],
-            "variables": [variable.to_json() for variable in self.variables],
-        }
+        """The wire form (camelCase), as plain JSON values."""
+        return json_values(self)
 
     @classmethod
     def from_json(cls, obj: object) -> Plan:
-        """Decode and validate the wire form; raises `PlanError` naming every bad field."""
-        reader = FieldReader()
-        plan = _read_plan(reader, obj)
-        reader.raise_if_any(PlanError)
-        if plan is None:  # pragma: no cover - a None plan always records a problem
-            raise PlanError([("document", "invalid plan")])
+        """Decode and check the wire form; raises `PlanError` naming the bad field."""
+        plan = convert_document(obj, cls, PlanError)
+        problems = [*_missing(obj), *plan.rule_problems()]
+        if problems:
+            raise PlanError(problems)
         return plan
+
+    def rule_problems(self) -> Iterator[tuple[str, str]]:
+        """Every broken rule that the structs cannot say, with its path."""
+        if self.kind == "deployment" and not self.release_version:
+            yield "releaseVersion", "must be a non-empty string in a deployment"
+        for position, step in enumerate(self.steps):
+            path = f"steps[{position}]"
+            if position and step.index <= self.steps[position - 1].index:
+                yield f"{path}.index", "must be greater than the previous step's"
+            yield from step_rule_problems(step, path)
+        seen: set[str] = set()
+        for position, variable in enumerate(self.variables):
+            if variable.name in seen:
+                yield f"variables[{position}].name", "duplicate variable name"
+            seen.add(variable.name)
+            if over_bytes(variable.value, MAX_VALUE_BYTES):
+                yield f"variables[{position}].value", f"must be at most {MAX_VALUE_BYTES} bytes in UTF-8"
 
     def sensitive_values(self) -> list[str]:
         """The values to mask in logs, longest first (so a longer secret masks whole)."""
@@ -205,6 +181,31 @@ class Plan:
     def step(self, index: int) -> PlannedStep | None:
         """The step with process index ``index``, or None when this target lacks it."""
         return next((step for step in self.steps if step.index == index), None)
+
+
+# Fields that have a default in Python (for building plans in code) but that the wire
+# form must still spell out: a plan says everything, and to_json always writes them.
+_SPELLED_OUT: Final = {
+    "step": ("phase", "timeoutSeconds"),
+    "package": ("feed", "acquisition"),
+    "variable": ("sensitive",),
+}
+
+
+def _missing(obj: object) -> Iterator[tuple[str, str]]:
+    """The spelled-out fields absent from a wire plan that msgspec has already accepted."""
+    if not isinstance(obj, dict):  # msgspec converted it to a Plan, so it is one; this tells mypy
+        return
+    for position, step in enumerate(obj.get("steps", ())):
+        path = f"steps[{position}]"
+        yield from ((f"{path}.{key}", "required") for key in _SPELLED_OUT["step"] if key not in step)
+        package = step.get("package")
+        if package is not None:
+            keys = _SPELLED_OUT["package"]
+            yield from ((f"{path}.package.{key}", "required") for key in keys if key not in package)
+    for position, variable in enumerate(obj.get("variables", ())):
+        keys = _SPELLED_OUT["variable"]
+        yield from ((f"variables[{position}].{key}", "required") for key in keys if key not in variable)
 
 
 def resolve_plan(
@@ -331,158 +332,3 @@ def script_environment(plan: Plan, step: PlannedStep, package_dir: str | None) -
             raise PlanError([(f"steps[{step.index}].package", "has no extracted directory")])
         env["PACKAGE_DIR"] = package_dir
     return env
-
-
-# --- decoding -------------------------------------------------------------------------
-
-
-def _read_plan(reader: FieldReader, value: object) -> Plan | None:
-    """The whole plan, or None when it has problems (recorded)."""
-    obj = reader.obj(value, "", _PLAN_FIELDS)
-    if obj is None:
-        return None
-    task_id = reader.text(obj, "taskId", "")
-    kind = reader.text(obj, "kind", "", choices=KINDS)
-    project = reader.text(obj, "projectName", "")
-    release = reader.text(obj, "releaseVersion", "", allow_empty=True)
-    environment = reader.text(obj, "environmentName", "")
-    machine = reader.text(obj, "machineName", "")
-    steps = _read_steps(reader, obj)
-    variables = _read_variables(reader, obj)
-    if kind == "deployment" and release == "":
-        reader.problem("releaseVersion", "must be a non-empty string in a deployment")
-    names = (task_id, kind, project, release, environment, machine)
-    if reader.problems or None in names:
-        return None
-    return Plan(
-        task_id=cast(str, task_id),
-        kind=cast(Kind, kind),
-        project_name=cast(str, project),
-        release_version=cast(str, release),
-        environment_name=cast(str, environment),
-        machine_name=cast(str, machine),
-        steps=steps,
-        variables=variables,
-    )
-
-
-def _read_steps(reader: FieldReader, obj: Mapping[str, object]) -> tuple[PlannedStep, ...]:
-    """The valid steps; their indices must increase, as in the process."""
-    steps: list[PlannedStep] = []
-    for path, value in reader.items(obj, "steps", "", max_items=MAX_STEPS) or []:
-        step = _read_step(reader, value, path)
-        if step is None:
-            continue
-        if steps and step.index <= steps[-1].index:
-            reader.problem(key_path(path, "index"), "must be greater than the previous step's")
-        steps.append(step)
-    return tuple(steps)
-
-
-def _read_step(reader: FieldReader, value: object, path: str) -> PlannedStep | None:
-    """One planned step, or None when it has problems (recorded)."""
-    obj = reader.obj(value, path, _STEP_FIELDS)
-    if obj is None:
-        return None
-    before = len(reader.problems)
-    index = reader.integer(obj, "index", path, low=0, high=MAX_STEPS - 1)
-    name = reader.text(obj, "name", path)
-    phase = reader.text(obj, "phase", path, choices=PHASES)
-    script = read_script(reader, obj, path)
-    package = _read_package(reader, obj, path)
-    timeout = reader.integer(obj, "timeoutSeconds", path, low=1, high=MAX_TIMEOUT)
-    if obj.get("script") is None and obj.get("package") is None:
-        reader.problem(path, "needs a script, a package or both")
-    if phase == "preAcquisition" and obj.get("package") is not None:
-        reader.problem(key_path(path, "package"), "not allowed in a preAcquisition step")
-    if len(reader.problems) > before or index is None or name is None or timeout is None:
-        return None
-    return PlannedStep(
-        index=index,
-        name=name,
-        phase=cast(Phase, phase),
-        script=script,
-        package=package,
-        timeout_seconds=timeout,
-    )
-
-
-def _read_package(reader: FieldReader, obj: Mapping[str, object], path: str) -> PlannedPackage | None:
-    """A step's planned package, or None when absent or invalid (recorded)."""
-    if obj.get("package") is None:
-        return None
-    path = key_path(path, "package")
-    package = reader.obj(obj["package"], path, _PACKAGE_FIELDS)
-    if package is None:
-        return None
-    before = len(reader.problems)
-    package_id = read_package_id(reader, package, path)
-    version = reader.text(package, "version", path)
-    sha512 = reader.text(package, "sha512", path)
-    if sha512 is not None and not _SHA512.match(sha512):
-        reader.problem(key_path(path, "sha512"), "must be 128 lowercase hex digits")
-    size = reader.integer(package, "size", path, low=0, high=MAX_SIZE)
-    file_name = _read_file_name(reader, package, path)
-    feed = reader.text(package, "feed", path)
-    acquisition = reader.text(package, "acquisition", path, choices=ACQUISITIONS)
-    mirrors = _read_mirrors(reader, package, path)
-    fields = (package_id, version, sha512, size, file_name, feed, acquisition, mirrors)
-    if len(reader.problems) > before or None in fields:
-        return None
-    return PlannedPackage(
-        id=cast(str, package_id),
-        version=cast(str, version),
-        sha512=cast(str, sha512),
-        size=cast(int, size),
-        file_name=cast(str, file_name),
-        feed=cast(str, feed),
-        acquisition=cast(Acquisition, acquisition),
-        mirrors=cast(tuple[str, ...], mirrors),
-    )
-
-
-def _read_file_name(reader: FieldReader, obj: Mapping[str, object], path: str) -> str | None:
-    """A package file name: one plain path component, since the tentacle writes it."""
-    name = reader.text(obj, "fileName", path)
-    if name is not None and ("/" in name or "\\" in name or name in (".", "..")):
-        reader.problem(key_path(path, "fileName"), "must be a plain file name")
-        return None
-    return name
-
-
-def _read_mirrors(reader: FieldReader, obj: Mapping[str, object], path: str) -> tuple[str, ...] | None:
-    """The ordered mirror candidates (service index URLs)."""
-    items = reader.items(obj, "mirrors", path, max_items=100)
-    if items is None:
-        return None
-    urls = [reader.check_text(url, item_path, max_chars=MAX_URL) for item_path, url in items]
-    return None if None in urls else tuple(cast(list[str], urls))
-
-
-def _read_variables(reader: FieldReader, obj: Mapping[str, object]) -> tuple[ResolvedVariable, ...]:
-    """The resolved variables; names are unique in a plan."""
-    variables: list[ResolvedVariable] = []
-    seen: set[str] = set()
-    for path, value in reader.items(obj, "variables", "", max_items=MAX_VARIABLES) or []:
-        variable = _read_variable(reader, value, path)
-        if variable is not None and variable.name in seen:
-            reader.problem(key_path(path, "name"), "duplicate variable name")
-        elif variable is not None:
-            seen.add(variable.name)
-            variables.append(variable)
-    return tuple(variables)
-
-
-def _read_variable(reader: FieldReader, value: object, path: str) -> ResolvedVariable | None:
-    """One resolved variable, or None when it has problems (recorded)."""
-    obj = reader.obj(value, path, ("name", "value", "sensitive"))
-    if obj is None:
-        return None
-    name = reader.text(obj, "name", path)
-    text = reader.text(
-        obj, "value", path, allow_empty=True, max_chars=MAX_VALUE_BYTES, max_bytes=MAX_VALUE_BYTES
-    )
-    sensitive = reader.flag(obj, "sensitive", path)
-    if name is None or text is None or sensitive is None:
-        return None
-    return ResolvedVariable(name, text, sensitive)
