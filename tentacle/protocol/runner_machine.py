@@ -17,15 +17,28 @@ task's work folder may go), `Forget` (an old ended task leaves memory and disk),
 
 Task states::
 
-    start() ──▶ queued ──takes the slot──▶ running ──▶ done       every gate it has work in
-                  │                          │                   succeeded, or one did not,
-                  │                          │                   or finish()
-                  └──── cancel()/finish() ───┴──▶ cancelled      (cancel(); finish() of a
-                        (a running gate is                        queued task ends it done)
-                        stopped first)
+    start() ──▶ queued ──the slot is free (earliest first)──▶ running ──▶ done | cancelled
+                  │                                                     (see the table)
+                  └──cancel()──▶ cancelled     finish()──▶ done
+
+    event                              from            to              actions
+    start()                            -               queued          Save
+    the slot is free                   queued          running         Save
+    cancel()/finish() while a gate     running         running         StopGate, Save
+      runs
+    cancel(), no gate running          queued/running  cancelled       TaskEnded, Save
+    finish(), no gate running          queued/running  done            TaskEnded, Save, RemoveWork
+    gate_done() after cancel()         running         cancelled       TaskEnded, Save
+    gate_done() after finish(), or a   running         done            TaskEnded, Save
+      gate that did not succeed, or                                    (RemoveWork if finished)
+      all its work passed (or none)
+    loaded(), a gate was running       any             done/cancelled  Emit, TaskEnded, Save
+      (not a resumable acquisition)
 
 The slot goes to the earliest queued task (arrival order, kept across restarts); a
-second task stays queued, its gates remembered as ``pending``.
+second task stays queued, its gates remembered as ``pending``. After `shutdown` no task
+takes the slot and no gate starts. Ended tasks beyond the newest ``keep`` are forgotten
+(`Forget`), oldest first.
 
 Gate states (a task's gates run one at a time, in the order they were opened)::
 
@@ -43,12 +56,9 @@ Gate states (a task's gates run one at a time, in the order they were opened)::
     loaded(), any other gate       running   unknown (never run again;      Emit, Save,
                                              the task ends)                 TaskEnded
 
-After a gate: a stop asked by cancel() ends the task ``cancelled``; a stop asked by
-finish(), a gate that did not succeed, or every gate with work passed ends it ``done``.
-
 Repeats are harmless: start() of a known task, gate() with a known index and name,
-cancel()/finish() once the stop is recorded, and gate_done() of a gate that is not
-running all return ``[]``. A gate index reused with another name, or a name opened
+a second cancel() or finish(), and gate_done() of a gate that is not running all
+return ``[]``. A gate index reused with another name, or a name opened
 under a second index, is refused (`GateRefused`).
 """
 
@@ -268,7 +278,7 @@ class RunnerMachine:
                 out.add(Note("task.acquisition_resumed", entry.task_id, warning=True))
                 out.save(entry)
             elif running:
-                self._interrupted(entry, running, item.running_step, out)
+                _interrupted(entry, running, item.running_step, out)
         for entry in [entry for entry in self._tasks.values() if entry.state == "running"][1:]:
             entry.state = "queued"  # only the earliest holds the slot (a hand edit may say more)
             out.save(entry)
@@ -327,9 +337,9 @@ class RunnerMachine:
         gate.state, gate.reason = state, reason
         out = _Out()
         if entry.stop == "cancel":
-            self._end(entry, "cancelled", out)
+            _end(entry, "cancelled", out)
         elif entry.stop == "finish" or state != "success" or _complete(entry):
-            self._end(entry, "done", out)
+            _end(entry, "done", out)
         out.save(entry)
         if entry.ended and entry.finished:
             out.add(RemoveWork(task_id))
@@ -367,34 +377,13 @@ class RunnerMachine:
             if entry.running_gate is not None:
                 out.add(StopGate(task_id, STOP_REASONS[kind]))  # the gate ends the task
             else:
-                self._end(entry, "cancelled" if kind == "cancel" else "done", out)
+                _end(entry, "cancelled" if kind == "cancel" else "done", out)
         if not changed:
             return []
         out.save(entry)
         if entry.ended and entry.finished:
             out.add(RemoveWork(task_id))
         return self._settle(out)
-
-    def _interrupted(self, entry: TaskEntry, running: list[Gate], step: str | None, out: _Out) -> None:
-        """The process died during these gates: their results are unknown; the task is over."""
-        for gate in running:
-            what = f"step '{step}'" if step is not None else f"gate '{gate.name}'"
-            gate.state = "unknown"
-            gate.reason = f"tentacle restarted while {what} was running; its result is unknown"
-            out.add(Emit(entry.task_id, step or "", gate.reason))
-            out.add(Note("task.interrupted", entry.task_id, (("gate", gate.name),), warning=True))
-        if not entry.ended:
-            self._end(entry, "cancelled" if entry.stop == "cancel" else "done", out)
-        out.save(entry)
-
-    def _end(self, entry: TaskEntry, state: TaskState, out: _Out) -> None:
-        """Release the slot for good; gates that never started will not run."""
-        entry.state = state
-        for gate in entry.gates.values():
-            if gate.state == "pending":
-                gate.state, gate.reason = _not_run(entry)
-        out.add(TaskEnded(entry.task_id, state))
-        out.save(entry)
 
     def _settle(self, out: _Out) -> list[Action]:
         """After every event: drop old ended tasks, then run what may run."""
@@ -411,7 +400,7 @@ class RunnerMachine:
         holder = self.holder
         while holder is None or (holder.running_gate is None and _complete(holder)):
             if holder is not None:  # all its work is done (or it has none)
-                self._end(holder, "done", out)
+                _end(holder, "done", out)
             holder = next((entry for entry in self._tasks.values() if entry.state == "queued"), None)
             if holder is None:
                 return
@@ -425,6 +414,32 @@ class RunnerMachine:
             gate.state = "running"
             out.save(holder)
             out.add(RunGate(holder.task_id, gate.index, gate.name))
+
+
+# --- transitions that need no machine ---------------------------------------------------
+
+
+def _interrupted(entry: TaskEntry, running: list[Gate], step: str | None, out: _Out) -> None:
+    """The process died during these gates: their results are unknown; the task is over."""
+    for gate in running:
+        what = f"step '{step}'" if step is not None else f"gate '{gate.name}'"
+        gate.state = "unknown"
+        gate.reason = f"tentacle restarted while {what} was running; its result is unknown"
+        out.add(Emit(entry.task_id, step or "", gate.reason))
+        out.add(Note("task.interrupted", entry.task_id, (("gate", gate.name),), warning=True))
+    if not entry.ended:
+        _end(entry, "cancelled" if entry.stop == "cancel" else "done", out)
+    out.save(entry)
+
+
+def _end(entry: TaskEntry, state: TaskState, out: _Out) -> None:
+    """Release the slot for good; gates that never started will not run."""
+    entry.state = state
+    for gate in entry.gates.values():
+        if gate.state == "pending":
+            gate.state, gate.reason = _not_run(entry)
+    out.add(TaskEnded(entry.task_id, state))
+    out.save(entry)
 
 
 # --- pure helpers ----------------------------------------------------------------------------

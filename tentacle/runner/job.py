@@ -123,12 +123,11 @@ class Job:
     async def status(self, since: int, version: int, wait: float) -> dict[str, Any]:
         """task.status: wait up to ``wait`` s for news, then the state and the lines after ``since``."""
         await self._news(since, version, wait)
-        entry = self.entry
-        state, version = entry.state, self.record.version
-        gates = [gate.to_json() for gate in entry.shown_gates()]
+        state, shown = self.entry.state, self.record.version
+        gates = [gate.to_json() for gate in self.entry.shown_gates()]
         await self.log.settled(self._lines_before_change)  # lines that came before this state
         lines, more = await self.log.lines_after(since, MAX_LOG_LINES, MAX_LOG_TEXT)
-        return wire.status_answer(self.task_id, state, version, gates, [x.to_json() for x in lines], more)
+        return wire.status_answer(self.task_id, state, shown, gates, [x.to_json() for x in lines], more)
 
     async def _news(self, since: int, version: int, wait: float) -> None:
         """Return when the version passed ``version``, a line after ``since`` is visible, or in time."""

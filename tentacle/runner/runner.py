@@ -27,6 +27,7 @@ writer thread (tentacle.runner.state_writer), which also does every save and log
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -91,16 +92,13 @@ class TaskRunner:
         keep: int = KEEP_ENDED,
         on_end: Callable[[str], None] | None = None,
     ) -> None:
-        """A runner over ``state_dir``; ``keep`` ended tasks are kept, the oldest go.
-
-        ``on_end(task_id)`` is called once a task has ended (its packages may go, say).
-        """
+        """``keep`` ended tasks are kept (older ones go); ``on_end(task_id)``: a task ended."""
         self._store = TaskStore(state_dir)
         self._writer = StateWriter()
         self._machine = RunnerMachine(keep)
         self._jobs: dict[str, Job] = {}
         self._work = GateWork(self._store, acquire, parallelism, lambda: self._machine.stopping)
-        self._on_end = on_end
+        self._on_end = on_end or _nothing
         self._background: set[asyncio.Task[Any]] = set()
         self._loading: asyncio.Task[None] | None = None
 
@@ -109,8 +107,8 @@ class TaskRunner:
         service.register("task.start", self._handle_start)
         service.register("task.gate", self._handle_gate)
         service.register("task.status", self._handle_status)
-        service.register("task.cancel", self._handle_cancel)
-        service.register("task.finish", self._handle_finish)
+        service.register("task.cancel", functools.partial(self._stop, self._machine.cancel))
+        service.register("task.finish", functools.partial(self._stop, self._machine.finish))
 
     async def start(self) -> None:
         """Load every task from disk and run what may run (once; later calls wait for it)."""
@@ -148,23 +146,12 @@ class TaskRunner:
     async def _load(self) -> None:
         """Read every task in the writer thread, then let the machine settle what a restart left."""
         found: list[Loaded] = []
-        for record, log_file in await self._writer.run(self._read_all):
+        for record, log_file in await self._writer.run(_read_tasks, self._store):
             self._jobs[record.task_id] = Job(record, log_file, self._store, self._writer)
             step = None if record.current_step is None else record.plan.step(record.current_step)
             found.append(Loaded(record.entry, None if step is None else step.name))
             record.current_step = None  # no step runs now; one that did is settled as unknown
         await self._apply(self._machine.loaded(found), strict=False)
-
-    def _read_all(self) -> list[tuple[TaskRecord, TaskLog]]:
-        """Every readable task and its recovered log (blocking: in the writer thread)."""
-        found = []
-        for record in self._store.load_all():
-            path = self._store.log_path(record.task_id)
-            try:
-                found.append((record, TaskLog.recover(path, record.log_seq, record.log_bytes)))
-            except OSError as exc:
-                event(log, "task.log_unreadable", logging.ERROR, task=record.task_id, reason=str(exc))
-        return found
 
     # --- handlers -------------------------------------------------------------------------
 
@@ -203,16 +190,10 @@ class TaskRunner:
             return unknown_task_status(request.task_id)
         return await job.status(request.log_since, request.version, request.wait)
 
-    async def _handle_cancel(self, params: dict[str, Any]) -> dict[str, Any]:
-        """task.cancel: stop the task; a running script is terminated."""
-        return await self._stop(wire.read_task_id(params), self._machine.cancel)
-
-    async def _handle_finish(self, params: dict[str, Any]) -> dict[str, Any]:
-        """task.finish: the task is over everywhere; release the slot, drop the work folder."""
-        return await self._stop(wire.read_task_id(params), self._machine.finish)
-
-    async def _stop(self, task_id: str, stop: Callable[[str], list[Action]]) -> dict[str, Any]:
-        """Cancel or finish a task; repeats change nothing."""
+    async def _stop(self, stop: Callable[[str], list[Action]], params: dict[str, Any]) -> dict[str, Any]:
+        """task.cancel (a running script is terminated) or task.finish (the task is over
+        everywhere: the slot is released, the work folder goes); repeats change nothing."""
+        task_id = wire.read_task_id(params)
         await self.start()
         job = self._jobs.get(task_id)
         if job is None:
@@ -230,8 +211,7 @@ class TaskRunner:
         job = Job(TaskRecord(plan, entry), log_file, self._store, self._writer)
         self._jobs[plan.task_id] = job  # before any await: a concurrent repeat finds it
         folder = self._writer.submit(self._store.create, plan.task_id)  # before the first save
-        done = await asyncio.gather(folder, self._apply(actions), return_exceptions=True)
-        error = next((result for result in done if isinstance(result, BaseException)), None)
+        error = _first_error(await asyncio.gather(folder, self._apply(actions), return_exceptions=True))
         if error is not None:
             self._jobs.pop(plan.task_id, None)
             await self._apply(self._machine.discard(plan.task_id), strict=False)
@@ -242,8 +222,7 @@ class TaskRunner:
 
     async def _apply(self, actions: Sequence[Action], *, strict: bool = True) -> None:
         """Carry out ``actions`` and wait for their saves; ``strict``: a failed save raises."""
-        done = await asyncio.gather(*self._execute(actions), return_exceptions=True)
-        error = next((result for result in done if isinstance(result, BaseException)), None)
+        error = _first_error(await asyncio.gather(*self._execute(actions), return_exceptions=True))
         if strict and error is not None:
             raise error  # logged where it happened (Job._saved)
 
@@ -262,7 +241,9 @@ class TaskRunner:
                 case Emit(task_id, step, text):
                     self._jobs[task_id].system(step, text)
                 case TaskEnded(task_id, state):
-                    self._ended(self._jobs[task_id], state)
+                    self._jobs[task_id].close()
+                    event(log, "task.ended", task=task_id, state=state)
+                    self._on_end(task_id)  # its packages may go
                 case RemoveWork(task_id):
                     waits.append(self._spawn(asyncio.to_thread(self._store.remove_work_dir, task_id)))
                 case Forget(task_id):
@@ -278,13 +259,6 @@ class TaskRunner:
         job.gate_job = None
         await self._apply(self._machine.gate_done(job.task_id, index, state, reason), strict=False)
 
-    def _ended(self, job: Job, state: str) -> None:
-        """The task released the slot for good: close its log, let its packages go."""
-        job.close()
-        event(log, "task.ended", task=job.task_id, state=state)
-        if self._on_end is not None:
-            self._on_end(job.task_id)
-
     def _forget(self, task_id: str) -> None:
         """Drop an old ended task from memory, then from disk."""
         self._jobs.pop(task_id).close()
@@ -298,3 +272,24 @@ class TaskRunner:
         self._background.add(job)
         job.add_done_callback(self._background.discard)
         return job
+
+
+def _read_tasks(store: TaskStore) -> list[tuple[TaskRecord, TaskLog]]:
+    """Every readable task and its recovered log (blocking: the runner calls it in its writer thread)."""
+    found = []
+    for record in store.load_all():
+        path = store.log_path(record.task_id)
+        try:
+            found.append((record, TaskLog.recover(path, record.log_seq, record.log_bytes)))
+        except OSError as exc:
+            event(log, "task.log_unreadable", logging.ERROR, task=record.task_id, reason=str(exc))
+    return found
+
+
+def _first_error(results: Sequence[object]) -> BaseException | None:
+    """The first exception among `asyncio.gather(..., return_exceptions=True)`'s results."""
+    return next((result for result in results if isinstance(result, BaseException)), None)
+
+
+def _nothing(task_id: str) -> None:
+    """The default ``on_end``: nothing to release."""

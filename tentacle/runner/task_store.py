@@ -9,7 +9,7 @@ How it works::
                 remembers the log's byte size at its save
 
 The format is ``"format": 1`` and stays readable: a tentacle upgraded in place loads
-the task.json files its previous version wrote (tests/test_tasks.py keeps one).
+the task.json files its previous version wrote (tests/test_runner_disk.py keeps one).
 
 This module does blocking file I/O: the runner calls it from its state writer thread
 (tentacle.runner.state_writer) or another worker thread, never on the event loop.
