@@ -23,7 +23,7 @@ from tentacle.protocol.messages import Request
 from tentacle.protocol.plan import Plan, PlannedPackage, PlannedStep, ResolvedVariable
 from tentacle.protocol.process import Script
 from tentacle.runner.runner import NOT_CONFIGURED, STOPPED, Acquire, TaskRunner
-from tentacle.runner.task_store import TaskLog
+from tentacle.runner.task_log import TaskLog
 
 pytestmark = pytest.mark.timeout(30)
 

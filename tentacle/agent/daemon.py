@@ -116,6 +116,7 @@ class Agent:
 
     async def serve(self) -> None:
         """Run until `stop` is set."""
+        await self.runner.start()  # the tasks on disk, loaded off the loop, before any request
         await self.start()
         self.started.set()
         sdnotify.ready(f"{self.config.mode} as {self.config.name}")
