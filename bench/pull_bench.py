@@ -18,7 +18,6 @@ durable can keep up with it.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import os
 import shutil
@@ -29,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from resource import RUSAGE_CHILDREN, RUSAGE_SELF
 from typing import Any
+
+import msgspec
 
 from rigs.nginx_mirror import Nginx, Pki, write_feed
 from tentacle.net.tls import client_context
@@ -84,7 +85,7 @@ def time_curl(nginx: Nginx, pki: Pki, pkg: PlannedPackage, out: Path, *, durable
 def time_tentacle(nginx: Nginx, pki: Pki, pkg: PlannedPackage, cache_dir: Path) -> float:
     """Seconds for the Acquirer to fetch, verify and store the package into an empty cache."""
     shutil.rmtree(cache_dir, ignore_errors=True)
-    planned = dataclasses.replace(pkg, mirrors=(nginx.index_url,))
+    planned = msgspec.structs.replace(pkg, mirrors=(nginx.index_url,))
     plan = Plan(
         task_id="bench",
         kind="deployment",

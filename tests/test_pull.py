@@ -10,7 +10,6 @@ the wire is read back from nginx's access log.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import http.client
 import io
@@ -21,6 +20,7 @@ import zipfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
+import msgspec
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -116,7 +116,7 @@ def patient() -> MirrorRanker:
 
 def with_mirrors(pkg: PlannedPackage, *urls: str) -> PlannedPackage:
     """The plan entry with these mirror candidates."""
-    return dataclasses.replace(pkg, mirrors=urls)
+    return msgspec.structs.replace(pkg, mirrors=urls)
 
 
 # --- pulling ---------------------------------------------------------------------------
@@ -359,7 +359,7 @@ async def test_concurrent_acquisitions_of_one_package_download_once(
     mirror = mirrors.start(package.root)
     acquirer = acquirers()
     pkg = with_mirrors(package.planned, mirror.index_url)
-    other = dataclasses.replace(PLAN, task_id="task-2")
+    other = msgspec.structs.replace(PLAN, task_id="task-2")
     first, second = await asyncio.gather(acquirer(PLAN, pkg), acquirer(other, pkg))
     assert first == second
     assert len(mirror.requests(pkg.file_name, at_least=1)) == 1
@@ -393,7 +393,7 @@ async def test_push_fetches_from_the_server_feed(
     """A pushed package is fetched from the server's feed URL over the same mutual TLS."""
     server_feed = mirrors.start(package.root, "server")
     acquirer = acquirers(server=server_feed.index_url)
-    pkg = dataclasses.replace(package.planned, acquisition="push", feed="builtin")
+    pkg = msgspec.structs.replace(package.planned, acquisition="push", feed="builtin")
     path = await acquirer(PLAN, pkg)
     assert path.read_bytes() == package.path.read_bytes()
     assert len(server_feed.requests(pkg.file_name, at_least=1)) == 1
@@ -409,7 +409,7 @@ async def test_the_server_feed_is_pinned_so_another_ca_certificate_cannot_pose_a
     impostor = mirrors.start(package.root, "server")  # a CA-signed certificate, not the server's
     pinned = frozenset({"ab" * 32})
     acquirer = acquirers(server=impostor.index_url, server_pins=pinned)
-    pkg = dataclasses.replace(package.planned, acquisition="push", feed="builtin")
+    pkg = msgspec.structs.replace(package.planned, acquisition="push", feed="builtin")
     with pytest.raises(AcquisitionError, match="not the pinned server: expected abab"):
         await acquirer(PLAN, pkg)
     assert impostor.requests(pkg.file_name) == []
