@@ -79,7 +79,7 @@ class Server:
         app[api.AUTHORITY] = Authority(self.paths.config)
         api.add_routes(app)
         projects_api.add_routes(app)
-        feed_api.add_routes(app, self.paths.state)  # sets feed_api.FEED_DIR to <state>/feed
+        feed_api.add_routes(app, feed.store_dir(self.paths.state), self.config.feed.max_package_bytes)
         app[tasks_api.DISPATCHER] = self.dispatcher
         tasks_api.add_routes(app)
         return app
@@ -111,6 +111,8 @@ class Server:
 
     async def start(self) -> None:
         """Bind both sites and start the fleet checks."""
+        # Staging files a killed push left, and rows older than the feed's catalog columns.
+        await asyncio.to_thread(feed.prepare, self.db, feed.store_dir(self.paths.state))
         base = self.api_app()
         self.bound.polling = await self._site(
             polling.make_app(base, POLL_HEARTBEAT), self.config.polling.host, self.config.polling.port, True

@@ -189,6 +189,10 @@ async def _populate(
         "lowerid": ["hostile.pkg"],
         "lowerversion": ["1.0.0"],
         "filename": ["hostile.pkg.1.0.0.nupkg"],
+        "id": ["Hostile.Pkg"],
+        "version": ["1.0.0"],
+        "lower": ["1.0.0"],
+        "upper": ["1.0.0"],
     }
     return known, _valid_bodies(live, machine), machine
 
