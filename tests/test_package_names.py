@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tentacle.packages.extraction import extract
-from tentacle.protocol.member_names import ArchiveError, decoded_name, member_path
+from tentacle.protocol.member_names import ArchiveError, decoded_name, member_path, zip_member_name
 
 NUSPEC = (
     b'<?xml version="1.0"?><package><metadata><id>Old.Pkg</id><version>1.0.0</version>'
@@ -90,3 +90,20 @@ def test_decoded_name_leaves_what_is_not_an_escape() -> None:
     """Like Uri.UnescapeDataString: '%zz', a lone '%' and '+' stay as they are."""
     assert decoded_name("100%zz+1%") == "100%zz+1%"
     assert decoded_name("plain.txt") == "plain.txt"
+
+
+def test_zip_names_without_the_utf8_flag_are_read_as_utf8_when_they_are(tmp_path: Path) -> None:
+    """NuGet 2.x on Mono writes UTF-8 names without the flag; they land as NuGet reads them."""
+    archive = nupkg(tmp_path / "in" / "old", ["docs/cafXY.txt", "latin/\u00e0bc.txt"])
+    raw = archive.read_bytes()
+    # Same length, so every offset holds: 'XY' becomes the UTF-8 bytes of 'e' acute, flag unset.
+    archive.write_bytes(raw.replace(b"cafXY", "caf\u00e9".encode()))
+    extract(archive, tmp_path / "out")
+    assert "docs/caf\u00e9.txt" in files_under(tmp_path / "out")
+
+
+def test_zip_names_that_are_not_utf8_stay_cp437() -> None:
+    """Bytes that are not UTF-8 keep zipfile's CP437 reading (DOS tools' names)."""
+    stored = b"caf\x82.txt".decode("cp437")  # CP437's e acute, not UTF-8
+    assert zip_member_name(stored, 0) == stored
+    assert zip_member_name(stored, 0x800) == stored

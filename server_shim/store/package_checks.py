@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tentacle.errors import InvalidInput
-from tentacle.protocol.member_names import ArchiveError, member_path, zip_member_kind
+from tentacle.protocol.member_names import ArchiveError, member_path, zip_member_kind, zip_member_name
 from tentacle.protocol.nuget_versions import InvalidVersion, NuGetVersion, is_valid_package_id
 from tentacle.protocol.nuspec import MAX_NUSPEC_BYTES, Manifest, NuspecError, read_manifest
 
@@ -132,7 +132,7 @@ def _root_nuspec(archive: zipfile.ZipFile, name: str) -> tuple[zipfile.ZipInfo, 
 
 
 def _checked_member(info: zipfile.ZipInfo, name: str) -> str:
-    stored = info.orig_filename
+    stored = zip_member_name(info.orig_filename, info.flag_bits)
     try:
         kind = zip_member_kind(stored, info.external_attr >> 16)
         if kind not in ("file", "dir"):

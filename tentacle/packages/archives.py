@@ -30,7 +30,7 @@ from typing import IO, BinaryIO, Protocol
 
 # ArchiveError is re-exported (`as`): readers raise it, callers catch it from here.
 from tentacle.protocol.member_names import ArchiveError as ArchiveError
-from tentacle.protocol.member_names import zip_member_kind
+from tentacle.protocol.member_names import zip_member_kind, zip_member_name
 
 _KIB = 1024
 _MIB = 1024 * _KIB
@@ -130,7 +130,7 @@ class _ZipReader:
 
 def _zip_entry(info: zipfile.ZipInfo) -> Entry:
     # orig_filename is the name before zipfile cut it at a NUL: validate what was stored.
-    name = info.orig_filename
+    name = zip_member_name(info.orig_filename, info.flag_bits)
     if info.flag_bits & 0x1:
         raise ArchiveError("encrypted", "encrypted members are not supported", member=name)
     if info.compress_type not in _ZIP_METHODS:

@@ -7,6 +7,7 @@ The tentacle applies them before writing a byte (tentacle.packages.extraction); 
 server applies them when a package is pushed, so a package no tentacle could extract is
 refused at the door.
 
+A zip member's name without the UTF-8 flag is read as UTF-8 when it is (`zip_member_name`).
 Names inside a ``.nupkg`` are URI-escaped by NuGet 2.x ``pack`` (``my%20page.html``), and
 NuGet decodes them on install (``Uri.UnescapeDataString`` whenever a name holds '%').
 `member_path` with ``percent_encoded`` does the same, once, and then applies every rule to
@@ -45,6 +46,24 @@ class ArchiveError(InvalidInput):
         super().__init__(f"{where} breaks rule '{rule}': {detail}", details={"rule": rule, "member": member})
         self.rule = rule
         self.member = member
+
+
+_UTF8_FLAG = 0x800
+
+
+def zip_member_name(stored: str, flag_bits: int) -> str:
+    """A zip member's name as NuGet and unzip read it on Linux.
+
+    Python's zipfile decodes a name without the UTF-8 flag as CP437; .NET and Mono on Linux
+    (so NuGet) and Info-ZIP read such bytes as UTF-8, and NuGet 2.x on Mono writes non-ASCII
+    names so. The name is therefore read as UTF-8 when its bytes are UTF-8, as CP437 otherwise.
+    """
+    if flag_bits & _UTF8_FLAG or stored.isascii():
+        return stored
+    try:
+        return stored.encode("cp437").decode("utf-8")
+    except UnicodeError:
+        return stored
 
 
 def decoded_name(name: str) -> str:
