@@ -109,6 +109,8 @@ def _expected(scope: str) -> str:
 
 
 async def _check_key(request: web.Request, key: str, where: str, scope: str) -> str:
+    if not key:
+        raise FeedUnauthorized(f"{where} holds no API key; {_expected(scope)}")
     found = await request.app[DB].run(accounts.api_key, key)
     if found is None:
         raise FeedUnauthorized(f"the API key in {where} is not valid; {_expected(scope)}")

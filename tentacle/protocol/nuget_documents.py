@@ -84,6 +84,9 @@ def service_index(urls: FeedUrls) -> dict[str, Any]:
     """The service index: flat container, registrations, and publish/search/legacy where given."""
     resources = [_resource(urls.flat_container, "PackageBaseAddress/3.0.0", "Package files by lowercase id")]
     resources += [_resource(urls.base + hive, kind, note) for kind, hive, note in _REGISTRATION_TYPES]
+    # NuGet 4.3+ clients look for this name first (nuget.org's index has it): the SemVer 2 hive.
+    versioned = _resource(urls.hive(True), "RegistrationsBaseUrl/Versioned", "Package metadata, SemVer 2.0.0")
+    resources.append({**versioned, "clientVersion": "4.3.0-alpha"})
     if urls.publish:
         resources.append(_resource(urls.publish, "PackagePublish/2.0.0", "Push (PUT) and delete"))
     if urls.search:
