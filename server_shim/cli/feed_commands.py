@@ -16,12 +16,16 @@ from server_shim.cli.command import Command, LocalCommand
 from server_shim.store import feed_export
 from server_shim.store import feed_store as feed
 from server_shim.store.database import Database
+from server_shim.store.feed_staging import clean_stale
 from tentacle.common.paths import InstancePaths
 from tentacle.errors import TentacleError
 from tentacle.protocol.process import BUILTIN_FEED
 
 
 def _push_all(db: Database, feed_dir: Path, files: list[Path]) -> int:
+    removed = clean_stale(feed_dir)
+    if removed:
+        print(f"server-shim: removed {removed} temp file(s) left by an interrupted push", file=sys.stderr)
     failed = 0
     for file in files:
         try:
