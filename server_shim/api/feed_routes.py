@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import IO, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -36,7 +37,8 @@ from tentacle.protocol.nuget_versions import InvalidVersion
 
 log = logging.getLogger("server_shim.api.feed_routes")
 FLAT_CONTAINER = "/nuget/v3/flatcontainer/"
-_FILE_CHUNK = 256 * 1024
+_FILE_CHUNK = 1024 * 1024
+_HIGH_WATER = 2 * 1024 * 1024
 _OCTETS = "application/octet-stream"  # never a guess from the name: .tar.gz is not gzip-encoded
 
 
@@ -48,12 +50,18 @@ def feed_urls(request: web.Request) -> FeedUrls:
 
 
 class PackageFileResponse(web.FileResponse):
-    """A FileResponse that also honours an If-Range holding an entity-tag.
+    """A FileResponse that honours an If-Range holding an entity-tag, and sends fast over TLS.
 
     aiohttp reads If-Range as a date only, so a stale entity-tag would still get the
     range; RFC 9110 says a validator that does not match means the whole file (200).
     The ETag compared is the one FileResponse sends ('"{mtime_ns:x}-{size:x}"'; a test
     resumes with it, so a change of that format in aiohttp fails loudly).
+
+    Sending: over TLS there is no sendfile, and asyncio's fallback writes 256 KiB at a time
+    into a TLS transport that pauses its writer at 64 KiB, so every chunk waited for the
+    socket to drain (a fifth of nginx's throughput on the feed benchmark). `_sendfile`
+    (aiohttp's hook for the body) instead reads the next 1 MiB in a thread while the last
+    is written, with the transport allowed 2 MiB in flight: at most 3 MiB per download.
     """
 
     def __init__(self, path: Path) -> None:
@@ -73,6 +81,30 @@ class PackageFileResponse(web.FileResponse):
                 headers.popall("Range", None)
                 request = request.clone(headers=headers)
         return await super().prepare(request)
+
+    async def _sendfile(
+        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        """Write `count` bytes of `fobj` from `offset`: reading ahead, writing with a deep buffer."""
+        writer = await web.StreamResponse.prepare(self, request)
+        assert writer is not None
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("Connection lost")
+        transport.set_write_buffer_limits(high=_HIGH_WATER, low=_HIGH_WATER // 4)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, fobj.seek, offset)
+        pending = loop.run_in_executor(None, fobj.read, min(_FILE_CHUNK, count))
+        while count > 0:
+            chunk = await pending
+            if not chunk:
+                break
+            count -= len(chunk)
+            if count > 0:
+                pending = loop.run_in_executor(None, fobj.read, min(_FILE_CHUNK, count))
+            await writer.write(chunk)
+        await writer.drain()
+        return writer
 
 
 async def service_index(request: web.Request) -> web.Response:
