@@ -185,8 +185,9 @@ def _download_runs(server: Server, root: Path, size: int, runs: int) -> dict[str
     path = "flatcontainer/bench.download/1.0.0/bench.download.1.0.0.zip"
     ca = str(server.home / server_config.CA_CERT)
     client = ["--cert", str(pki.client_cert), "--key", str(pki.client_key)]
+    basic = ["-u", f"bench:{server.admin_key()}"]
     peers = {
-        "server": ["curl", "--cacert", ca, "-u", f"bench:{server.admin_key()}", f"{server.url}/nuget/v3/{path}"],
+        "server": ["curl", "--cacert", ca, *basic, f"{server.url}/nuget/v3/{path}"],
         "nginx": ["curl", "--cacert", str(pki.ca), *client, f"https://127.0.0.1:{port}/{path}"],
     }
     times: dict[str, list[float]] = {name: [] for name in peers}
