@@ -40,6 +40,7 @@ from tentacle.net.tls import client_context, server_context
 
 log = logging.getLogger("server_shim.app")
 POLL_HEARTBEAT = 20.0
+MAX_REQUEST_LINE = 32 * 1024
 
 
 @dataclass
@@ -102,7 +103,9 @@ class Server:
         # No TLS 1.3 session tickets: asyncio and aiohttp clients cannot resume a session, and
         # a restart changes the ticket key anyway; making two per handshake costs 40% of it.
         ctx.num_tickets = 0
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Request lines up to 32 KiB: a feed route takes three path parameters (id and a page's
+        # two versions), and what aiohttp refuses below the app is a text/plain 400, not our JSON.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, max_line_size=MAX_REQUEST_LINE)
         await runner.setup()
         self._runners.append(runner)
         site = LeanTLSSite(runner, host, port, ctx, backlog=1024)

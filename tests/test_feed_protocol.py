@@ -253,3 +253,11 @@ async def test_pushes_run_concurrently_without_mixing(live_server: LiveServer, t
     answers = await asyncio.gather(*(put_package(live_server, data) for data in datas))
     assert [a.status for a in answers] == [201] * 10
     assert live_server.server.db.sync(feed.versions, "many.pkg") == [f"1.0.{n}" for n in range(10)]
+
+
+async def test_a_long_request_line_still_gets_a_json_error(live_server: LiveServer) -> None:
+    """Three long path parameters and a long query (14 KB): the app answers, in JSON, not aiohttp's parser."""
+    long = "x" * 3000
+    path = f"/nuget/v3/registration/{long}/page/{long}/{long}.json?q={'9' * 5000}"
+    answer = await call(live_server, "GET", path)
+    assert (answer.status, answer.headers["Content-Type"]) == (404, "application/json")
