@@ -44,7 +44,10 @@ from urllib.parse import urlsplit
 from server_shim.store import feed_catalog as catalog
 from server_shim.store.database import Database
 from server_shim.store.feed_staging import Staged, clean_stale, stage_file
-from server_shim.store.package_checks import Identified, PackageError, identify, kind_of
+
+# PackageError and split_file_name are re-exported (`as`): callers catch and use them from here.
+from server_shim.store.package_checks import Identified, identify, kind_of
+from server_shim.store.package_checks import PackageError as PackageError
 from server_shim.store.package_checks import split_file_name as split_file_name
 from tentacle.common.atomicfile import fsync_directory
 from tentacle.errors import Conflict, InvalidInput, NotFound, StorageError, TooLarge
@@ -81,9 +84,6 @@ class FeedError(InvalidInput):
     """A mirror feed definition or export base URL that cannot be used."""
 
     exit_code = 2
-
-
-__all__ = ["PackageError", "split_file_name"]  # re-exported: callers catch and use them from here
 
 
 def store_dir(state: Path) -> Path:
