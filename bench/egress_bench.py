@@ -90,7 +90,7 @@ def main(quick: bool) -> dict[str, Any]:
             write_random_zip(source, member)
             size = push_package(server, source).size
             source.unlink()
-        server.cli("feed", "export", str(root / "export"))
+        server.cli("feed", "export", "--relative", str(root / "export"))
         nginx = Nginx(root / "nginx", root / "export", mirror_pki(server.home, root / "mirror-pki"))
         tentacles = ListeningTentacles(root / "tentacles", server)
         relay = CountingRelay()

@@ -104,7 +104,7 @@ def main(quick: bool) -> dict[str, Any]:
         write_random_zip(source, member)
         pkg = push_package(server, source)
         source.unlink()
-        server.cli("feed", "export", str(root / "export"))
+        server.cli("feed", "export", "--relative", str(root / "export"))
         pki = Pki.create(root / "pki")
         nginx = Nginx(root / "nginx", root / "export", pki)
         tentacles = ListeningTentacles(root / "tentacles", server)

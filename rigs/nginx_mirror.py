@@ -80,7 +80,11 @@ class Pki:
         ca_key = new_key()
         ca = build_certificate("Tentacle test CA", ca_key.public_key(), ca_key, ca=True)
         files = cls(*(directory / name for name in _PKI_FILES))
-        ip: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        # localhost too: Mono (NuGet.exe) matches host names only, never IP addresses.
+        ip: list[x509.GeneralName] = [
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.DNSName("localhost"),
+        ]
         for cert_path, key_path, name, san in (
             (files.server_cert, files.server_key, "mirror", ip),
             (files.client_cert, files.client_key, "web-01", None),
@@ -163,6 +167,7 @@ class Nginx:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     crl: Path | None = None  # a revocation list for ``ssl_crl`` (server-shim show-crl)
+    verify_clients: bool = True  # False: a public mirror, as NuGet clients without certificates use
 
     @property
     def index_url(self) -> str:
@@ -259,7 +264,7 @@ http {{
         ssl_certificate {self.pki.server_cert};
         ssl_certificate_key {self.pki.server_key};
         ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_verify_client on;
+        ssl_verify_client {"on" if self.verify_clients else "off"};
         ssl_client_certificate {self.pki.ca};{f"{chr(10)}        ssl_crl {self.crl};" if self.crl else ""}
         root {self.root};
     }}

@@ -40,6 +40,7 @@ from tentacle.net.tls import client_context, server_context
 
 log = logging.getLogger("server_shim.app")
 POLL_HEARTBEAT = 20.0
+MAX_REQUEST_LINE = 32 * 1024
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Server:
         app[api.AUTHORITY] = Authority(self.paths.config)
         api.add_routes(app)
         projects_api.add_routes(app)
-        feed_api.add_routes(app, self.paths.state)  # sets feed_api.FEED_DIR to <state>/feed
+        feed_api.add_routes(app, feed.store_dir(self.paths.state), self.config.feed.max_package_bytes)
         app[tasks_api.DISPATCHER] = self.dispatcher
         tasks_api.add_routes(app)
         return app
@@ -102,7 +103,9 @@ class Server:
         # No TLS 1.3 session tickets: asyncio and aiohttp clients cannot resume a session, and
         # a restart changes the ticket key anyway; making two per handshake costs 40% of it.
         ctx.num_tickets = 0
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Request lines up to 32 KiB: a feed route takes three path parameters (id and a page's
+        # two versions), and what aiohttp refuses below the app is a text/plain 400, not our JSON.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, max_line_size=MAX_REQUEST_LINE)
         await runner.setup()
         self._runners.append(runner)
         site = LeanTLSSite(runner, host, port, ctx, backlog=1024)
@@ -111,6 +114,8 @@ class Server:
 
     async def start(self) -> None:
         """Bind both sites and start the fleet checks."""
+        # Staging files a killed push left, and rows older than the feed's catalog columns.
+        await asyncio.to_thread(feed.prepare, self.db, feed.store_dir(self.paths.state))
         base = self.api_app()
         self.bound.polling = await self._site(
             polling.make_app(base, POLL_HEARTBEAT), self.config.polling.host, self.config.polling.port, True

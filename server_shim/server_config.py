@@ -5,6 +5,7 @@
     [polling]  host = "0.0.0.0"  port = 10943      # polling tentacles' websockets
     [checks]   interval = 5.0    timeout = 5.0     # how often listening tentacles are pinged
     [tasks]    target_lost_after = 120.0           # a target unreachable this long fails its task
+    [feed]     max_package_bytes = 17179869184     # the largest package the feed takes (16 GiB)
 
 ``SERVER_SHIM_*`` variables override the file; `run --listen/--polling-listen` override both.
 """
@@ -62,6 +63,17 @@ class Tasks:
 
 
 @dataclass(frozen=True)
+class Feed:
+    """The built-in feed."""
+
+    max_package_bytes: int = 16 * 1024**3
+
+    def __post_init__(self) -> None:
+        if self.max_package_bytes < 1:
+            raise ValueError(f"feed.max_package_bytes: must be at least 1, not {self.max_package_bytes}")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything `server-shim run` needs, validated."""
 
@@ -72,6 +84,7 @@ class ServerConfig:
     polling: Endpoint = field(default_factory=lambda: Endpoint(port=10943))
     checks: Checks = field(default_factory=Checks)
     tasks: Tasks = field(default_factory=Tasks)
+    feed: Feed = field(default_factory=Feed)
 
     def __post_init__(self) -> None:
         url = urlsplit(self.public_url)

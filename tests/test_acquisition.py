@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from rigs.nginx_mirror import Mirrors, Nginx, Pki, TcpProxy
 from server_shim import server_config
+from server_shim.store import feed_export
 from server_shim.store import feed_store as feed
 from tentacle.common.paths import InstancePaths
 from tentacle.net.pki import build_certificate, cert_pem, key_pem, load_cert, new_key, write_private
@@ -94,7 +95,7 @@ class Site:
 
     async def start_mirror(self, crl: Path | None = None) -> Nginx:
         out = self.tmp / "export"
-        await asyncio.to_thread(feed.export, self.live.server.db, self.feed_dir, out, None)
+        await asyncio.to_thread(feed_export.export, self.live.server.db, self.feed_dir, out, None)
         pki_dir = self.tmp / f"mirror-pki-{len(self.mirrors)}"
         mirrors = Mirrors(self.tmp / f"nginx-{len(self.mirrors)}", _mirror_pki(self.live, pki_dir))
         self.mirrors.append(mirrors)
@@ -282,7 +283,7 @@ async def test_a_tentacle_killed_during_acquisition_resumes_it_after_restart(
     live = site.live
     blob = os.urandom(12 * 1024 * 1024)
     await site.push_package(f"{DB}.3.0.0.tar.gz", _tgz({"migrate.sh": b"echo migrated\n", "blob": blob}))
-    await asyncio.to_thread(feed.export, live.server.db, site.feed_dir, tmp_path / "export", None)
+    await asyncio.to_thread(feed_export.export, live.server.db, site.feed_dir, tmp_path / "export", None)
     assert site.mirror is not None
     # Stalls past the writer's first 4 MiB buffer, so that the partial has bytes on disk.
     proxy = await TcpProxy(site.mirror.port, stall_after=6 * 1024 * 1024).start()

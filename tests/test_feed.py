@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 from server_shim import server_config
 from server_shim.ca import Authority
 from server_shim.cli import main as cli
+from server_shim.store import feed_export
 from server_shim.store import feed_store as feed
 from server_shim.store import machine_rows as machines
 from server_shim.store.database import Database
@@ -32,6 +33,7 @@ from server_shim.store.feed_store import (
     PackageConflict,
     PackageError,
     PackageNotFound,
+    PackageTooLarge,
 )
 from tentacle.common.paths import InstancePaths
 from tentacle.net import pki
@@ -192,10 +194,11 @@ def test_push_refuses_file_that_is_not_what_its_name_says(store: Store, name: st
 
 
 def test_push_refuses_file_over_the_size_limit(store: Store) -> None:
-    """A file larger than the limit is refused and its partial copy removed."""
+    """A file larger than the limit is refused (413, as every body over a limit) and its copy removed."""
     source = make_tar_gz(store.src / "Big.1.0.0.tar.gz", bytes(range(256)) * 64)
-    with pytest.raises(PackageError, match="larger than the 100 bytes"):
+    with pytest.raises(PackageTooLarge, match="larger than the 100 bytes") as caught:
         feed.push(store.db, store.feed_dir, source, max_bytes=100)
+    assert caught.value.http_status == 413
     assert list(store.feed_dir.iterdir()) == []
 
 
@@ -223,7 +226,7 @@ def test_repush_of_identical_bytes_changes_nothing(store: Store) -> None:
 def test_repush_of_other_bytes_conflicts(store: Store, second_version: str) -> None:
     """The same version (by NuGet equality) with other bytes is a 409 conflict; the file stays."""
     first = store.push(make_nupkg(store.src / "a.nupkg", "Foo", "1.0.0-beta", b"one"))
-    with pytest.raises(PackageConflict, match="already in the built-in feed with other content") as caught:
+    with pytest.raises(PackageConflict, match=r"in the built-in feed \(with other content\)") as caught:
         store.push(make_nupkg(store.src / "b.nupkg", "foo", second_version, b"two"))
     assert caught.value.http_status == 409
     assert sha512_of(feed.file_path(store.feed_dir, first)) == first.sha512
@@ -299,6 +302,9 @@ def test_add_feed_refuses_bad_definitions(store: Store, name: str, mirrors: list
 # --- static export --------------------------------------------------------------------------
 
 
+BASE = "https://mirror.example/feed/"
+
+
 def read_json(path: Path) -> Any:
     """A JSON file's content."""
     return json.loads(path.read_text())
@@ -309,10 +315,13 @@ def test_export_writes_a_static_v3_feed(store: Store, tmp_path: Path) -> None:
     push_versions(store, "My.App", ["1.10.0", "1.2.0-RC"])
     nupkg = store.push(make_nupkg(store.src / "x.nupkg", "Other", "3.0.0"))
     out = tmp_path / "export"
-    report = feed.export(store.db, store.feed_dir, out, None)
+    report = feed_export.export(store.db, store.feed_dir, out, "https://mirror.example/tentacle")
     assert (report.packages, report.copied, report.skipped) == (3, 3, 0)
     resource = read_json(out / "index.json")["resources"][0]
-    assert (resource["@type"], resource["@id"]) == ("PackageBaseAddress/3.0.0", "flatcontainer/")
+    assert (resource["@type"], resource["@id"]) == (
+        "PackageBaseAddress/3.0.0",
+        "https://mirror.example/tentacle/flatcontainer/",
+    )
     assert read_json(out / "flatcontainer/my.app/index.json") == {"versions": ["1.2.0-rc", "1.10.0"]}
     assert read_json(out / "flatcontainer/other/index.json") == {"versions": ["3.0.0"]}
     exported = out / "flatcontainer/other/3.0.0/other.3.0.0.nupkg"
@@ -321,30 +330,26 @@ def test_export_writes_a_static_v3_feed(store: Store, tmp_path: Path) -> None:
     exported_rc = out / "flatcontainer/my.app/1.2.0-rc/my.app.1.2.0-rc.zip"
     assert exported_rc.read_bytes() == feed.file_path(store.feed_dir, rc).read_bytes()
     assert exported.stat().st_mode & 0o777 == 0o644  # a web server's own user must read it
-    feed.export(store.db, store.feed_dir, out, "https://mirror.example/tentacle/")
-    assert read_json(out / "index.json")["resources"][0]["@id"] == (
-        "https://mirror.example/tentacle/flatcontainer/"
-    )
 
 
 def test_export_is_incremental(store: Store, tmp_path: Path) -> None:
     """A second export copies nothing; a new version copies one file; a lost file is copied again."""
     push_versions(store, "Web", ["1.0.0", "1.1.0"])
     out = tmp_path / "export"
-    feed.export(store.db, store.feed_dir, out, None)
+    feed_export.export(store.db, store.feed_dir, out, BASE)
     index = out / "flatcontainer/web/index.json"
     index_mtime = index.stat().st_mtime_ns
-    again = feed.export(store.db, store.feed_dir, out, None)
+    again = feed_export.export(store.db, store.feed_dir, out, BASE)
     assert (again.copied, again.skipped, again.bytes_copied) == (0, 2, 0)
     assert index.stat().st_mtime_ns == index_mtime  # unchanged index files are not rewritten
     added = store.push(make_zip(store.src / "Web.2.0.0.zip", b"two"))
-    newer = feed.export(store.db, store.feed_dir, out, None)
+    newer = feed_export.export(store.db, store.feed_dir, out, BASE)
     assert (newer.copied, newer.skipped, newer.bytes_copied) == (1, 2, added.size)
     assert read_json(index) == {"versions": ["1.0.0", "1.1.0", "2.0.0"]}
     (out / "flatcontainer/web/1.0.0/web.1.0.0.zip").unlink()
-    repaired = feed.export(store.db, store.feed_dir, out, None)
+    repaired = feed_export.export(store.db, store.feed_dir, out, BASE)
     assert (repaired.copied, repaired.skipped) == (1, 2)
-    leftovers = [p.name for p in out.rglob(".*") if p.name != feed.MANIFEST_FILE]
+    leftovers = [p.name for p in out.rglob(".*") if p.name != feed_export.MANIFEST_FILE]
     assert leftovers == []  # no temp files left behind
 
 
@@ -353,14 +358,14 @@ def test_export_refuses_a_corrupted_store(store: Store, tmp_path: Path) -> None:
     ref = store.push(make_zip(store.src / "Web.1.0.0.zip"))
     feed.file_path(store.feed_dir, ref).write_bytes(b"tampered")
     with pytest.raises(FeedCorrupt, match="does not match the sha512"):
-        feed.export(store.db, store.feed_dir, tmp_path / "export", None)
+        feed_export.export(store.db, store.feed_dir, tmp_path / "export", BASE)
     assert not (tmp_path / "export/flatcontainer/web/1.0.0/web.1.0.0.zip").exists()
 
 
 def test_export_refuses_a_bad_base_url(store: Store, tmp_path: Path) -> None:
     """--base-url must be an http(s) URL."""
     with pytest.raises(FeedError, match="base-url"):
-        feed.export(store.db, store.feed_dir, tmp_path / "export", "ftp://mirror.example/")
+        feed_export.export(store.db, store.feed_dir, tmp_path / "export", "ftp://mirror.example/")
 
 
 # --- command line -------------------------------------------------------------------------
@@ -494,17 +499,20 @@ async def test_range_and_if_range_resume_a_download(live_server: LiveServer, tmp
     assert (stale.status, stale.body) == (200, source.read_bytes())
 
 
-async def test_request_without_credentials_is_401(live_server: LiveServer) -> None:
-    """No client certificate and no API key: 401 with a JSON error."""
+async def test_request_without_credentials_is_401(live_server: LiveServer, tmp_path: Path) -> None:
+    """No client certificate and no API key: 401 with a JSON error and a Basic challenge."""
+    await push_live(live_server, make_zip(tmp_path / "src/Web.1.0.0.zip"))
     tls = client_context(live_server.paths.config / server_config.CA_CERT)
-    answer = await get(f"{live_server.url}/nuget/v3/index.json", tls)
-    assert answer.status == 401
-    assert answer.json()["error"]["code"] == "unauthorized"
+    for path in ("flatcontainer/web/index.json", "flatcontainer/web/1.0.0/web.1.0.0.zip", "search"):
+        answer = await get(f"{live_server.url}/nuget/v3/{path}", tls)
+        assert answer.status == 401, path
+        assert answer.json()["error"]["code"] == "unauthorized"
+        assert answer.headers["WWW-Authenticate"].startswith('Basic realm="server-shim feed"')
 
 
 async def test_unregistered_or_revoked_certificate_is_403(live_server: LiveServer, tmp_path: Path) -> None:
     """A certificate signed by our CA but not registered, or of a removed machine, gets 403."""
-    url = f"{live_server.url}/nuget/v3/index.json"
+    url = f"{live_server.url}/nuget/v3/search"
     stranger = tentacle_tls(live_server, tmp_path, "stranger", register=False)
     answer = await get(url, stranger)
     assert (answer.status, answer.json()["error"]["code"]) == (403, "unregistered")
@@ -523,7 +531,8 @@ async def test_operator_api_key_reads_the_feed(live_server: LiveServer, tmp_path
     answer = await get(url, tls, {"X-Api-Key": live_server.admin_key})
     assert (answer.status, answer.json()) == (200, {"versions": ["1.0.0"]})
     wrong = await get(url, tls, {"X-Api-Key": "not-a-key"})
-    assert (wrong.status, wrong.json()["error"]["message"]) == (401, "invalid API key")
+    assert wrong.status == 401
+    assert wrong.json()["error"]["message"].startswith("the API key in X-Api-Key is not valid")
 
 
 async def test_unknown_package_version_or_file_is_404(live_server: LiveServer, tmp_path: Path) -> None:

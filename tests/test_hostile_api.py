@@ -180,8 +180,9 @@ async def _populate(
         live, "POST", "/api/Default/releases/create/v1", {"projectName": "Shop", "releaseVersion": "1.0.0"}
     )
     created = await _ok(live, "POST", "/api/Default/deployments/create/untenanted/v1", DEPLOYMENT)
-    package = make_nupkg(root / "Hostile.Pkg.1.0.0.nupkg", "Hostile.Pkg", "1.0.0")
-    await asyncio.to_thread(feed.push, live.server.db, feed.store_dir(live.paths.state), package)
+    for package_id in ("Hostile.Pkg", "Hostile.Del"):  # the delete route takes the second, once
+        package = make_nupkg(root / f"{package_id}.1.0.0.nupkg", package_id, "1.0.0")
+        await asyncio.to_thread(feed.push, live.server.db, feed.store_dir(live.paths.state), package)
     known = {
         "space": ["Default"],
         "name": ["Shop", "web-01"],
@@ -189,6 +190,10 @@ async def _populate(
         "lowerid": ["hostile.pkg"],
         "lowerversion": ["1.0.0"],
         "filename": ["hostile.pkg.1.0.0.nupkg"],
+        "id": ["Hostile.Del"],
+        "version": ["1.0.0"],
+        "lower": ["1.0.0"],
+        "upper": ["1.0.0"],
     }
     return known, _valid_bodies(live, machine), machine
 

@@ -100,7 +100,11 @@ class Shim:
             time.time(),
         )
         await self.server.db.run(
-            lambda conn: conn.execute("INSERT INTO packages VALUES (?,?,?,?,?,?,?)", row)
+            lambda conn: conn.execute(
+                "INSERT INTO packages (lower_id, version, id, sha512, size, file_name, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
         )
 
     async def counts(self) -> tuple[int, int]:

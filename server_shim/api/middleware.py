@@ -47,10 +47,20 @@ B = TypeVar("B", bound=Body)
 
 
 def error_response(
-    status: int, code: str, message: str, details: dict[str, Any] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    reason: str | None = None,
 ) -> web.Response:
-    """The JSON error body of design.md."""
-    return answer(ErrorBody(error=ErrorDetail(code=code, message=message, details=details or {})), status)
+    """The JSON error body of design.md; `reason` replaces the status line's phrase (NuGet shows it)."""
+    response = answer(ErrorBody(error=ErrorDetail(code=code, message=message, details=details or {})), status)
+    response.headers.update(headers or {})
+    if reason is not None:
+        response.set_status(status, reason)
+    return response
 
 
 def answer(body: Any, status: int = 200) -> web.Response:
@@ -185,16 +195,23 @@ def _check_text(path: str, value: str, what: str = "") -> None:
 
 @web.middleware
 async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Routes under /api/{space}/ need a valid X-Api-Key."""
+    """Routes under /api/{space}/ need a valid X-Api-Key without a narrower scope than "all"."""
     if not _needs_key(request.path):
         return await handler(request)
     key = request.headers.get("X-Api-Key", "")
-    name = await request.app[DB].run(accounts.api_key_name, key) if key else None
-    if name is None:
+    found = await request.app[DB].run(accounts.api_key, key) if key else None
+    if found is None:
         event(log, "api.unauthorized", logging.WARNING, path=request.path, peer=request.remote)
         reason = "missing X-Api-Key header" if not key else "invalid API key"
         return error_response(401, "unauthorized", reason)
-    request[API_KEY_NAME] = name
+    if not found.allows(accounts.ALL):
+        event(log, "api.forbidden", logging.WARNING, path=request.path, key=found.name)
+        message = (
+            f"API key {found.name!r} is limited to {found.shown_scopes()}: the API needs a key"
+            " created without --scope"
+        )
+        return error_response(403, "forbidden", message, {"scopes": sorted(found.scopes)})
+    request[API_KEY_NAME] = found.name
     return await handler(request)
 
 

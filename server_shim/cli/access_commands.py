@@ -1,7 +1,7 @@
 """Who may do what: registration tokens, API keys, and the machines they let in.
 
 server-shim token create [--uses N] [--expires 24h] [--environment E] [--role R]
-server-shim api-key create NAME
+server-shim api-key create NAME [--scope feed:push ...]
 server-shim machines [--json]          (API client: one request)
 server-shim machines remove NAME       (API client: one request; revokes the certificate)
 """
@@ -58,10 +58,19 @@ class ApiKeyCreate(LocalCommand):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("name")
+        scopes = "; ".join(f"{name}: {what}" for name, what in accounts.SCOPES.items())
+        parser.add_argument(
+            "--scope",
+            action="append",
+            default=[],
+            metavar="SCOPE",
+            help=f"limit what the key may do (repeat); {scopes}",
+        )
 
     def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
+        scopes = accounts.check_scopes(args.scope)
         with self.database(paths) as db:
-            print(db.sync(accounts.create_api_key, args.name))
+            print(db.sync(accounts.create_api_key, args.name, scopes))
         return 0
 
 

@@ -11,15 +11,21 @@ import json
 import sys
 from pathlib import Path
 
+from server_shim import server_config as cfg
 from server_shim.cli.command import Command, LocalCommand
+from server_shim.store import feed_export
 from server_shim.store import feed_store as feed
 from server_shim.store.database import Database
+from server_shim.store.feed_staging import clean_stale
 from tentacle.common.paths import InstancePaths
 from tentacle.errors import TentacleError
 from tentacle.protocol.process import BUILTIN_FEED
 
 
 def _push_all(db: Database, feed_dir: Path, files: list[Path]) -> int:
+    removed = clean_stale(feed_dir)
+    if removed:
+        print(f"server-shim: removed {removed} temp file(s) left by an interrupted push", file=sys.stderr)
     failed = 0
     for file in files:
         try:
@@ -35,11 +41,18 @@ def _push_all(db: Database, feed_dir: Path, files: list[Path]) -> int:
 
 
 def _export(db: Database, paths: InstancePaths, args: argparse.Namespace) -> int:
-    report = feed.export(db, feed.store_dir(paths.state), args.dir, args.base_url)
+    base_url = None if args.relative else args.base_url or cfg.load(paths).public_url
+    report = feed_export.export(db, feed.store_dir(paths.state), args.dir, base_url)
     print(
-        f"exported {report.packages} packages to {args.dir}: {report.copied} copied"
+        f"exported {report.packages} packages to {args.dir} for {report.base_url}: {report.copied} copied"
         f" ({report.bytes_copied} bytes), {report.skipped} already there"
     )
+    if not args.base_url and not args.relative:
+        print(
+            f"server-shim: the export's URLs start with the server's public URL {report.base_url};"
+            " pass --base-url with the URL where DIR is served",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -83,7 +96,15 @@ class FeedExport(LocalCommand):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("dir", type=Path, metavar="DIR")
         parser.add_argument(
-            "--base-url", metavar="URL", help="where DIR will be served (default: relative URLs)"
+            "--base-url",
+            metavar="URL",
+            help="the URL where DIR will be served; every URL in the feed starts with it"
+            " (default: the server's public URL)",
+        )
+        parser.add_argument(
+            "--relative",
+            action="store_true",
+            help="relative URLs and the flat container alone: for mirrors that only tentacles use",
         )
 
     def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:

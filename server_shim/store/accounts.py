@@ -2,6 +2,10 @@
 
 Both are 160+ bits of randomness, so a plain SHA-256 is the right hash (no need for
 a slow password hash); lookups compare hashes, never the secrets themselves.
+
+An API key has scopes: ``all`` (the default: the API, deployments, the feed) or any of
+``feed:read``, ``feed:push``, ``feed:delete`` (the built-in feed alone; push and delete
+include read). A CI job that publishes packages gets ``feed:push`` and cannot deploy.
 """
 
 from __future__ import annotations
@@ -13,12 +17,23 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from tentacle.errors import Forbidden, UsageError
 from tentacle.protocol.identity import check_name
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+ALL = "all"
+FEED_READ, FEED_PUSH, FEED_DELETE = "feed:read", "feed:push", "feed:delete"
+SCOPES = {
+    ALL: "everything: the API, deployments and the feed (the default)",
+    FEED_READ: "read the built-in feed",
+    FEED_PUSH: "read the built-in feed and push packages",
+    FEED_DELETE: "read the built-in feed and delete packages",
+}
+# Which scopes grant a scope besides itself (and "all", which grants everything).
+_GRANTED_BY = {FEED_READ: {FEED_READ, FEED_PUSH, FEED_DELETE}}
 
 
 class TokenRefused(Forbidden):
@@ -107,14 +122,45 @@ def use_token(
     conn.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ?", (digest(token),))
 
 
-def create_api_key(conn: sqlite3.Connection, name: str) -> str:
-    """A new API key under `name` (replacing any key of that name)."""
+@dataclass(frozen=True)
+class ApiKey:
+    """A valid API key: its name and what it may do (`SCOPES`)."""
+
+    name: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        """True when the key has `scope`, or a scope that includes it."""
+        return ALL in self.scopes or bool(self.scopes & _GRANTED_BY.get(scope, {scope}))
+
+    def shown_scopes(self) -> str:
+        """The scopes, as `api-key create --scope` takes them."""
+        return ", ".join(sorted(self.scopes))
+
+
+def check_scopes(scopes: Sequence[str]) -> tuple[str, ...]:
+    """The scopes without duplicates, sorted; UsageError naming an unknown one."""
+    for scope in scopes:
+        if scope not in SCOPES:
+            known = ", ".join(f"{name} ({what})" for name, what in SCOPES.items())
+            raise UsageError(f"--scope {scope!r}: unknown; use one of {known}")
+    return tuple(sorted(set(scopes))) or (ALL,)
+
+
+def create_api_key(conn: sqlite3.Connection, name: str, scopes: Sequence[str] = (ALL,)) -> str:
+    """A new API key under `name` (replacing any key of that name), limited to `scopes`."""
+    granted = check_scopes(scopes)
     key = "API-" + secrets.token_urlsafe(30)
-    conn.execute("INSERT OR REPLACE INTO api_keys VALUES (?, ?, ?)", (name, digest(key), time.time()))
+    conn.execute(
+        "INSERT INTO api_keys (name, key_hash, created_at, scopes) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET key_hash = excluded.key_hash,"
+        " created_at = excluded.created_at, scopes = excluded.scopes",
+        (name, digest(key), time.time(), json.dumps(list(granted))),
+    )
     return key
 
 
-def api_key_name(conn: sqlite3.Connection, key: str) -> str | None:
-    """The name of the API key, or None when it is not valid."""
-    row = conn.execute("SELECT name FROM api_keys WHERE key_hash = ?", (digest(key),)).fetchone()
-    return None if row is None else str(row["name"])
+def api_key(conn: sqlite3.Connection, key: str) -> ApiKey | None:
+    """The API key's name and scopes, or None when it is not valid."""
+    row = conn.execute("SELECT name, scopes FROM api_keys WHERE key_hash = ?", (digest(key),)).fetchone()
+    return None if row is None else ApiKey(str(row["name"]), frozenset(json.loads(row["scopes"])))

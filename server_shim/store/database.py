@@ -87,6 +87,24 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE revoked_certificates ADD COLUMN certificate TEXT;
     """,
+    # The built-in feed as a NuGet server (issue 12). API keys get scopes (a JSON list; the
+    # keys made before keep every right, "all"). A package keeps what NuGet clients are
+    # shown (catalog: its nuspec's fields and dependency groups, JSON), its version with
+    # SemVer 2 metadata, and whether it is a prerelease or SemVer 2 only; NULL marks rows
+    # pushed before this, which the server fills in from their files at start. package_ids
+    # holds one row per package id for search: its text, and whether any NuGet package of
+    # it is visible to each of the four kinds of search (stable or any; SemVer 1 or 2).
+    """
+    ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT '["all"]';
+    ALTER TABLE packages ADD COLUMN full_version TEXT;
+    ALTER TABLE packages ADD COLUMN catalog TEXT;
+    ALTER TABLE packages ADD COLUMN prerelease INTEGER;
+    ALTER TABLE packages ADD COLUMN semver2 INTEGER;
+    CREATE TABLE package_ids (
+        lower_id TEXT PRIMARY KEY, id TEXT NOT NULL, search_text TEXT NOT NULL,
+        stable1 INTEGER NOT NULL, any1 INTEGER NOT NULL,
+        stable2 INTEGER NOT NULL, any2 INTEGER NOT NULL);
+    """,
 ]
 
 
@@ -98,6 +116,9 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
+        # LIKE compares case-sensitively, as in PostgreSQL; callers lowercase both sides where
+        # case must not count (the feed's search), and SQLite's case-folding LIKE is 40% slower.
+        conn.execute("PRAGMA case_sensitive_like=ON")
         migrate(conn)
     except sqlite3.DatabaseError as exc:
         raise ConfigError(f"{path}: cannot open database: {exc}") from exc

@@ -19,7 +19,6 @@ import gzip
 import io
 import lzma
 import os
-import stat
 import struct
 import tarfile
 import zipfile
@@ -29,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol
 
-from tentacle.errors import InvalidInput
+# ArchiveError is re-exported (`as`): readers raise it, callers catch it from here.
+from tentacle.protocol.member_names import ArchiveError as ArchiveError
+from tentacle.protocol.member_names import zip_member_kind, zip_member_name
 
 _KIB = 1024
 _MIB = 1024 * _KIB
@@ -49,16 +50,6 @@ READ_ERRORS = (
     tarfile.TarError,
     NotImplementedError,
 )
-
-
-class ArchiveError(InvalidInput):
-    """The archive breaks a rule: ``rule`` names it, ``member`` the entry (None: the archive)."""
-
-    def __init__(self, rule: str, detail: str, *, member: str | None = None) -> None:
-        where = "archive" if member is None else f"member {member!r}"
-        super().__init__(f"{where} breaks rule '{rule}': {detail}", details={"rule": rule, "member": member})
-        self.rule = rule
-        self.member = member
 
 
 @dataclass(frozen=True)
@@ -113,13 +104,6 @@ class Reader(Protocol):
 
 
 _ZIP_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
-_SPECIAL_MODES = {
-    stat.S_IFLNK: "symlink",
-    stat.S_IFCHR: "device file",
-    stat.S_IFBLK: "device file",
-    stat.S_IFIFO: "fifo",
-    stat.S_IFSOCK: "special member",
-}
 
 
 class _ZipReader:
@@ -146,29 +130,19 @@ class _ZipReader:
 
 def _zip_entry(info: zipfile.ZipInfo) -> Entry:
     # orig_filename is the name before zipfile cut it at a NUL: validate what was stored.
-    name = info.orig_filename
+    name = zip_member_name(info.orig_filename, info.flag_bits)
     if info.flag_bits & 0x1:
         raise ArchiveError("encrypted", "encrypted members are not supported", member=name)
     if info.compress_type not in _ZIP_METHODS:
         raise ArchiveError("compression method", f"method {info.compress_type} is not supported", member=name)
     mode = info.external_attr >> 16
-    kind = _zip_kind(name, mode)
+    kind = zip_member_kind(name, mode)
     if kind == "dir" and info.file_size:
         raise ArchiveError("directory with data", "a directory entry holds data", member=name)
     if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
         raise ArchiveError("declared size", "a stored member's two declared sizes differ", member=name)
     executable = kind == "file" and bool(mode & 0o111)
     return Entry(name, kind, info.file_size, info.compress_size, executable, info)
-
-
-def _zip_kind(name: str, mode: int) -> str:
-    file_type = stat.S_IFMT(mode)
-    if file_type in _SPECIAL_MODES:
-        return _SPECIAL_MODES[file_type]
-    if name.endswith("/") or file_type == stat.S_IFDIR:
-        return "dir"
-    # No Unix mode at all (0) is how non-Unix tools write regular files.
-    return "file" if file_type in (0, stat.S_IFREG) else "special member"
 
 
 _EOCD = struct.Struct("<4s4H2LH")

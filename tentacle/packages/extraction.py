@@ -23,7 +23,6 @@ This module does blocking file I/O by design: the agent calls it in a worker thr
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import zipfile
@@ -43,14 +42,10 @@ from tentacle.packages.archives import (
     open_reader,
     reading,
 )
+from tentacle.protocol.member_names import is_nuget_metadata, member_path
 from tentacle.protocol.nuspec import MAX_NUSPEC_BYTES, NuspecError, NuspecInfo, parse_nuspec
 
 _CHUNK = 256 * 1024
-# Linux NAME_MAX: a longer component could not be created anyway.
-_MAX_COMPONENT_BYTES = 255
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_DRIVE = re.compile(r"[A-Za-z]:")
 
 
 class DestinationError(TentacleError):
@@ -121,14 +116,15 @@ class _Validator:
         if self._count > self._limits.max_entries:
             detail = f"more than {self._limits.max_entries} entries"
             raise ArchiveError("entry count", detail, member=entry.name)
-        path = _member_path(entry.name, entry.kind == "dir", self._limits.max_name_length)
+        limit = self._limits.max_name_length
+        path = member_path(entry.name, entry.kind == "dir", limit, percent_encoded=self._nupkg)
         if entry.kind not in ("file", "dir"):
             detail = "only regular files and directories are allowed"
             raise ArchiveError(entry.kind, detail, member=entry.name)
         self._check_sizes(entry)
         if path:  # an empty path is the root itself ("./"): nothing to create
             self._claim(path, entry)
-            skip = self._nupkg and _is_nuget_metadata(path)
+            skip = self._nupkg and is_nuget_metadata(path)
             self.plan.append(_Planned(path, entry, skip))
 
     def _claim(self, path: str, entry: Entry) -> None:
@@ -167,50 +163,6 @@ class _Validator:
 
 def _too_compressed(size: int, packed: int, limits: Limits) -> bool:
     return size > limits.ratio_grace_bytes and size > limits.max_ratio * max(packed, 1)
-
-
-def _member_path(name: str, is_dir: bool, max_length: int) -> str:
-    """The normalised relative path of a member; raises ArchiveError for a hostile name."""
-    _check_characters(name, max_length)
-    if name.startswith("/"):
-        raise ArchiveError("absolute path", "names must be relative", member=name)
-    parts = [part for part in name.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise ArchiveError(".. component", "names must not climb out with '..'", member=name)
-    if parts and _DRIVE.match(parts[0]):
-        raise ArchiveError("drive letter", "names must not start with a drive", member=name)
-    if any(len(part.encode()) > _MAX_COMPONENT_BYTES for part in parts):
-        detail = f"a component is longer than {_MAX_COMPONENT_BYTES} bytes"
-        raise ArchiveError("name too long", detail, member=name)
-    if not parts and not is_dir:
-        raise ArchiveError("empty name", "a file needs a name", member=name)
-    return "/".join(parts)
-
-
-def _check_characters(name: str, max_length: int) -> None:
-    if "\x00" in name:
-        raise ArchiveError("NUL in name", "names must not contain NUL", member=name)
-    if _CONTROL.search(name):
-        raise ArchiveError("control character in name", "names must be printable", member=name)
-    try:
-        encoded = name.encode("utf-8")
-    except UnicodeEncodeError as exc:  # tar names that are not UTF-8 decode to surrogates
-        raise ArchiveError("name encoding", "names must be UTF-8", member=name) from exc
-    if len(encoded) > max_length:
-        detail = f"{len(encoded)} bytes, more than {max_length}"
-        raise ArchiveError("name too long", detail, member=name)
-    if "\\" in name:
-        raise ArchiveError("backslash", "names must use / as the separator", member=name)
-
-
-def _is_nuget_metadata(path: str) -> bool:
-    """NuGet's own packaging parts, which are not package content (compared as NuGet does)."""
-    lowered = path.lower()
-    return (
-        lowered in ("[content_types].xml", "_rels", "package")
-        or lowered.startswith(("_rels/", "package/"))
-        or lowered.endswith(".psmdcp")
-    )
 
 
 def _read_nuspec(plan: list[_Planned], reader: Reader) -> NuspecInfo:

@@ -1,31 +1,50 @@
-"""A package's identity read from its ``.nuspec`` manifest (pure, no I/O).
+"""A package's manifest read from its ``.nuspec`` (pure, no I/O).
 
 How it works: expat parses the document with namespace processing and a handful of
-handlers that keep only what we need (``package/metadata/id`` and ``.../version``). A
-document type declaration is refused the moment expat meets it, before any entity can
-be declared, so entity-expansion ("billion laughs") and external-entity attacks never
-start. Names are matched the way NuGet's own reader does: ``metadata`` by local name in
-any namespace (legacy packages put the namespace there), ``id`` and ``version`` in the
-namespace of ``metadata``; so every nuspec schema namespace NuGet ever used, and none,
-is accepted.
+handlers that keep only what we need: ``package/metadata/id`` and ``.../version`` (all the
+tentacle needs), the descriptive fields a feed shows (`TEXT_FIELDS`), and the dependency
+groups. A document type declaration is refused the moment expat meets it, before any
+entity can be declared, so entity-expansion ("billion laughs") and external-entity attacks
+never start. Names are matched the way NuGet's own reader does: ``metadata`` by local name
+in any namespace (legacy packages put the namespace there), its children in the namespace
+of ``metadata``; so every nuspec schema namespace NuGet ever used, and none, is accepted.
+
+Dependencies come as NuGet writes them: ``<dependencies><group targetFramework="...">
+<dependency id=".." version=".."/></group></dependencies>``, or, in old packages, the
+``<dependency>`` elements straight inside ``<dependencies>`` (one group for every framework).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from xml.parsers import expat
 
 from tentacle.errors import InvalidInput
 
 MAX_NUSPEC_BYTES = 1024 * 1024
-
-_FIELDS = ("id", "version")
+# Metadata elements kept as text, besides id and version (NuGet's names, camelCase).
+TEXT_FIELDS = (
+    "title",
+    "authors",
+    "owners",
+    "description",
+    "summary",
+    "tags",
+    "projectUrl",
+    "iconUrl",
+    "licenseUrl",
+    "requireLicenseAcceptance",
+    "minClientVersion",
+    "language",
+)
+_IDENTITY = ("id", "version")
 # NuGet's PackageIdValidator: word characters separated by single dots or dashes.
 _ID = re.compile(r"\w+(?:[.-]\w+)*")
 _MAX_ID_LENGTH = 100
 # Shape only: the NuGet version rules themselves live in their own module.
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,127}")
+_MAX_DEPENDENCIES = 10_000
 
 
 class NuspecError(InvalidInput):
@@ -40,12 +59,50 @@ class NuspecInfo:
     version: str
 
 
+@dataclass(frozen=True)
+class Dependency:
+    """One package a package depends on; ``range`` as the nuspec wrote it ('' means any)."""
+
+    id: str
+    range: str = ""
+
+
+@dataclass(frozen=True)
+class DependencyGroup:
+    """The dependencies for one target framework ('' : every framework)."""
+
+    target_framework: str = ""
+    dependencies: tuple[Dependency, ...] = ()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a feed keeps from a nuspec: identity, descriptive text, dependency groups."""
+
+    id: str
+    version: str
+    fields: dict[str, str] = field(default_factory=dict)
+    dependency_groups: tuple[DependencyGroup, ...] = ()
+
+
 def parse_nuspec(xml: bytes) -> NuspecInfo:
     """The id and version of a .nuspec document; raises NuspecError when it is unusable."""
+    manifest = read_manifest(xml)
+    return NuspecInfo(manifest.id, manifest.version)
+
+
+def read_manifest(xml: bytes) -> Manifest:
+    """The whole manifest of a .nuspec document; raises NuspecError when it is unusable."""
     if len(xml) > MAX_NUSPEC_BYTES:
         raise NuspecError(f"nuspec is {len(xml)} bytes, more than the {MAX_NUSPEC_BYTES} allowed")
-    values = _ManifestReader().read(xml)
-    return NuspecInfo(id=_checked_id(values.get("id")), version=_checked_version(values))
+    reader = _ManifestReader()
+    values = reader.read(xml)
+    return Manifest(
+        id=_checked_id(values.get("id")),
+        version=_checked_version(values),
+        fields={name: values[name].strip() for name in TEXT_FIELDS if name in values},
+        dependency_groups=reader.groups(),
+    )
 
 
 def _checked_id(value: str | None) -> str:
@@ -70,15 +127,22 @@ def _checked_version(values: dict[str, str]) -> str:
 
 
 class _ManifestReader:
-    """Expat handlers that collect the text of metadata/id and metadata/version."""
+    """Expat handlers that collect metadata text and dependency groups.
+
+    Each open element gets a role from its parent's role (the table in `_ROLES`):
+    ``package`` > ``metadata`` > ``field`` | ``dependencies`` > ``group`` > ``dependency``;
+    anything else is ``other`` and everything inside it is ignored.
+    """
 
     def __init__(self) -> None:
-        # One role per open element: "package", "metadata", "field" or "other".
         self._stack: list[str] = []
         self._seen_metadata = False
         self._metadata_ns = ""
         self._field: str | None = None
         self._text: list[str] = []
+        self._groups: list[tuple[str, list[Dependency]]] = []
+        self._flat: list[Dependency] = []  # old packages: <dependency> straight in <dependencies>
+        self._count = 0
         self.values: dict[str, str] = {}
 
     def read(self, xml: bytes) -> dict[str, str]:
@@ -97,9 +161,20 @@ class _ManifestReader:
             raise NuspecError(f"nuspec is not well-formed XML: {exc}") from exc
         return self.values
 
-    def _start(self, name: str, _attributes: dict[str, str]) -> None:
+    def groups(self) -> tuple[DependencyGroup, ...]:
+        """The dependency groups, in document order (the flat list first, as one group)."""
+        found = [DependencyGroup("", tuple(self._flat))] if self._flat else []
+        found += [DependencyGroup(tfm, tuple(deps)) for tfm, deps in self._groups]
+        return tuple(found)
+
+    def _start(self, name: str, attributes: dict[str, str]) -> None:
         namespace, _, local = name.rpartition(" ")
-        self._stack.append(self._role(namespace, local))
+        role = self._role(namespace, local)
+        self._stack.append(role)
+        if role == "group":
+            self._groups.append((attributes.get("targetFramework", "").strip(), []))
+        elif role in ("dependency", "flat dependency"):
+            self._add_dependency(role, attributes)
 
     def _role(self, namespace: str, local: str) -> str:
         parent = self._stack[-1] if self._stack else None
@@ -111,12 +186,33 @@ class _ManifestReader:
             self._seen_metadata = True
             self._metadata_ns = namespace
             return "metadata"
-        if parent == "metadata" and local in _FIELDS and namespace == self._metadata_ns:
+        if namespace != self._metadata_ns:
+            return "other"
+        return self._child_role(parent, local)
+
+    def _child_role(self, parent: str, local: str) -> str:
+        if parent == "metadata" and (local in _IDENTITY or local in TEXT_FIELDS):
             if local in self.values:
                 raise NuspecError(f"nuspec has more than one <{local}> in <metadata>")
             self._field, self._text = local, []
             return "field"
-        return "other"
+        if parent == "metadata" and local == "dependencies":
+            return "dependencies"
+        if parent == "dependencies" and local == "group":
+            return "group"
+        if parent == "dependencies" and local == "dependency":
+            return "flat dependency"
+        return "dependency" if parent == "group" and local == "dependency" else "other"
+
+    def _add_dependency(self, role: str, attributes: dict[str, str]) -> None:
+        self._count += 1
+        if self._count > _MAX_DEPENDENCIES:
+            raise NuspecError(f"nuspec has more than {_MAX_DEPENDENCIES} dependencies")
+        package_id = attributes.get("id", "").strip()
+        if not package_id:
+            raise NuspecError("nuspec has a <dependency> without an id")
+        dependency = Dependency(package_id, attributes.get("version", "").strip())
+        (self._flat if role == "flat dependency" else self._groups[-1][1]).append(dependency)
 
     def _end(self, _name: str) -> None:
         if self._stack.pop() == "field" and self._field is not None:
