@@ -72,7 +72,7 @@ def test_messages_round_trip() -> None:
         ('{"kind": "response", "id": "1", "error": "x"}', "error: expected an object or null, got a string"),
         ('{"kind": "response", "id": "1", "error": {"code": "x"}}', "error.message: required"),
         ('{"kind": "response", "id": "1"}', "message: a response has exactly one of result and error"),
-        ('{"kind": "request", "id": "1", "params": ' + "[" * 100_000, "message: nested too deeply"),
+        ('{"kind": "request", "id": "1", "params": ' + "[" * 100_000, "message: nested too deep"),
     ],
 )
 def test_bad_messages_are_refused_naming_the_path(text: str, message: str) -> None:

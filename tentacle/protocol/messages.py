@@ -142,7 +142,7 @@ def parse(data: str | bytes, decoder: msgspec.json.Decoder[T], root: str) -> T:
 def _where(exc: msgspec.DecodeError | RecursionError) -> tuple[str, str]:
     """(path, problem) of a decoding failure."""
     if isinstance(exc, RecursionError):
-        return "", "nested too deeply"
+        return "", "nested too deep"
     return wire.describe(exc)
 
 
