@@ -21,6 +21,7 @@ the raw bodies of the envelope (`tentacle.protocol.messages`) into them. Pure.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Final, Generic, Literal, TypeVar
@@ -213,14 +214,17 @@ TASK_FINISH: Final = Call(Method.TASK_FINISH, StopParams, StopResult)
 CALLS: Final[dict[Method, Call[Any, Any]]] = {
     call.method: call for call in (PING, TASK_START, TASK_GATE, TASK_STATUS, TASK_CANCEL, TASK_FINISH)
 }
-_DECODERS: Final = {kind: msgspec.json.Decoder(kind) for kind in {c.params for c in CALLS.values()}} | {
-    kind: msgspec.json.Decoder(kind) for kind in {c.result for c in CALLS.values()}
-}
+
+
+@functools.cache
+def _decoder(kind: type[Wire]) -> msgspec.json.Decoder[Any]:
+    """One decoder per struct, made at its first use (an idle tentacle decodes few kinds)."""
+    return msgspec.json.Decoder(kind)
 
 
 def read_params(call: Call[P, Any], request: Request) -> P:
     """The request's params as the call's params struct; `MessageError` names ``params.<path>``."""
-    decoded: P = parse(request.params, _DECODERS[call.params], "params")
+    decoded: P = parse(request.params, _decoder(call.params), "params")
     return decoded
 
 
@@ -234,7 +238,7 @@ def read_result(call: Call[Any, R], response: Response, peer: str) -> R:
     if response.error is not None:
         raise RemoteError(f"{call.method}: {response.error.message}", code=response.error.code, status=400)
     try:
-        decoded: R = parse(response.result, _DECODERS[call.result], "result")
+        decoded: R = parse(response.result, _decoder(call.result), "result")
     except MessageError as exc:
         raise bad_answer(peer, call.method, exc) from exc
     return decoded
