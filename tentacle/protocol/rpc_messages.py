@@ -29,10 +29,9 @@ from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 import msgspec
 
 from tentacle.errors import RemoteError
-from tentacle.protocol.coordinator import ACQUISITION, PRE_ACQUISITION
 from tentacle.protocol.messages import MessageError, Method, Request, Response, parse
 from tentacle.protocol.process import MAX_STEPS
-from tentacle.protocol.states import GateState
+from tentacle.protocol.states import ACQUISITION, PRE_ACQUISITION, GateState
 from tentacle.protocol.wire import Wire
 
 MAX_SAFE_INTEGER: Final = 2**53
