@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,29 @@ from tentacle.net import pki
 from tentacle.net.tls import pinned_connector
 from tentacle.protocol import messages
 from tentacle.protocol.backoff import Backoff
-from tentacle.protocol.messages import Request, Response
+from tentacle.protocol.messages import MessageError, Method, Request, Response
 from tentacle.protocol.plan import Plan, PlanError
-from tentacle.runner.runner import UNKNOWN_TASK, unknown_task_status
+from tentacle.protocol.rpc_messages import (
+    CALLS,
+    GateParams,
+    GateReport,
+    GateResult,
+    LogLine,
+    LogStream,
+    NoParams,
+    PingResult,
+    StartParams,
+    StartResult,
+    StatusParams,
+    StatusResult,
+    StopParams,
+    StopResult,
+    TentacleTaskState,
+    read_params,
+    unknown_task_status,
+)
+from tentacle.protocol.states import GateState
+from tentacle.protocol.wire import Wire
 
 REPORT_EVERY = 0.25
 HEARTBEAT = 20.0  # tentacle.agent.agent_config.HeartbeatConfig's default
@@ -180,10 +201,10 @@ class _Task:
     """What the runner would hold for one task: state, version, shown gates, log."""
 
     plan: Plan
-    state: str = "running"
+    state: TentacleTaskState = TentacleTaskState.RUNNING
     version: int = 1
-    gates: dict[int, dict[str, Any]] = field(default_factory=dict)
-    log: list[dict[str, Any]] = field(default_factory=list)
+    gates: dict[int, GateReport] = field(default_factory=dict)
+    log: list[LogLine] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def touch(self) -> None:
@@ -208,89 +229,91 @@ class FakeRunner:
         self.name = name
         self.stats = stats
         self.tasks: dict[str, _Task] = {}
+        self.handlers: dict[Method, Callable[[Any], Awaitable[Wire]]] = {
+            Method.PING: self.ping,
+            Method.TASK_START: self.start,
+            Method.TASK_GATE: self.gate,
+            Method.TASK_STATUS: self.status,
+            Method.TASK_CANCEL: self.cancel,
+            Method.TASK_FINISH: self.finish,
+        }
 
     async def handle(self, request: Request) -> Response:
-        """Answer one request like `tentacle.agent.rpc.Service.handle`."""
-        handler = {
-            "ping": self.ping,
-            "task.start": self.start,
-            "task.gate": self.gate,
-            "task.status": self.status,
-            "task.cancel": self.cancel,
-            "task.finish": self.finish,
-        }.get(request.method)
-        if handler is None:
-            return Response.failure(request.id, "unknown-method", f"unknown method {request.method!r}")
+        """Answer one request like `tentacle.agent.rpc.Service.handle`: typed params in, typed result out."""
         try:
-            return Response(request.id, result=await handler(request.params))
+            params = read_params(CALLS[request.method], request)
+            return Response.success(request.id, await self.handlers[request.method](params))
+        except MessageError as exc:
+            return Response.failure(request.id, "MessageError", exc.message)
         except TaskFailure as exc:
             return Response.failure(request.id, exc.code, exc.message)
 
-    async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def ping(self, params: NoParams) -> PingResult:
         """As `Service._ping`."""
-        return {"name": self.name, "mode": "polling", "version": __version__, "time": time.time()}
+        return PingResult(name=self.name, mode="polling", version=__version__, time=time.time())
 
-    async def start(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def start(self, params: StartParams) -> StartResult:
         """task.start: accept the plan once; the slot is free, so it runs at once."""
         try:
-            plan = Plan.from_json(params.get("plan"))
+            plan = Plan.from_json(params.plan)
         except PlanError as exc:
             raise TaskFailure("TaskRequestError", f"plan: {exc.message}") from exc
         task = self.tasks.setdefault(plan.task_id, _Task(plan))
-        return {"taskId": plan.task_id, "state": task.state}
+        return StartResult(task_id=plan.task_id, state=task.state)
 
-    async def gate(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def gate(self, params: GateParams) -> GateResult:
         """task.gate: the step runs and succeeds at once, printing one line."""
-        task = self._known(params)
-        index, name = int(params["gateIndex"]), str(params["gateName"])
+        task = self._known(params.task_id)
+        index, name = params.gate_index, params.gate_name
         if index not in task.gates:
             step = task.plan.step(int(name.split(":", 1)[1])) if name.startswith("step:") else None
             label = step.name if step is not None else ""
-            line = {"seq": len(task.log) + 1, "time": time.time(), "stream": "stdout", "step": label}
-            task.log.append({**line, "text": "hi"})
-            task.gates[index] = {"index": index, "name": name, "state": "success", "reason": "exit code 0"}
-            task.state = "done"
+            seq = len(task.log) + 1
+            task.log.append(
+                LogLine(seq=seq, time=time.time(), stream=LogStream.STDOUT, step=label, text="hi")
+            )
+            task.gates[index] = GateReport(
+                index=index, name=name, state=GateState.SUCCESS, reason="exit code 0"
+            )
+            task.state = TentacleTaskState.DONE
             task.touch()
             self.stats["gates"] += 1
-        return {"taskId": task.plan.task_id, "accepted": True}
+        return GateResult(task_id=task.plan.task_id, accepted=True)
 
-    async def status(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def status(self, params: StatusParams) -> StatusResult:
         """task.status: a long poll for a newer version or log lines after logSince."""
-        task_id = str(params.get("taskId"))
-        task = self.tasks.get(task_id)
+        task = self.tasks.get(params.task_id)
         if task is None:
-            return unknown_task_status(task_id)
-        since, version = int(params.get("logSince", 0)), int(params.get("version", 0))
-        await _wait_for_news(task, since, version, float(params.get("wait", 0)))
-        return {
-            "taskId": task_id,
-            "state": task.state,
-            "version": task.version,
-            "gates": [task.gates[i] for i in sorted(task.gates)],
-            "log": [line for line in task.log if line["seq"] > since],
-            "more": False,
-        }
+            return unknown_task_status(params.task_id)
+        since = params.log_since
+        await _wait_for_news(task, since, params.version, params.wait)
+        return StatusResult(
+            task_id=params.task_id,
+            state=task.state,
+            version=task.version,
+            gates=[task.gates[i] for i in sorted(task.gates)],
+            log=[line for line in task.log if line.seq > since],
+            more=False,
+        )
 
-    async def cancel(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def cancel(self, params: StopParams) -> StopResult:
         """task.cancel: nothing runs for long here, so only the state changes."""
-        return self._stop(params, "cancelled")
+        return self._stop(params.task_id, TentacleTaskState.CANCELLED)
 
-    async def finish(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def finish(self, params: StopParams) -> StopResult:
         """task.finish: the server is done with the task."""
-        return self._stop(params, "done")
+        return self._stop(params.task_id, TentacleTaskState.DONE)
 
-    def _stop(self, params: dict[str, Any], state: str) -> dict[str, Any]:
-        task_id = str(params.get("taskId"))
+    def _stop(self, task_id: str, state: TentacleTaskState) -> StopResult:
         task = self.tasks.get(task_id)
         if task is None:
-            return {"taskId": task_id, "state": UNKNOWN_TASK}
-        if task.state == "running":
+            return StopResult(task_id=task_id, state=TentacleTaskState.UNKNOWN_TASK)
+        if task.state is TentacleTaskState.RUNNING:
             task.state = state
         task.touch()
-        return {"taskId": task_id, "state": task.state}
+        return StopResult(task_id=task_id, state=task.state)
 
-    def _known(self, params: dict[str, Any]) -> _Task:
-        task_id = str(params.get("taskId"))
+    def _known(self, task_id: str) -> _Task:
         task = self.tasks.get(task_id)
         if task is None:
             raise TaskFailure("UnknownTaskError", f"unknown task {task_id!r}")
@@ -298,7 +321,7 @@ class FakeRunner:
 
 
 async def _wait_for_news(task: _Task, since: int, version: int, wait: float) -> None:
-    """As `tentacle.runner.runner._wait_for_news`."""
+    """As the runner's long poll: until a newer version, a line after ``since``, or ``wait`` s."""
     deadline = time.monotonic() + wait
     while task.version <= version and len(task.log) <= since:
         remaining = deadline - time.monotonic()
@@ -369,12 +392,15 @@ class Agent:
                 job.add_done_callback(self._jobs.discard)
 
     async def _answer(self, ws: aiohttp.ClientWebSocketResponse, data: str) -> None:
-        request = messages.decode(data)
-        if isinstance(request, Request):
-            response = await self.runner.handle(request)
-            if not ws.closed:
-                with contextlib.suppress(ConnectionError):
-                    await ws.send_str(messages.encode(response))
+        try:
+            request = messages.decode(data)
+        except MessageError as exc:
+            response = messages.refusal(data, exc)
+        else:
+            response = await self.runner.handle(request) if isinstance(request, Request) else None
+        if response is not None and not ws.closed:
+            with contextlib.suppress(ConnectionError):
+                await ws.send_frame(messages.encode(response), aiohttp.WSMsgType.TEXT)
 
 
 async def _report(stats: dict[str, int]) -> None:

@@ -14,7 +14,7 @@ from tentacle.common import configfile
 from tentacle.errors import ConfigError
 from tentacle.protocol import messages
 from tentacle.protocol.backoff import Backoff
-from tentacle.protocol.messages import MessageError, Request, Response
+from tentacle.protocol.messages import MAX_MESSAGE_BYTES, MessageError, Method, Request, Response
 
 
 def test_backoff_doubles_from_one_second_up_to_sixty() -> None:
@@ -46,29 +46,71 @@ def test_backoff_is_always_between_one_and_sixty(jitter: float, attempts: int) -
 
 
 def test_messages_round_trip() -> None:
-    """Requests and responses decode to what was encoded."""
-    request = Request("r1", "task.start", {"plan": {"x": 1}})
+    """Requests and responses decode to what was encoded, kind and method included."""
+    request = Request.of("r1", Method.TASK_START, {"plan": {"x": 1}})
     assert messages.decode(messages.encode(request)) == request
-    ok, failed = Response("r1", result={"a": 1}), Response.failure("r2", "bad", "no")
+    assert messages.encode(request) == (
+        b'{"kind":"request","id":"r1","method":"task.start","params":{"plan":{"x":1}}}'
+    )
+    ok, failed = Response.success("r1", {"a": 1}), Response.failure("r2", "bad", "no")
     assert messages.decode(messages.encode(ok)) == ok
     assert messages.decode(messages.encode(failed)) == failed
+    assert messages.encode(failed) == b'{"kind":"response","id":"r2","error":{"code":"bad","message":"no"}}'
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("nope", "not JSON"),
-        ("[]", "JSON object"),
-        ('{"kind": "other"}', "kind"),
-        ('{"kind": "request", "id": "", "method": "ping"}', "id"),
-        ('{"kind": "request", "id": "1", "method": "ping", "params": []}', "params"),
-        ('{"kind": "response", "id": "1", "error": "x"}', "error"),
+        ("nope", "message: JSON is malformed: invalid character (byte 4)"),
+        ("[]", "message: expected an object, got a list"),
+        ('{"kind": "other"}', "kind: invalid value 'other'"),
+        ('{"kind": "request", "id": "", "method": "ping"}', "id: expected a string of length >= 1"),
+        ('{"kind": "request", "id": 7, "method": "ping"}', "id: expected a string, got an integer"),
+        ('{"kind": "request", "id": "1", "method": "pong"}', "method: invalid enum value 'pong'"),
+        ('{"kind": "request", "id": "1", "method": "ping", "colour": 1}', "colour: unknown field"),
+        ('{"kind": "request", "method": "ping"}', "id: required"),
+        ('{"kind": "response", "id": "1", "error": "x"}', "error: expected an object or null, got a string"),
+        ('{"kind": "response", "id": "1", "error": {"code": "x"}}', "error.message: required"),
+        ('{"kind": "response", "id": "1"}', "message: a response has exactly one of result and error"),
+        ('{"kind": "request", "id": "1", "params": ' + "[" * 100_000, "message: nested too deep"),
     ],
 )
-def test_bad_messages_are_refused_with_the_reason(text: str, message: str) -> None:
-    """Malformed envelopes raise MessageError naming what is wrong."""
-    with pytest.raises(MessageError, match=message):
+def test_bad_messages_are_refused_naming_the_path(text: str, message: str) -> None:
+    """Malformed envelopes raise MessageError (a 400) whose message starts with the path."""
+    with pytest.raises(MessageError) as caught:
         messages.decode(text)
+    assert caught.value.message == message
+    assert caught.value.http_status == 400
+
+
+def test_an_oversize_message_is_refused_before_it_is_parsed() -> None:
+    """A message over MAX_MESSAGE_BYTES is refused by its length alone."""
+    text = '{"kind":"request","id":"1","method":"ping","params":{"pad":"' + "x" * MAX_MESSAGE_BYTES + '"}}'
+    with pytest.raises(MessageError, match="over the limit of 16777216"):
+        messages.decode(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        (
+            '{"kind": "request", "id": "r9", "method": "pong"}',
+            Response.failure("r9", "unknown-method", "method: invalid enum value 'pong'"),
+        ),
+        (
+            '{"kind": "request", "id": "r9", "method": "ping", "params": 5, "x": 1}',
+            Response.failure("r9", "bad-message", "x: unknown field"),
+        ),
+        ('{"kind": "request", "id": 9, "method": "pong"}', None),
+        ('{"kind": "response", "id": "r9", "result": {}, "x": 1}', None),
+        ("nope", None),
+    ],
+)
+def test_a_refused_request_that_names_its_id_is_answered(text: str, answer: Response | None) -> None:
+    """The peer of a refused request hears why at once when its id can be read, and nothing otherwise."""
+    with pytest.raises(MessageError) as caught:
+        messages.decode(text)
+    assert messages.refusal(text, caught.value) == answer
 
 
 @given(

@@ -234,6 +234,27 @@ def test_a_tentacle_loads_frozenlist_without_its_cpp_extension_and_leaves_the_en
     assert json.loads(done.stdout) == ["frozenlist", False, False]
 
 
+def test_tentacle_run_loads_aiohttp_without_its_extensions_or_the_mime_table() -> None:
+    """The daemon gets aiohttp's pure-Python parser and Python's MIME table; scripts never see the switch."""
+    code = "import os, json, mimetypes; from tentacle.agent.command_line import lean_aiohttp; "
+    code += "lean_aiohttp(); import tentacle.agent.daemon, tentacle.agent.listening; "
+    code += "import aiohttp.http_parser as p; "
+    code += "maps = open('/proc/self/maps').read(); print(json.dumps(["
+    code += "p.HttpRequestParser is p.HttpRequestParserPy, 'AIOHTTP_NO_EXTENSIONS' in os.environ, "
+    code += "'_http_parser' in maps, mimetypes.guess_type('a.deb')[0]]))"
+    env = {k: v for k, v in os.environ.items() if k != "AIOHTTP_NO_EXTENSIONS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert json.loads(done.stdout) == [True, False, False, None]
+
+
+def test_a_tentacle_gives_back_the_memory_its_start_freed() -> None:
+    """On glibc, trimming works and leaves a process that still runs (the daemon trims once it is up)."""
+    code = "import json; from tentacle.common import heap; blob = [bytes(1000) for _ in range(50_000)]; "
+    code += "del blob; print(json.dumps(heap.trim()))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) is True
+
+
 def test_importing_the_project_changes_nothing_in_the_process() -> None:
     """No import-time side effects: the environment is the same after importing every module."""
     code = "import os, pkgutil, importlib, json, tentacle, server_shim; before = dict(os.environ); "

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from tentacle.agent.rpc import Service
@@ -22,6 +23,7 @@ from tentacle.protocol.masking import MASK
 from tentacle.protocol.messages import Request
 from tentacle.protocol.plan import Plan, PlannedPackage, PlannedStep, ResolvedVariable
 from tentacle.protocol.process import Script
+from tentacle.protocol.wire import to_builtins
 from tentacle.runner.runner import NOT_CONFIGURED, STOPPED, Acquire, TaskRunner
 from tentacle.runner.task_log import TaskLog
 
@@ -76,17 +78,18 @@ class Agent:
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         """One request that must succeed; returns its result."""
         self._ids += 1
-        response = await self.service.handle(Request(str(self._ids), method, params))
+        response = await self.service.handle(Request.of(str(self._ids), method, params))
         assert response.error is None, response.error
-        assert response.result is not None
-        return response.result
+        result: dict[str, Any] = msgspec.json.decode(response.result)
+        return result
 
     async def error(self, method: str, **params: Any) -> dict[str, Any]:
         """One request that must fail; returns the error body."""
         self._ids += 1
-        response = await self.service.handle(Request(str(self._ids), method, params))
-        assert response.error is not None, response.result
-        return response.error
+        response = await self.service.handle(Request.of(str(self._ids), method, params))
+        assert response.error is not None, bytes(response.result)
+        error: dict[str, Any] = to_builtins(response.error)
+        return error
 
     async def start(self, plan: Plan) -> str:
         """task.start; returns the state."""
@@ -454,7 +457,7 @@ async def main() -> None:
         ("task.gate", {"taskId": plan["taskId"], "gateIndex": 2, "gateName": "step:1"}),
     ]
     for number, (method, params) in enumerate(calls):
-        response = await service.handle(Request(str(number), method, params))
+        response = await service.handle(Request.of(str(number), method, params))
         assert response.error is None, response.error
     await asyncio.sleep(60)
 

@@ -49,6 +49,7 @@ from tentacle.common.paths import InstancePaths
 from tentacle.errors import TrustError
 from tentacle.net import pki
 from tentacle.net.tls import client_context
+from tentacle.protocol.rpc_messages import PING, NoParams
 from tests.conftest import LiveServer, Tentacles, eventually, ws_status
 
 REFUSED = ("ssl_2_0_cipher_suites", "ssl_3_0_cipher_suites", "tls_1_0_cipher_suites", "tls_1_1_cipher_suites")
@@ -233,7 +234,7 @@ async def test_listening_tentacle_refusals_hold_through_the_proxy(
     link = ListeningLink(f"https://127.0.0.1:{proxy.port}", web01, client_context(ca, cert, key))
     try:
         with pytest.raises(Exception, match="403"):
-            await link.call("ping", {}, 5)
+            await link.call(PING, NoParams(), 5)
     finally:
         await link.close()
     with pytest.raises((ssl.SSLError, ConnectionError)):
@@ -257,12 +258,12 @@ async def test_server_refuses_another_tentacle_behind_the_endpoint(
     link = ListeningLink(f"https://127.0.0.1:{proxy.port}", web01, ctx)
     try:
         with pytest.raises(TrustError, match=f"expected thumbprint {web01}"):
-            await link.call("ping", {}, 5)
+            await link.call(PING, NoParams(), 5)
         agent = await tentacles.start("web-01")
         assert agent.bound_port is not None
         proxy.retarget("127.0.0.1", agent.bound_port)
         proxy.reset()
-        assert (await link.call("ping", {}, 5))["name"] == "web-01"
+        assert (await link.call(PING, NoParams(), 5)).name == "web-01"
     finally:
         await link.close()
     await eventually(lambda: _online(live_server, "web-01"), 10)

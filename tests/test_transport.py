@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from server_shim.dispatch.links import ListeningLink, PollingLink
 from server_shim.store import machine_rows as machines
+from tentacle.protocol import messages
+from tentacle.protocol.messages import Response
+from tentacle.protocol.rpc_messages import (
+    PING,
+    TASK_STATUS,
+    LogLine,
+    LogStream,
+    NoParams,
+    StatusParams,
+    StatusResult,
+    TentacleTaskState,
+)
 from tests.conftest import LiveServer, Tentacles, eventually
+from tests.deploying import apply, deploy, release, step, wait_task
 
 
 async def _status(live: LiveServer, name: str) -> str:
@@ -61,8 +76,8 @@ async def test_server_calls_tentacle_with_the_same_messages(
     await eventually(lambda: _is_online(live_server, "db-01"), 10)
     machine = live_server.server.db.sync(machines.find, "Default", "db-01")
     assert machine is not None
-    answer = await fleet.call(machine, "ping", {}, timeout=5)
-    assert answer["name"] == "db-01" and answer["mode"] == mode
+    answer = await fleet.call(machine, PING, NoParams(), timeout=5)
+    assert (answer.name, answer.mode) == ("db-01", mode)
 
 
 async def _is_online(live: LiveServer, name: str) -> bool:
@@ -106,3 +121,74 @@ async def test_many_tentacles_in_both_modes_at_once(
         return all(listed[n]["status"] == "online" for n in names)
 
     await eventually(all_online, 10)
+
+
+# --- the typed contract on the real transports ------------------------------------------
+
+
+async def _raw_call(live: LiveServer, name: str, data: bytes) -> Response:
+    """Send raw request bytes to a tentacle down the server's own link; its response."""
+    machine = live.server.db.sync(machines.find, "Default", name)
+    assert machine is not None
+    link = live.server.fleet.link(machine)
+    if isinstance(link, PollingLink):
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        link.pending["raw-1"] = future
+        await link.ws.send_str(data.decode())
+        return await asyncio.wait_for(future, 5)
+    assert isinstance(link, ListeningLink)
+    async with link.session.post(link.url, data=data, ssl=link.ctx) as answer:
+        assert answer.status == 200
+        decoded = messages.decode(await answer.read())
+    assert isinstance(decoded, Response)
+    return decoded
+
+
+async def test_a_refused_request_is_answered_with_the_path(
+    live_server: LiveServer, tentacles: Tentacles, mode: str
+) -> None:
+    """An unknown method or out-of-range params get an error response naming the path, at once."""
+    await tentacles.register("web-01", mode)
+    await tentacles.start("web-01")
+    await eventually(lambda: _is_online(live_server, "web-01"), 10)
+    unknown = b'{"kind":"request","id":"raw-1","method":"task.explode","params":{}}'
+    assert await _raw_call(live_server, "web-01", unknown) == Response.failure(
+        "raw-1", "unknown-method", "method: invalid enum value 'task.explode'"
+    )
+    params = b'{"taskId":"t-1","gateIndex":%d,"gateName":"acquisition"}' % 2**70
+    huge = b'{"kind":"request","id":"raw-1","method":"task.gate","params":' + params + b"}"
+    assert await _raw_call(live_server, "web-01", huge) == Response.failure(
+        "raw-1", "MessageError", "params.gateIndex: expected an integer <= 9007199254740992"
+    )
+
+
+async def test_a_malformed_answer_fails_its_task_naming_the_machine_and_path(
+    live_server: LiveServer, tentacles: Tentacles, mode: str
+) -> None:
+    """A tentacle whose task.status answer breaks its type (seq 2**70) fails that task, saying where;
+    the server carries on calling it."""
+    await tentacles.register("web-01", mode)
+    agent = await tentacles.start("web-01")
+    await eventually(lambda: _is_online(live_server, "web-01"), 10)
+
+    async def rogue_status(params: StatusParams) -> StatusResult:
+        line = LogLine(seq=2**70, time=time.time(), stream=LogStream.STDOUT, step="", text="x")
+        return StatusResult(
+            task_id=params.task_id,
+            state=TentacleTaskState.RUNNING,
+            version=1,
+            gates=[],
+            log=[line],
+            more=False,
+        )
+
+    agent.service.serve(TASK_STATUS, rogue_status)  # msgspec checks types when decoding, not building
+    await apply(live_server, {"name": "Shop", "steps": [step("Hi", "echo hi")]})
+    task_id = await deploy(live_server, "Shop", await release(live_server, "Shop"))
+    done = await wait_task(live_server, task_id)
+    assert done["state"] == "failed"
+    malformed = "web-01 answered task.status with a malformed message: result.log[0].seq"
+    assert f"{malformed}: expected an integer <= 9007199254740992" in done["error"]
+    machine = live_server.server.db.sync(machines.find, "Default", "web-01")
+    assert machine is not None
+    assert (await live_server.server.fleet.call(machine, PING, NoParams(), timeout=5)).name == "web-01"

@@ -20,6 +20,7 @@ from tentacle.common.paths import InstancePaths
 from tentacle.errors import RemoteError, TrustError
 from tentacle.net import pki
 from tentacle.net.tls import client_context
+from tentacle.protocol.rpc_messages import PING, NoParams
 from tests.conftest import LiveServer, Tentacles, eventually, ws_status
 
 
@@ -106,7 +107,7 @@ async def test_listening_tentacle_refuses_another_tentacle_posing_as_server(
     web01 = pki.cert_thumbprint(pki.load_cert(_files(listener)[0]))
     link = ListeningLink(f"https://127.0.0.1:{agent.bound_port}", web01, client_context(ca, cert, key))
     with caplog.at_level(logging.WARNING), pytest.raises(Exception, match="403"):
-        await link.call("ping", {}, 5)
+        await link.call(PING, NoParams(), 5)
     await link.close()
     refusal = [r.getMessage() for r in caplog.records if "trust.refused" in r.getMessage()]
     assert refusal and impostor_thumb in refusal[0] and live_server.thumbprint in refusal[0]
@@ -134,7 +135,7 @@ async def test_server_refuses_a_listening_endpoint_with_the_wrong_certificate(
     ctx = client_context(files["ca.pem"], files["server.pem"], files["server.key"])
     link = ListeningLink(f"https://127.0.0.1:{agent.bound_port}", "ab" * 32, ctx)
     with pytest.raises(TrustError, match=r"expected thumbprint abab.*presented [0-9a-f]{64}"):
-        await link.call("ping", {}, 5)
+        await link.call(PING, NoParams(), 5)
     await link.close()
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import pytest
@@ -37,6 +37,8 @@ class Doc(Wire, frozen=True):
         (b'{"steps":5}', "steps: expected a list, got an integer"),
         (b"[1", "body: expected an object, got a list"),
         (b"{", "body: input data was truncated"),
+        (b"{]", "body: JSON is malformed: object keys must be strings (byte 1)"),
+        (b'{"steps":[],"note":5}', "note: expected a string or null, got an integer"),
     ],
 )
 def test_decoding_names_the_path_of_what_is_wrong(raw: bytes, message: str) -> None:
@@ -53,3 +55,15 @@ def test_camel_case_on_the_wire_and_snake_case_in_python() -> None:
     assert encode(doc) == b'{"steps":[{"stepName":"a","roles":["web"]}],"note":null}'
     assert decode(encode(doc), Doc) == doc
     assert convert({"steps": [{"stepName": "a", "roles": ["web"]}]}, Doc) == doc
+
+
+class Loose(Wire, frozen=True):
+    """A message with a field of any JSON value."""
+
+    data: Any
+
+
+def test_deep_nesting_is_a_wire_error() -> None:
+    """JSON nested deeper than msgspec recurses is refused like any bad body, not a RecursionError."""
+    with pytest.raises(WireError, match=r"^body: nested too deep$"):
+        decode(b'{"data":' + b"[" * 100_000, Loose)

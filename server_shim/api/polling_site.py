@@ -63,7 +63,7 @@ async def poll(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=request.app[HEARTBEAT], max_msg_size=messages.MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     fleet = request.app[FLEET]
-    link = PollingLink(ws)
+    link = PollingLink(ws, identified.name)
     replaced = fleet.attach(identified, link)
     if replaced is not None:
         await replaced.close()
@@ -81,10 +81,14 @@ async def poll(request: web.Request) -> web.StreamResponse:
 
 
 def _deliver(link: PollingLink, data: str, name: str) -> None:
+    """Hand a response to its caller; a malformed one fails its call, when its id can be read."""
     try:
         message = messages.decode(data)
     except MessageError as exc:
         event(log, "polling.bad_message", logging.WARNING, machine=name, reason=exc.message)
+        found = messages.peek(data)
+        if found is not None and found[0] == "response":
+            link.refuse(found[1], exc)
         return
     if isinstance(message, Response):
         link.deliver(message)

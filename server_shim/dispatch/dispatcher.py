@@ -22,7 +22,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from server_shim.dispatch.fleet import Fleet
 from server_shim.store import task_rows as tasks
@@ -41,11 +41,31 @@ from tentacle.protocol.coordinator import (
     TaskFinished,
 )
 from tentacle.protocol.masking import Masker
+from tentacle.protocol.messages import Method
 from tentacle.protocol.plan import Plan
+from tentacle.protocol.rpc_messages import (
+    TASK_CANCEL,
+    TASK_FINISH,
+    TASK_GATE,
+    TASK_START,
+    TASK_STATUS,
+    BadAnswer,
+    Call,
+    GateParams,
+    StartParams,
+    StatusParams,
+    StatusResult,
+    StopParams,
+    TentacleTaskState,
+)
+from tentacle.protocol.states import GateState
+from tentacle.protocol.wire import Wire
 
 log = logging.getLogger("server_shim.dispatch.dispatcher")
 STATUS_WAIT = 20.0
 RETRY_DELAY = 1.0
+P = TypeVar("P", bound=Wire)
+R = TypeVar("R", bound=Wire)
 
 
 GateHook = Callable[[Plan, str], Awaitable[None]]  # (the target's plan, the gate's name), on each OpenGate
@@ -100,12 +120,14 @@ class TaskRun:
     def _act(self, action: Action) -> None:
         if isinstance(action, OpenGate):
             self.opened[action.machine].add(action.gate_index)
-            params = {"taskId": self.task_id, "gateIndex": action.gate_index, "gateName": action.gate_name}
+            params = GateParams(
+                task_id=self.task_id, gate_index=action.gate_index, gate_name=action.gate_name
+            )
             self.spawn(self.open_gate(action.machine, action.gate_name, params))
             event(log, "gate.opened", task=self.task_id, target=action.machine, gate=action.gate_name)
         elif isinstance(action, CancelTarget):
             self.halted[action.machine].set()
-            self.spawn(self.send(action.machine, "task.cancel", {"taskId": self.task_id}))
+            self.spawn(self.send(action.machine, TASK_CANCEL, StopParams(task_id=self.task_id)))
         elif isinstance(action, TaskFinished):
             self.finished.set()
             for halted in self.halted.values():
@@ -113,7 +135,7 @@ class TaskRun:
             event(log, f"task.{action.state}", task=self.task_id, error=action.error or "")
             self.spawn(self.d.finished(self))
 
-    async def open_gate(self, name: str, gate_name: str, params: dict[str, Any]) -> None:
+    async def open_gate(self, name: str, gate_name: str, params: GateParams) -> None:
         """Run the gate hooks for this target (pushing its packages, say), then send the gate.
 
         A hook that fails is logged and passed over: what it prepares, the tentacle can
@@ -127,7 +149,7 @@ class TaskRun:
                 event(
                     log, "gate.hook_failed", logging.WARNING, task=self.task_id, target=name, reason=str(exc)
                 )
-        await self.send(name, "task.gate", params)
+        await self.send(name, TASK_GATE, params)
 
     async def _unless_halted(self, name: str, work: Awaitable[None]) -> None:
         """Run `work`, stopping it if the target is cancelled or the task ends first."""
@@ -142,57 +164,67 @@ class TaskRun:
         if not job.cancelled() and job.exception() is not None:
             raise cast(BaseException, job.exception())
 
-    async def send(self, name: str, method: str, params: dict[str, Any]) -> None:
+    async def send(self, name: str, call: Call[P, Any], params: P) -> None:
         """Deliver one idempotent call, retrying until it lands or the target is gone."""
         try:
             await self.started[name].wait()
-            await self.d.call_until(self, name, method, params, timeout=30.0)
+            await self.d.call_until(self, name, call, params, timeout=30.0)
         except TargetGone as exc:
             reason = str(exc)
             await self.event(lambda c: c.target_lost(name, reason))
 
     async def drive(self, name: str) -> None:
         """Follow one target: start it, then relay its log and gate results until the task ends."""
-        plan = self.record.plans[name].to_json()
+        start = StartParams(plan=self.record.plans[name].to_json())
         since = await self.d.db.run(tasks.last_machine_seq, self.task_id, name)
         version, started = 0, False
         try:
             while not self.finished.is_set():
                 if not started:
-                    await self.d.call_until(self, name, "task.start", {"plan": plan}, timeout=30.0)
+                    await self.d.call_until(self, name, TASK_START, start, timeout=30.0)
                     started = True
                     self.started[name].set()
-                params = {"taskId": self.task_id, "logSince": since, "version": version, "wait": STATUS_WAIT}
-                status = await self.d.call_until(self, name, "task.status", params, timeout=STATUS_WAIT + 15)
+                params = StatusParams(
+                    task_id=self.task_id, log_since=since, version=version, wait=STATUS_WAIT
+                )
+                status = await self.d.call_until(self, name, TASK_STATUS, params, timeout=STATUS_WAIT + 15)
                 since = await self._store_log(name, status, since)
-                version = int(status.get("version", version))
-                if status.get("state") == "unknown-task":
+                version = status.version
+                if status.state is TentacleTaskState.UNKNOWN_TASK:
                     if self.opened[name]:
                         raise TargetGone("the tentacle has no record of this task (its state was lost)")
                     started = False
                     continue
-                if not status.get("more"):
+                if not status.more:
                     await self._report_gates(name, status)
         except TargetGone as exc:
             reason = str(exc)
             await self.event(lambda c: c.target_lost(name, reason))
 
-    async def _store_log(self, name: str, status: dict[str, Any], since: int) -> int:
-        lines = status.get("log") or []
-        if not lines:
+    async def _store_log(self, name: str, status: StatusResult, since: int) -> int:
+        """Store the answer's log lines, masked again here; returns the last seq stored."""
+        if not status.log:
             return since
-        for line in lines:
-            line["text"] = self.masker.mask(str(line.get("text", "")))
+        lines = [
+            {
+                "seq": line.seq,
+                "time": line.time,
+                "stream": line.stream.value,
+                "step": line.step,
+                "text": self.masker.mask(line.text),
+            }
+            for line in status.log
+        ]
         return max(since, await self.d.db.run(tasks.append_log, self.task_id, name, lines))
 
-    async def _report_gates(self, name: str, status: dict[str, Any]) -> None:
-        for gate in status.get("gates") or []:
-            state, index = gate.get("state"), gate.get("index")
-            if state == "running" or not isinstance(index, int):
+    async def _report_gates(self, name: str, status: StatusResult) -> None:
+        """Feed every gate that ended to the coordinator (it ignores repeats)."""
+        for gate in status.gates:
+            if gate.state is GateState.RUNNING:
                 continue
-            outcome = cast(GateOutcome, state if state in OUTCOMES else "failed")
-            reason = self.masker.mask(str(gate.get("reason") or state))
-            await self.event(functools.partial(_finished, name, index, outcome, reason))
+            outcome = cast(GateOutcome, gate.state.value if gate.state in OUTCOMES else "failed")
+            reason = self.masker.mask(gate.reason or gate.state.value)
+            await self.event(functools.partial(_finished, name, gate.index, outcome, reason))
 
 
 def _finished(name: str, index: int, outcome: GateOutcome, reason: str, c: TaskCoordinator) -> list[Action]:
@@ -247,24 +279,25 @@ class Dispatcher:
             self.drivers.add(driver)
             driver.add_done_callback(self.drivers.discard)
 
-    async def call_until(
-        self, run: TaskRun, name: str, method: str, params: dict[str, Any], timeout: float
-    ) -> dict[str, Any]:
+    async def call_until(self, run: TaskRun, name: str, call: Call[P, R], params: P, timeout: float) -> R:
         """Call a target, retrying transport failures for up to `lost_after` seconds."""
+        method = call.method
         first_failure: float | None = None
         while True:
             try:
                 machine = await self._machine(name)
-                return await self.fleet.call(machine, method, params, timeout)
+                return await self.fleet.call(machine, call, params, timeout)
             except TentacleError as exc:
                 if not exc.retryable:
-                    raise TargetGone(f"{name} refused {method}: {exc.message}") from exc
+                    # A malformed answer's message names the machine already; a refusal's does not.
+                    refused = f"{name} refused {method}: {exc.message}"
+                    raise TargetGone(exc.message if isinstance(exc, BadAnswer) else refused) from exc
                 first_failure = first_failure or time.monotonic()
                 if time.monotonic() - first_failure > self.lost_after:
                     raise TargetGone(
                         f"{name} unreachable for {self.lost_after:.0f} s: {exc.message}"
                     ) from exc
-            if run.finished.is_set() and method != "task.finish":
+            if run.finished.is_set() and method is not Method.TASK_FINISH:
                 raise TargetGone("the task has finished")
             await asyncio.sleep(RETRY_DELAY)
 
@@ -297,15 +330,15 @@ class Dispatcher:
         with contextlib.suppress(TentacleError, TargetGone):
             machine = await self._machine(name)
             since = await self.db.run(tasks.last_machine_seq, run.task_id, name)
-            params = {"taskId": run.task_id, "logSince": since, "version": 0, "wait": 0}
-            await run._store_log(name, await self.fleet.call(machine, "task.status", params, 10), since)
+            params = StatusParams(task_id=run.task_id, log_since=since)
+            await run._store_log(name, await self.fleet.call(machine, TASK_STATUS, params, 10), since)
 
     async def _finish(self, task_id: str, name: str) -> None:
         """Deliver task.finish to one target, however long it takes (until it is removed)."""
         delay = RETRY_DELAY
         while True:
             try:
-                await self.fleet.call(await self._machine(name), "task.finish", {"taskId": task_id}, 10)
+                await self.fleet.call(await self._machine(name), TASK_FINISH, StopParams(task_id=task_id), 10)
                 return
             except TargetGone:
                 return  # it is gone for good

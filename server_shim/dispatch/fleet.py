@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import ssl
 import time
-from typing import Any
+from typing import TypeVar
 
 from server_shim.dispatch.links import Link, ListeningLink, PollingLink
 from server_shim.store import machine_rows as machines
@@ -23,8 +23,12 @@ from server_shim.store.database import Database
 from server_shim.store.machine_rows import Machine
 from tentacle.common.logs import event
 from tentacle.errors import TentacleError, TransportError
+from tentacle.protocol.rpc_messages import PING, Call, NoParams
+from tentacle.protocol.wire import Wire
 
 log = logging.getLogger("server_shim.dispatch.fleet")
+P = TypeVar("P", bound=Wire)
+R = TypeVar("R", bound=Wire)
 
 
 class Fleet:
@@ -92,15 +96,13 @@ class Fleet:
         existing = self.listening.get(machine.name)
         if existing is None or existing.url != machine.endpoint.rstrip("/") + "/rpc/v1":
             existing = self.listening[machine.name] = ListeningLink(
-                machine.endpoint, machine.thumbprint, self.client_ctx
+                machine.endpoint, machine.thumbprint, self.client_ctx, machine.name
             )
         return existing
 
-    async def call(
-        self, machine: Machine, method: str, params: dict[str, Any], timeout: float = 30.0
-    ) -> dict[str, Any]:
-        """Send one request to a machine, whichever its mode."""
-        result = await self.link(machine).call(method, params, timeout)
+    async def call(self, machine: Machine, call: Call[P, R], params: P, timeout: float = 30.0) -> R:
+        """Send one request to a machine, whichever its mode; returns the call's result struct."""
+        result = await self.link(machine).call(call, params, timeout)
         self.touch(machine.name)
         return result
 
@@ -124,7 +126,7 @@ class Fleet:
 
     async def _check(self, machine: Machine) -> None:
         try:
-            await self.call(machine, "ping", {}, self.timeout)
+            await self.call(machine, PING, NoParams(), self.timeout)
         except TentacleError as exc:
             if machine.name in self.online_listening:
                 self.online_listening.discard(machine.name)

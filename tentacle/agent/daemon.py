@@ -22,7 +22,7 @@ from tentacle.agent import agent_config as config_mod
 from tentacle.agent.agent_config import TentacleConfig
 from tentacle.agent.polling_client import PollingClient
 from tentacle.agent.rpc import Service
-from tentacle.common import sdnotify
+from tentacle.common import heap, sdnotify
 from tentacle.common.atomicfile import write_private
 from tentacle.common.logs import event
 from tentacle.common.paths import InstancePaths
@@ -224,8 +224,17 @@ async def run(paths: InstancePaths, config: TentacleConfig) -> int:
     """The body of `tentacle run`; returns the exit code."""
     agent = Agent(paths, config)
     install_signals(agent)
+    trimming = asyncio.create_task(_trim_once_started(agent))
     try:
         await agent.serve()
     except OSError as exc:
         raise TentacleError(f"cannot start: {exc}") from exc
+    finally:
+        trimming.cancel()
     return 0
+
+
+async def _trim_once_started(agent: Agent) -> None:
+    """Once up, give back what starting freed (`tentacle.common.heap`): a few ms, once."""
+    await agent.started.wait()
+    heap.trim()

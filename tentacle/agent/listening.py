@@ -1,6 +1,6 @@
 """Listening transport: the tentacle serves mutual TLS and the server connects in.
 
-The server posts each request envelope to ``/rpc/v1``. TLS checks the client's
+The server posts each request envelope (`tentacle.protocol.messages`) to ``/rpc/v1``. TLS checks the client's
 chain against the server CA; this module then pins the exact certificate: a
 certificate signed by the same CA but belonging to anyone else (another tentacle,
 say) is refused with 403 and a log line naming both thumbprints.
@@ -18,7 +18,7 @@ from tentacle.agent.rpc import Service
 from tentacle.common.logs import event
 from tentacle.net.tls import peer_thumbprint
 from tentacle.protocol import messages
-from tentacle.protocol.messages import MessageError, Request
+from tentacle.protocol.messages import MessageError, Request, Response
 
 log = logging.getLogger("tentacle.agent.listening")
 RPC_PATH = "/rpc/v1"
@@ -54,15 +54,26 @@ async def pin_server(
 
 
 async def rpc(request: web.Request) -> web.Response:
-    """One request envelope in, one response envelope out."""
+    """One request envelope in, one response envelope out.
+
+    A request that fails to decode but names its id is answered with an error response
+    (the server's call fails at once, with the path); anything else gets a 400.
+    """
+    data = await request.read()
     try:
-        message = messages.decode(await request.read())
+        message = messages.decode(data)
     except MessageError as exc:
-        return _error(400, "bad-message", exc.message)
+        refusal = messages.refusal(data, exc)
+        if refusal is None:
+            return _error(400, "bad-message", exc.message)
+        return _envelope(refusal)
     if not isinstance(message, Request):
         return _error(400, "bad-message", "expected a request")
-    response = await request.app[_SERVICE].handle(message)
-    return web.Response(text=messages.encode(response), content_type="application/json")
+    return _envelope(await request.app[_SERVICE].handle(message))
+
+
+def _envelope(response: Response) -> web.Response:
+    return web.Response(body=messages.encode(response), content_type="application/json")
 
 
 def make_app(

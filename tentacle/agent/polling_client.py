@@ -111,12 +111,13 @@ class PollingClient:
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, ws: aiohttp.ClientWebSocketResponse, data: str) -> None:
+        """Answer one request; one that fails to decode but names its id gets an error response."""
         try:
             message = messages.decode(data)
         except MessageError as exc:
             event(log, "polling.bad_message", logging.WARNING, reason=exc.message)
-            return
-        if isinstance(message, Request):
-            response = await self.service.handle(message)
-            if not ws.closed:
-                await ws.send_str(messages.encode(response))
+            response = messages.refusal(data, exc)
+        else:
+            response = await self.service.handle(message) if isinstance(message, Request) else None
+        if response is not None and not ws.closed:
+            await ws.send_frame(messages.encode(response), aiohttp.WSMsgType.TEXT)

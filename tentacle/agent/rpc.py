@@ -1,9 +1,20 @@
 """The tentacle's service layer: what the server can ask, whatever the transport.
 
 Both transports hand every decoded `Request` to `Service.handle` and send back the
-`Response` it returns. A handler raising `TentacleError` becomes an error response
-with its message; anything else is a bug, logged with its traceback, and answered
-with a generic error so that no internals leak to the peer.
+`Response` it returns. The service reads the params into the method's struct
+(`tentacle.protocol.rpc_messages`) and sends the handler's result struct; params that
+do not fit are an error response naming the path (``params.gateIndex: expected an
+integer``). A handler raising `TentacleError` becomes an error response with its
+message; anything else is a bug, logged with its traceback, and answered with a
+generic error so that no internals leak to the peer.
+
+Two kinds of handler::
+
+    serve(call, handler)       params struct in, result struct out
+    register(method, handler)  plain dicts in and out (the task runner's, for now): the
+                               params struct as JSON values (camelCase, defaults filled
+                               in); the dict it returns is checked against the result
+                               struct before it is sent, so the wire stays typed
 """
 
 from __future__ import annotations
@@ -11,46 +22,76 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar, cast, get_args
 
 from tentacle import __version__
 from tentacle.common.logs import event
 from tentacle.errors import TentacleError
-from tentacle.protocol.messages import Request, Response
+from tentacle.protocol.messages import Method, Request, Response
+from tentacle.protocol.rpc_messages import CALLS, PING, Call, Mode, NoParams, PingResult, read_params
+from tentacle.protocol.wire import Wire, WireError, convert, to_builtins
 
 log = logging.getLogger("tentacle.agent.rpc")
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+DictHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Answer = Callable[[Request], Awaitable[Wire]]
+P = TypeVar("P", bound=Wire)
+R = TypeVar("R", bound=Wire)
+
+
+class _BadResult(Exception):
+    """A dict handler returned what its result struct refuses: a bug of this program."""
 
 
 class Service:
-    """Routes requests to handlers; `register` adds the methods of later layers."""
+    """Routes requests to handlers by method; `serve` and `register` add the methods of later layers."""
 
     def __init__(self, name: str, mode: str) -> None:
+        if mode not in get_args(Mode):
+            raise ValueError(f"mode: must be 'listening' or 'polling', not {mode!r}")
         self.name = name
-        self.mode = mode
+        self.mode = cast(Mode, mode)
         self.last_contact: float | None = None
-        self._handlers: dict[str, Handler] = {"ping": self._ping}
+        self._answers: dict[Method, Answer] = {}
+        self.serve(PING, self._ping)
 
-    def register(self, method: str, handler: Handler) -> None:
-        """Serve `method` with `handler`."""
-        self._handlers[method] = handler
+    def serve(self, call: Call[P, R], handler: Callable[[P], Awaitable[R]]) -> None:
+        """Serve ``call.method`` with a typed handler."""
+
+        async def answer(request: Request) -> Wire:
+            return await handler(read_params(call, request))
+
+        self._answers[call.method] = answer
+
+    def register(self, method: str, handler: DictHandler) -> None:
+        """Serve ``method`` with a handler of plain dicts (raises ValueError for an unknown method)."""
+        call = CALLS[Method(method)]
+
+        async def answer(request: Request) -> Wire:
+            result = await handler(to_builtins(read_params(call, request)))
+            try:
+                checked: Wire = convert(result, call.result, what="result")
+            except WireError as exc:
+                raise _BadResult(f"{method} answered {exc.message}") from exc
+            return checked
+
+        self._answers[call.method] = answer
 
     async def handle(self, request: Request) -> Response:
         """Answer one request; never raises."""
         self.last_contact = time.time()
-        handler = self._handlers.get(request.method)
-        if handler is None:
-            return Response.failure(request.id, "unknown-method", f"unknown method {request.method!r}")
+        answer = self._answers.get(request.method)
+        if answer is None:
+            return Response.failure(request.id, "unknown-method", f"unknown method {request.method.value!r}")
         try:
-            return Response(request.id, result=await handler(request.params))
+            return Response.success(request.id, await answer(request))
         except TentacleError as exc:
             return Response.failure(request.id, type(exc).__name__, exc.message)
         except Exception:
-            log.exception("service.handler_crashed method=%s", request.method)
+            log.exception("service.handler_crashed method=%s", request.method.value)
             return Response.failure(request.id, "internal", "the tentacle failed to handle the request")
 
-    async def _ping(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"name": self.name, "mode": self.mode, "version": __version__, "time": time.time()}
+    async def _ping(self, params: NoParams) -> PingResult:
+        return PingResult(name=self.name, mode=self.mode, version=__version__, time=time.time())
 
 
 def log_event(name: str, level: int = logging.INFO, **fields: Any) -> None:

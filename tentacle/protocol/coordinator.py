@@ -61,13 +61,13 @@ from tentacle.protocol.documents import (
     key_path,
 )
 from tentacle.protocol.plan import Plan
+from tentacle.protocol.states import ACQUISITION as ACQUISITION  # re-exported: the gate names live in states
+from tentacle.protocol.states import PRE_ACQUISITION as PRE_ACQUISITION
 from tentacle.protocol.states import TargetState, TaskState
 from tentacle.protocol.wire import Wire
 
 GateOutcome = Literal["success", "failed", "unknown"]
 
-PRE_ACQUISITION: Final = "preAcquisition"
-ACQUISITION: Final = "acquisition"
 OUTCOMES: Final = ("success", "failed", "unknown")
 SNAPSHOT_VERSION: Final = 1
 MAX_REASON: Final = 1000  # keeps errors and snapshots bounded whatever a target reports

@@ -19,6 +19,7 @@ it is never run again. StrEnums: each member equals its string, and travels as i
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
 
 
 class TaskState(StrEnum):
@@ -59,3 +60,9 @@ class GateState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     UNKNOWN = "unknown"
+
+
+# The gates before the step gates (``step:<index>``), by name: the server's coordinator
+# opens them, task.gate carries the names, and a tentacle runs them.
+PRE_ACQUISITION: Final = "preAcquisition"
+ACQUISITION: Final = "acquisition"

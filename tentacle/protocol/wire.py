@@ -27,14 +27,15 @@ T = TypeVar("T")
 _AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]*)`$")
+_QUOTED = re.compile(r"`([^`]*)`")
 _TYPES = {
-    "`array`": "a list",
-    "`object`": "an object",
-    "`str`": "a string",
-    "`int`": "an integer",
-    "`float`": "a number",
-    "`bool`": "true or false",
-    "`null`": "null",
+    "array": "a list",
+    "object": "an object",
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "null": "null",
 }
 
 
@@ -66,11 +67,18 @@ def describe(error: msgspec.DecodeError) -> tuple[str, str]:
         return _join(path, unknown.group("name")), "unknown field"
     if missing := _MISSING.match(what):
         return _join(path, missing.group("name")), "required"
-    for name, words in _TYPES.items():
-        what = what.replace(name, words)
+    what = _QUOTED.sub(_type_words, what)
     if what[:2].isupper():  # "JSON is malformed" keeps its acronym
         return path, what
     return path, what[:1].lower() + what[1:]
+
+
+def _type_words(quoted: re.Match[str]) -> str:
+    """msgspec's `int` or `object | null` in words; anything else as it was."""
+    names = quoted.group(1).split(" | ")
+    if not all(name in _TYPES for name in names):
+        return quoted.group(0)
+    return " or ".join(_TYPES[name] for name in names)
 
 
 def decode(data: bytes | str, kind: type[T], *, what: str = "body") -> T:
@@ -89,6 +97,8 @@ def convert(value: Any, kind: type[T], *, what: str = "body") -> T:
     """As `decode`, for a value already parsed from JSON (a dict of a larger message)."""
     try:
         return msgspec.convert(value, type=kind)
+    except RecursionError as exc:
+        raise WireError(f"{what}: nested too deep") from exc
     except msgspec.ValidationError as exc:
         path, problem = describe(exc)
         message = f"{path}: {problem}" if path else f"{what}: {problem}"
