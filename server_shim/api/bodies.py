@@ -176,11 +176,12 @@ class TaskCreated(Wire, frozen=True):
 
 
 class TargetView(Wire, frozen=True):
-    """One machine's part in a task: the phase it is in and its state there."""
+    """One machine's part in a task: the phase it is in, its state there, and why it failed if it did."""
 
     machine_name: str
     phase: str
     state: str
+    reason: str | UnsetType = UNSET
 
 
 class TaskView(Wire, frozen=True):
