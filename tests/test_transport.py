@@ -10,7 +10,7 @@ import pytest
 from server_shim.dispatch.links import ListeningLink, PollingLink
 from server_shim.store import machine_rows as machines
 from tentacle.protocol import messages
-from tentacle.protocol.messages import Response
+from tentacle.protocol.messages import Method, Response
 from tentacle.protocol.rpc_messages import (
     PING,
     TASK_STATUS,
@@ -133,7 +133,7 @@ async def _raw_call(live: LiveServer, name: str, data: bytes) -> Response:
     link = live.server.fleet.link(machine)
     if isinstance(link, PollingLink):
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        link.pending["raw-1"] = future
+        link.pending["raw-1"] = (future, Method.PING)  # what it waits for; its limit is the smallest
         await link.ws.send_str(data.decode())
         return await asyncio.wait_for(future, 5)
     assert isinstance(link, ListeningLink)

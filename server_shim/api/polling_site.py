@@ -17,6 +17,8 @@ are answered here rather than by aiohttp, so that every whole frame counts.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import WebSocketError, web
@@ -111,19 +113,36 @@ def _broken(link: PollingLink, error: object) -> None:
 
 def watch(request: web.Request, link: PollingLink) -> None:
     """Measure every chunk the connection receives, and cut a message that comes too slowly."""
-    protocol = request.protocol
-    receive = protocol.data_received
 
-    def measured(data: bytes) -> None:
-        if link.meter.arrived(len(data)) and link.misbehaved is None:
+    def arrived(count: int) -> None:
+        if link.meter.arrived(count) and link.misbehaved is None:
             rule = link.meter.rule
             received, seconds = (rule.received, rule.elapsed()) if rule else (0, 0.0)
             link.cut(too_slow(link.machine, link.waiting(), received, seconds))
-        receive(data)
 
-    # The connection's protocol is aiohttp's, and the TLS layer looks `data_received` up on
-    # every chunk: wrapping it on this one instance sees the bytes before aiohttp parses them.
-    setattr(protocol, "data_received", measured)  # noqa: B010  # mypy refuses assigning to a method
+    # aiohttp hands each chunk of an upgraded connection to the websocket parser it was given
+    # (`set_parser`); standing in front of that parser sees the bytes before they are parsed.
+    protocol = request.protocol
+    parser = getattr(protocol, "_payload_parser", None)
+    if parser is None:
+        event(log, "polling.unmetered", logging.WARNING, machine=link.machine)
+        return
+    protocol._payload_parser = _Metered(parser, arrived)
+
+
+class _Metered:
+    """A websocket parser that reports the size of every chunk before parsing it."""
+
+    def __init__(self, parser: Any, arrived: Callable[[int], None]) -> None:
+        self._parser, self._arrived = parser, arrived
+
+    def feed_data(self, data: bytes) -> Any:
+        """Count, then parse."""
+        self._arrived(len(data))
+        return self._parser.feed_data(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
 
 
 def _deliver(link: PollingLink, data: str, name: str) -> None:

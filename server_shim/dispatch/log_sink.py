@@ -100,15 +100,18 @@ class LogSink:
                 after = await books.write(
                     self.db, log_rows.store, [b for b, _ in taken], self._known(taken), self.limit
                 )
-            except StorageError as exc:
+            except Exception as exc:  # whatever it is, the lines' drivers hear it: none waits forever
+                error = (
+                    exc if isinstance(exc, StorageError) else StorageError(f"cannot store log lines: {exc}")
+                )
                 event(
                     log,
                     "log.store_failed",
                     logging.ERROR,
                     lines=sum(len(b.lines) for b, _ in taken),
-                    reason=exc.message,
+                    reason=error.message,
                 )
-                self._failed.update({batch.key: exc for batch, _ in taken})
+                self._failed.update({batch.key: error for batch, _ in taken})
             else:
                 self._totals.update(after)
                 self.stored_lines += sum(len(b.lines) for b, _ in taken)

@@ -292,9 +292,19 @@ def _describe(exc: BaseException) -> str:
 
 
 def masked_rows(masker: Masker, status: StatusResult) -> list[LogRow]:
-    """A status answer's lines as the store takes them, masked again."""
+    """A status answer's lines as the store takes them, masked again (and valid UTF-8)."""
     mask = masker.mask
-    return [(line.seq, line.time, line.stream.value, line.step, mask(line.text)) for line in status.log]
+    return [
+        (line.seq, line.time, line.stream.value, _text(line.step), _text(mask(line.text)))
+        for line in status.log
+    ]
+
+
+def _text(value: str) -> str:
+    """``value`` storable as UTF-8: a lone surrogate (JSON allows ``\\ud800``) becomes U+FFFD."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 async def unless_halted(halted: asyncio.Event, work: Awaitable[None]) -> None:
