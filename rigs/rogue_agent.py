@@ -11,6 +11,7 @@ calls, method by method, as told by a `Behaviour`:
     dribble       a normal answer, one byte every ``delay`` seconds
     flood         task.status: ``lines`` lines of ``width`` characters, 1,000 per answer
                   with ``more`` set, and gates reported as they end (cancel included)
+    hold          task.status: every gate it is given stays running (until a cancel it heard)
 
 Both modes: listening (an HTTPS endpoint with its own certificate, as the server expects
 at ``POST /rpc/v1``) and polling (a websocket to the server's polling port written by
@@ -44,7 +45,7 @@ from tentacle.common.paths import InstancePaths, resolve
 from tentacle.net.tls import client_context, server_context
 
 CHUNK = 1024 * 1024
-KINDS = ("normal", "huge", "malformed", "out_of_range", "silent", "dribble", "flood")
+KINDS = ("normal", "huge", "malformed", "out_of_range", "silent", "dribble", "flood", "hold")
 
 
 @dataclass
@@ -199,9 +200,8 @@ class RogueAgent:
                 for seq in range(since + 1, last + 1)
             ]
         more = bool(lines) and lines[-1]["seq"] < flood.lines
-        state = (
-            "cancelled" if task.cancelled else ("running" if flood.kind == "flood" and more else "success")
-        )
+        holding = flood.kind == "hold" or (flood.kind == "flood" and more)
+        state = "cancelled" if task.cancelled else ("running" if holding else "success")
         gates = [{"index": i, "name": n, "state": state, "reason": ""} for i, n in sorted(task.gates.items())]
         return {
             "taskId": task_id,
@@ -255,8 +255,10 @@ class RogueAgent:
         body = json.loads(await request.read())
         self.calls.append(str(body.get("method")))
         behaviour = self.behaviour(body.get("method", ""))
+        if behaviour.kind == "silent":  # not even the headers
+            await asyncio.Event().wait()
         answer = web.StreamResponse(headers={"Content-Type": "application/json"})
-        data = None if behaviour.kind in ("huge", "silent") else await self.prepared(body)
+        data = None if behaviour.kind == "huge" else await self.prepared(body)
         if behaviour.kind == "huge" and behaviour.sized:
             answer.content_length = behaviour.size
         elif data is not None:
