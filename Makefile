@@ -1,18 +1,25 @@
-# Every target builds its own virtual environment; a fresh machine needs only python3.
+# Every target builds its own virtual environment; a fresh Debian machine needs only python3 and
+# make: tools/system-deps.sh installs the Debian packages that are missing (one list, there).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# nginx and debootstrap live in /usr/sbin, which a non-root user's PATH often lacks.
+export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: test lint typecheck unit demo demo-stop bench clean
+.PHONY: test system-deps lint typecheck unit demo demo-stop bench clean
 
 $(STAMP): pyproject.toml
+	PYTHON=$(PYTHON) tools/system-deps.sh build
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: lint typecheck unit
+test: system-deps lint typecheck unit
+
+system-deps:
+	PYTHON=$(PYTHON) tools/system-deps.sh test
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -21,13 +28,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) system-deps
 	$(BIN)/pytest -q
 
 demo: $(STAMP)
 	demo/demo.sh
 
-demo-stop: $(STAMP)
+demo-stop:
 	demo/stop.sh
 
 bench: $(STAMP)
