@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,13 @@ from tentacle.common.paths import InstancePaths, resolve
 from tentacle.net.tls import client_context
 
 
-def free_port() -> int:
-    """A port nobody listens on right now."""
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A port of 127.0.0.1 that refuses connections: bound by this test, so that nobody else
+    can take it meanwhile, and not listening."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 async def ws_status(url: str, ctx: ssl.SSLContext) -> int:
@@ -148,7 +150,7 @@ class Tentacles:
         self, name: str, mode: str, roles: tuple[str, ...] = ("web",), environment: str = "Dev"
     ) -> InstancePaths:
         paths = resolve("tentacle", str(self.root / name))
-        listen = ListenConfig(host="127.0.0.1", port=free_port()) if mode == "listening" else None
+        listen = ListenConfig(host="127.0.0.1", port=0) if mode == "listening" else None
         reg = registration.Registration(
             server=self.server.url,
             token=self.server.token(),
@@ -161,7 +163,9 @@ class Tentacles:
         await registration.register(paths, reg)
         return paths
 
-    async def start(self, name: str) -> Agent:
+    async def start(self, name: str, *, reachable: bool = True) -> Agent:
+        """Run a registered tentacle; returns once it serves (and, with `reachable`, once the
+        server knows its port: a listening tentacle on port 0 reports it after binding)."""
         from tentacle.agent import agent_config as config
 
         paths = resolve("tentacle", str(self.root / name))
@@ -169,10 +173,15 @@ class Tentacles:
         agent = Agent(paths, conf)
         task = asyncio.create_task(agent.serve())
         self.running[name] = (agent, task)
-        started = asyncio.create_task(agent.started.wait())
-        await asyncio.wait({started, task}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        reports = reachable and conf.mode == "listening" and conf.listen.port == 0
+        ready = agent.port_reported if reports else agent.started
+        waiting = asyncio.create_task(ready.wait())
+        await asyncio.wait({waiting, task}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
         if task.done():
             task.result()  # raises why it did not start
+        if not ready.is_set():
+            pytest.fail(f"{name} did not {'report its port' if reports else 'start'} within 10 s")
         return agent
 
     async def stop(self, name: str) -> None:

@@ -19,7 +19,7 @@ import sqlite3
 import sys
 from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import aiohttp
 import pytest
 
 from rigs.faultproxy import Direction, FaultProxy
+from rigs.instances import bound_ports
 from server_shim import app as server_app
 from server_shim import server_config
 from server_shim.server_config import Checks
@@ -34,9 +35,10 @@ from tentacle.agent import agent_config as config
 from tentacle.agent import registration
 from tentacle.agent.agent_config import HeartbeatConfig, ListenConfig
 from tentacle.agent.daemon import Agent
+from tentacle.agent.listening import report_port
 from tentacle.common.paths import InstancePaths, resolve
 from tentacle.net.tls import client_context
-from tests.conftest import LiveServer, Tentacles, eventually, free_port, start_server, stop_server
+from tests.conftest import LiveServer, Tentacles, eventually, start_server, stop_server
 from tests.deploying import apply, deploy, log_lines, release, step, texts, wait_task
 
 NAME = "web-01"
@@ -90,22 +92,21 @@ class Rig:
         return step(name, f"echo {name} >> {self.marks}; {body}", ("web",), **extra)
 
 
-async def _register_listening(live: LiveServer, root: Path, proxy: FaultProxy) -> InstancePaths:
-    """Register with the proxy's port as the endpoint, then listen on the port the proxy targets."""
-    paths = resolve("tentacle", str(root / NAME))
-    listen = ListenConfig(host="127.0.0.1", port=proxy.port)
-    reg = registration.Registration(
-        server=live.url,
-        token=live.token(),
-        server_thumbprint=live.thumbprint,
-        name=NAME,
-        environments=("Dev",),
-        roles=("web",),
-        listen=listen,
+async def _listen_through(live: LiveServer, fleet: Tentacles, proxy: FaultProxy) -> InstancePaths:
+    """Register on port 0 and start; then the proxy leads to the bound port and the server to the proxy.
+
+    The rig tells the server the proxy's port the way the tentacle told it its own: with the
+    tentacle's certificate, on the port-report route.
+    """
+    paths = await fleet.register(NAME, "listening")
+    agent = await fleet.start(NAME)
+    assert agent.bound_port is not None
+    proxy.retarget("127.0.0.1", agent.bound_port)
+    files = (config.SERVER_CA_FILE, config.CERT_FILE, config.KEY_FILE)
+    ctx = client_context(*(config.file(paths, name) for name in files))
+    assert (
+        await report_port(live.url, [live.thumbprint], ctx, proxy.port) == f"https://127.0.0.1:{proxy.port}"
     )
-    await registration.register(paths, reg)
-    conf = config.load(paths)
-    config.save(paths, conf.with_changes(listen=dataclasses.replace(conf.listen, port=proxy.target[1])))
     return paths
 
 
@@ -126,16 +127,15 @@ async def rig(
     monkeypatch.setattr(server_app, "POLL_HEARTBEAT", HEARTBEAT)
     live = await start_server(server_home)
     fleet = Tentacles(live, tmp_path / "tentacles")
-    target = free_port() if mode == "listening" else live.server.bound.polling
-    proxy = FaultProxy("127.0.0.1", target)
+    proxy = FaultProxy("127.0.0.1", live.server.bound.polling)  # a listening tentacle's port comes later
     await proxy.start()
-    if mode == "listening":
-        paths = await _register_listening(live, fleet.root, proxy)
-    else:
-        paths = await _register_polling(live, fleet, proxy)
-    rig = Rig(live, fleet, proxy, mode, paths, tmp_path / "ran")
     try:
-        await fleet.start(NAME)
+        if mode == "listening":
+            paths = await _listen_through(live, fleet, proxy)
+        else:
+            paths = await _register_polling(live, fleet, proxy)
+            await fleet.start(NAME)
+        rig = Rig(live, fleet, proxy, mode, paths, tmp_path / "ran")
         await eventually(rig.online, 10)
         yield rig
     finally:
@@ -259,11 +259,14 @@ async def test_latency_each_way_keeps_tasks_and_log_order(rig: Rig) -> None:
 
 @dataclass
 class ServerProcess:
-    """`server-shim run` as a real subprocess on fixed ports, which a test may kill -9."""
+    """`server-shim run` as a real subprocess, which a test may kill -9.
+
+    Its first start binds port 0; a restart asks for the same ports, where the tentacle looks.
+    """
 
     home: Path
-    api_port: int = field(default_factory=free_port)
-    polling_port: int = field(default_factory=free_port)
+    api_port: int = 0
+    polling_port: int = 0
     proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -282,9 +285,8 @@ class ServerProcess:
         return self.paths.state / server_config.DATABASE_FILE
 
     async def init(self) -> None:
-        """`server-shim init` on these ports, with fast checks of listening tentacles."""
-        listen, polling = f"127.0.0.1:{self.api_port}", f"127.0.0.1:{self.polling_port}"
-        await self.cli("init", "--public-url", self.url, "--listen", listen, "--polling-listen", polling)
+        """`server-shim init` on port 0, with fast checks of listening tentacles."""
+        await self.cli("init", "--listen", "127.0.0.1:0", "--polling-listen", "127.0.0.1:0")
         conf = server_config.load(self.paths)
         server_config.save(self.paths, conf.with_changes(checks=Checks(interval=0.5, timeout=2.0)))
 
@@ -299,20 +301,28 @@ class ServerProcess:
 
     async def start(self) -> None:
         """Start `server-shim run` and wait until it serves."""
-        log = (self.home / "server.log").open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server_shim", "--home", str(self.home), "run", stdout=log, stderr=STDOUT
-        )
-        log.close()
-        await eventually(self._serving, 20)
+        log_path = self.home / "server.log"
+        starts = log_path.read_text().count("server.started") if log_path.exists() else 0
+        ports = [
+            "--listen",
+            f"127.0.0.1:{self.api_port}",
+            "--polling-listen",
+            f"127.0.0.1:{self.polling_port}",
+        ]
+        with log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *[sys.executable, "-m", "server_shim", "--home", str(self.home), "run", *ports],
+                stdout=log,
+                stderr=STDOUT,
+            )
 
-    async def _serving(self) -> bool:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", self.api_port)
-        except OSError:
-            return False
-        writer.close()
-        return True
+        async def started() -> bool:
+            return log_path.read_text().count("server.started") > starts
+
+        await eventually(started, 20)
+        bound = bound_ports(log_path.read_text())
+        assert bound is not None
+        self.api_port, self.polling_port = bound
 
     async def kill(self, sig: int = signal.SIGKILL) -> int:
         """Send `sig` and wait for the process to end; returns its exit code."""
@@ -349,7 +359,7 @@ async def _start_agent(server: ServerProcess, root: Path, mode: str) -> tuple[Ag
         name=NAME,
         environments=("Dev",),
         roles=("web",),
-        listen=ListenConfig(host="127.0.0.1", port=free_port()) if mode == "listening" else None,
+        listen=ListenConfig(host="127.0.0.1", port=0) if mode == "listening" else None,
     )
     await registration.register(paths, reg)
     agent = Agent(paths, config.load(paths).with_changes(heartbeat=HeartbeatConfig(interval=HEARTBEAT)))

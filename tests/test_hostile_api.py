@@ -100,6 +100,7 @@ ROUTES = _routes()
 ROUTE_IDS = [str(route) for route in ROUTES]
 VALID_TEMPLATES = (  # the routes that take a body; `_valid_bodies` holds one each accepts
     "/api/machines/register/v1",
+    "/api/machines/listening-port/v1",
     "/api/{space}/projects/{name}/v1",
     "/api/{space}/releases/create/v1",
     "/api/{space}/deployments/create/untenanted/v1",
@@ -206,6 +207,7 @@ def _valid_bodies(live: LiveServer, machine: InstancePaths) -> dict[str, dict[st
             "endpoint": None,
             "force": True,
         },
+        "/api/machines/listening-port/v1": {"port": 10933},  # web-01 polls: a 409, after parsing
         "/api/{space}/projects/{name}/v1": PROCESS,
         "/api/{space}/releases/create/v1": {
             "projectName": "Shop",

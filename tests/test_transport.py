@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from server_shim.store import machine_rows as machines
-from tests.conftest import LiveServer, Tentacles, eventually
+from tentacle.common.paths import InstancePaths
+from tests.conftest import LiveServer, Tentacles, eventually, start_server, stop_server
 
 
 async def _status(live: LiveServer, name: str) -> str:
@@ -71,8 +73,6 @@ async def _is_online(live: LiveServer, name: str) -> bool:
 
 async def test_polling_tentacle_reconnects_after_server_restart(server_home, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A polling tentacle comes back online by itself when the server restarts on the same ports."""
-    from tests.conftest import start_server, stop_server
-
     live = await start_server(server_home)
     ports = (live.server.bound.api, live.server.bound.polling)
     fleet = Tentacles(live, tmp_path / "t")
@@ -106,3 +106,51 @@ async def test_many_tentacles_in_both_modes_at_once(
         return all(listed[n]["status"] == "online" for n in names)
 
     await eventually(all_online, 10)
+
+
+async def _ping(live: LiveServer, name: str) -> str:
+    """The server's ping to the machine at the endpoint it has on record; the name that answers."""
+    machine = await live.server.fleet.machine(name)
+    assert machine is not None
+    return str((await live.server.fleet.call(machine, "ping", {}, timeout=5))["name"])
+
+
+async def test_a_listening_tentacle_on_port_0_tells_the_server_its_port_at_each_start(
+    live_server: LiveServer, tentacles: Tentacles
+) -> None:
+    """Registered with port 0, it takes a free port at each start; the server then reaches it there."""
+    await tentacles.register("web-01", "listening")
+    assert (await live_server.machines())["web-01"]["endpoint"] == "https://127.0.0.1:0"
+    for _ in range(2):
+        agent = await tentacles.start("web-01")  # returns once the server has the port
+        assert agent.bound_port
+        endpoint = (await live_server.machines())["web-01"]["endpoint"]
+        assert endpoint == f"https://127.0.0.1:{agent.bound_port}"
+        assert await _ping(live_server, "web-01") == "web-01"
+        await tentacles.stop("web-01")
+
+
+async def test_the_port_report_waits_for_a_server_that_is_not_up_yet(
+    server_home: InstancePaths, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listening tentacle started while its server is down reports its port once the server is back."""
+    live = await start_server(server_home)
+    ports = (live.server.bound.api, live.server.bound.polling)
+    fleet = Tentacles(live, tmp_path / "t")
+    await fleet.register("web-01", "listening")
+    await stop_server(live)
+    agent = await fleet.start("web-01", reachable=False)
+    try:
+        await eventually(lambda: _logged(caplog, "listening.report_failed"), 10)
+        assert not agent.port_reported.is_set()
+        live = await start_server(server_home, *ports)
+        fleet.server = live
+        await asyncio.wait_for(agent.port_reported.wait(), 10)
+        assert await _ping(live, "web-01") == "web-01"
+    finally:
+        await fleet.stop_all()
+        await stop_server(live)
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in record.getMessage() for record in caplog.records)

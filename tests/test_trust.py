@@ -315,3 +315,31 @@ def pki_subject(ca: Path) -> object:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(cafile=str(ca))
     return ctx.get_ca_certs()[0]["subject"]
+
+
+async def test_only_a_registered_listening_machine_may_report_its_port(
+    live_server: LiveServer, tentacles: Tentacles, tmp_path: Path
+) -> None:
+    """The port report wants a client certificate (401) of a registered machine (403) that listens
+    (409), and a port 1-65535 (400); none of those moves the endpoint on record."""
+    from tentacle.agent.listening import report_port
+
+    listening = await tentacles.register("web-01", "listening")
+    polling = await tentacles.register("db-01", "polling")
+    ca = live_server.paths.config / server_config.CA_CERT
+    stranger_cert, stranger_key, _ = _ca_signed_stranger(live_server, tmp_path)
+    cert, key, _ = _files(listening)
+    polling_cert, polling_key, _ = _files(polling)
+    refused = [
+        (client_context(ca), 1234, 401),
+        (client_context(ca, stranger_cert, stranger_key), 1234, 403),
+        (client_context(ca, polling_cert, polling_key), 1234, 409),
+        (client_context(ca, cert, key), 0, 400),
+        (client_context(ca, cert, key), 65536, 400),
+    ]
+    for ctx, port, status in refused:
+        with pytest.raises(RemoteError) as caught:
+            await report_port(live_server.url, [live_server.thumbprint], ctx, port)
+        assert caught.value.status == status, caught.value.message
+    listed = await live_server.machines()
+    assert listed["web-01"]["endpoint"] == "https://127.0.0.1:0" and listed["db-01"]["endpoint"] is None

@@ -1,6 +1,7 @@
 """The operator and registration routes of the API (versioned, names not ids).
 
 POST   /api/machines/register/v1             token + CSR -> signed certificate
+POST   /api/machines/listening-port/v1       a listening tentacle's bound port (its certificate says who)
 GET    /api/{space}/machines/v1               the machines list of design.md
 DELETE /api/{space}/machines/{name}/v1        remove a machine, revoke its certificate
 """
@@ -19,9 +20,10 @@ from server_shim.ca import Authority
 from server_shim.dispatch.fleet import Fleet
 from server_shim.store import accounts
 from server_shim.store import machine_rows as machines
-from server_shim.store.machine_rows import Machine, MachineConflict, MachineNotFound
+from server_shim.store.machine_rows import Machine, MachineConflict, MachineNotFound, NotListening
 from tentacle.common.logs import event
 from tentacle.net import pki
+from tentacle.net.tls import peer_thumbprint
 from tentacle.protocol.identity import check_name
 
 log = logging.getLogger("server_shim.api.machine_routes")
@@ -121,6 +123,25 @@ async def register(request: web.Request) -> web.Response:
     )
 
 
+async def listening_port(request: web.Request) -> web.Response:
+    """A listening tentacle registered with port 0 took a free port at start: from now on, that one."""
+    presented = peer_thumbprint(request.transport)
+    if presented is None:
+        raise ApiError(401, "unauthorized", "a registered tentacle's client certificate is required")
+    port = field(await read_json(request), "port", int)
+    if not 1 <= port <= 65535:
+        raise ApiError(400, "invalid", f"port: must be 1-65535, not {port}", {"field": "port"})
+    try:
+        machine = await request.app[DB].run(machines.move_port, presented, port)
+    except MachineNotFound as exc:
+        raise ApiError(403, "unregistered", exc.message, {"presentedThumbprint": presented}) from exc
+    except NotListening as exc:
+        raise ApiError(409, "conflict", exc.message, {"field": "port"}) from exc
+    await request.app[FLEET].forget(machine.name)  # the link to the old port, the cached record
+    event(log, "machine.endpoint_changed", machine=machine.name, endpoint=machine.endpoint)
+    return web.json_response({"name": machine.name, "endpoint": machine.endpoint})
+
+
 async def space_of(request: web.Request) -> str:
     """The route's space, which must exist."""
     space = request.match_info["space"]
@@ -157,5 +178,6 @@ async def remove_machine(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     """Mount this module's routes."""
     app.router.add_post("/api/machines/register/v1", register)
+    app.router.add_post("/api/machines/listening-port/v1", listening_port)
     app.router.add_get("/api/{space}/machines/v1", list_machines)
     app.router.add_delete("/api/{space}/machines/{name}/v1", remove_machine)

@@ -5,6 +5,8 @@ Starts the transport the configuration names (listening or polling) around one
 SIGTERM or SIGINT (a second one exits at once). SIGHUP re-reads the configuration
 and applies what can change without a restart (pinned thumbprints, log level).
 The connection state goes to ``state/connection.json`` for `tentacle status`.
+A listening tentacle configured with port 0 takes a free port, logs it
+(``listening.started port=N``) and tells the server, retrying until the server has it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +31,7 @@ from tentacle.common.logs import event
 from tentacle.common.paths import InstancePaths
 from tentacle.errors import ConfigError, TentacleError
 from tentacle.net.tls import client_context, server_context
+from tentacle.protocol.backoff import Backoff
 from tentacle.runner.runner import TaskRunner
 
 if TYPE_CHECKING:
@@ -60,6 +64,8 @@ class Agent:
         self.poller: PollingClient | None = None
         self.bound_port: int | None = None
         self.started = asyncio.Event()
+        self.port_reported = asyncio.Event()  # set once the server has the port we took (port 0)
+        self._reporter: asyncio.Task[None] | None = None
 
     def _files(self) -> tuple[Path, ...]:
         names = (config_mod.CERT_FILE, config_mod.KEY_FILE, config_mod.SERVER_CA_FILE)
@@ -103,6 +109,9 @@ class Agent:
             self.bound_port = await self.listener.start(self.config.listen.host, self.config.listen.port)
             self.record_state("listening", f"{self.config.listen.host}:{self.bound_port}")
             event(log, "listening.started", host=self.config.listen.host, port=self.bound_port)
+            if self.config.listen.port == 0:
+                reporting = self._report_port(client_context(ca, cert, key), self.bound_port)
+                self._reporter = asyncio.create_task(reporting)
         else:
             ctx = client_context(ca, cert, key)
             self.poller = PollingClient(
@@ -113,6 +122,26 @@ class Agent:
                 self.record_state,
                 self.config.heartbeat.interval,
             )
+
+    async def _report_port(self, ctx: ssl.SSLContext, port: int) -> None:
+        """Tell the server which port we took, until it has it (it may not be up yet)."""
+        from tentacle.agent.listening import report_port
+
+        backoff = Backoff(cap=30.0)
+        while True:
+            try:
+                endpoint = await report_port(self.config.server.url, self.pins, ctx, port)
+            except TentacleError as exc:
+                if not exc.retryable:  # refused (machine removed, untrusted server): retrying cannot help
+                    event(log, "listening.report_refused", logging.ERROR, port=port, reason=exc.message)
+                    return
+                delay = backoff.next_delay()
+                event(log, "listening.report_failed", logging.WARNING, port=port, reason=exc.message)
+                await asyncio.sleep(delay)
+                continue
+            event(log, "listening.reported", port=port, endpoint=endpoint)
+            self.port_reported.set()
+            return
 
     async def serve(self) -> None:
         """Run until `stop` is set."""
@@ -128,6 +157,8 @@ class Agent:
         finally:
             sdnotify.stopping()
             watchdog.cancel()
+            if self._reporter is not None:
+                self._reporter.cancel()
             await self.runner.shutdown(self.config.tasks.stop_grace)
             await self.packages.close()
             if self.listener is not None:
