@@ -2,12 +2,15 @@
 
 Everything speaks real mutual TLS over real sockets; only the process boundary is
 skipped here (tests/test_processes.py runs the real commands as subprocesses).
+Every test loop runs in asyncio's debug mode, and a test fails when the project's own
+code blocked a loop for over 100 ms meanwhile (tests/loop_watch.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -27,6 +30,38 @@ from tentacle.agent.agent_config import HeartbeatConfig, ListenConfig
 from tentacle.agent.daemon import Agent
 from tentacle.common.paths import InstancePaths, resolve
 from tentacle.net.tls import client_context
+from tests.loop_watch import LoopWatch, SlowCallbackLog
+
+WATCH = LoopWatch()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """asyncio's slow-callback log lines go to the watch too."""
+    logging.getLogger("asyncio").addHandler(SlowCallbackLog(WATCH))
+    # Debug mode records where every callback, future and task was created, ten frames deep:
+    # one frame names the place, and the other nine cost the API fuzzing a third of its time.
+    asyncio.constants.DEBUG_STACK_DEPTH = 1  # type: ignore[misc]  # Final to typeshed; read at each use
+
+
+def _watched_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    WATCH.attach(loop)
+    return loop
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """pytest-asyncio's loops come from here: each one is watched for blocking callbacks."""
+    return {"watched": _watched_loop}
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_callbacks() -> Iterator[None]:
+    """Fail the test when the project's code blocked an event loop for over 100 ms during it."""
+    yield
+    blocked = WATCH.take()
+    if blocked:
+        lines = "\n".join(f"  {each}" for each in blocked)
+        pytest.fail(f"the project's code blocked the event loop:\n{lines}", pytrace=False)
 
 
 @pytest.fixture
