@@ -16,18 +16,15 @@ import json
 import os
 import signal
 import sqlite3
-import sys
-from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from rigs.faultproxy import Direction, FaultProxy
-from rigs.instances import bound_ports
+from rigs.instances import Server
 from server_shim import app as server_app
 from server_shim import server_config
 from server_shim.server_config import Checks
@@ -37,8 +34,15 @@ from tentacle.agent.agent_config import HeartbeatConfig, ListenConfig
 from tentacle.agent.daemon import Agent
 from tentacle.agent.listening import report_port
 from tentacle.common.paths import InstancePaths, resolve
-from tentacle.net.tls import client_context
-from tests.conftest import LiveServer, Tentacles, eventually, start_server, stop_server
+from tests.conftest import (
+    LiveServer,
+    Tentacles,
+    api_call,
+    eventually,
+    start_server,
+    stop_server,
+    tentacle_context,
+)
 from tests.deploying import apply, deploy, log_lines, release, step, texts, wait_task
 
 NAME = "web-01"
@@ -75,13 +79,13 @@ class Rig:
         else:
             self.proxy.pause("down")
 
-    async def online(self) -> bool:
+    def online(self) -> bool:
         """Whether the server sees the tentacle now."""
-        return self.live.server.fleet.is_online(NAME)
+        return self.live.online(NAME)
 
-    async def offline(self) -> bool:
+    def offline(self) -> bool:
         """Whether the server has noticed the tentacle is gone."""
-        return not self.live.server.fleet.is_online(NAME)
+        return not self.live.online(NAME)
 
     def ran(self) -> list[str]:
         """The steps that started, in order, once per start."""
@@ -102,8 +106,7 @@ async def _listen_through(live: LiveServer, fleet: Tentacles, proxy: FaultProxy)
     agent = await fleet.start(NAME)
     assert agent.bound_port is not None
     proxy.retarget("127.0.0.1", agent.bound_port)
-    files = (config.SERVER_CA_FILE, config.CERT_FILE, config.KEY_FILE)
-    ctx = client_context(*(config.file(paths, name) for name in files))
+    ctx = tentacle_context(paths)
     assert (
         await report_port(live.url, [live.thumbprint], ctx, proxy.port) == f"https://127.0.0.1:{proxy.port}"
     )
@@ -240,8 +243,8 @@ async def test_a_half_open_connection_is_replaced_and_the_task_runs(rig: Rig) ->
     assert loop.time() - began < 30
 
 
-async def _reconnected(rig: Rig, accepted: int) -> bool:
-    return rig.proxy.stats.accepted > accepted and await rig.online()
+def _reconnected(rig: Rig, accepted: int) -> bool:
+    return rig.proxy.stats.accepted > accepted and rig.online()
 
 
 async def test_latency_each_way_keeps_tasks_and_log_order(rig: Rig) -> None:
@@ -257,90 +260,59 @@ async def test_latency_each_way_keeps_tasks_and_log_order(rig: Rig) -> None:
 # --- kill -9 of the server ------------------------------------------------------------------
 
 
-@dataclass
 class ServerProcess:
-    """`server-shim run` as a real subprocess, which a test may kill -9.
+    """The rigs' real `server-shim run` process (rigs.instances.Server), from async code, with kill.
 
     Its first start binds port 0; a restart asks for the same ports, where the tentacle looks.
     """
 
-    home: Path
-    api_port: int = 0
-    polling_port: int = 0
-    proc: asyncio.subprocess.Process | None = None
+    def __init__(self, home: Path) -> None:
+        self.rig = Server(home)
+        self.paths = resolve("server-shim", str(home))
 
     @property
     def url(self) -> str:
         """The API's base URL."""
-        return f"https://127.0.0.1:{self.api_port}"
-
-    @property
-    def paths(self) -> InstancePaths:
-        """The instance's folders."""
-        return resolve("server-shim", str(self.home))
+        return self.rig.url
 
     @property
     def database(self) -> Path:
         """The SQLite file."""
         return self.paths.state / server_config.DATABASE_FILE
 
+    @property
+    def running(self) -> bool:
+        """Whether the process runs now."""
+        return self.rig.proc is not None and self.rig.proc.poll() is None
+
     async def init(self) -> None:
         """`server-shim init` on port 0, with fast checks of listening tentacles."""
-        await self.cli("init", "--listen", "127.0.0.1:0", "--polling-listen", "127.0.0.1:0")
+        await asyncio.to_thread(self.rig.init)
         conf = server_config.load(self.paths)
         server_config.save(self.paths, conf.with_changes(checks=Checks(interval=0.5, timeout=2.0)))
 
     async def cli(self, *args: str) -> str:
         """Run one `server-shim` command; returns its stdout."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server_shim", "--home", str(self.home), *args, stdout=PIPE, stderr=PIPE
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
-        return out.decode().strip()
+        return await asyncio.to_thread(self.rig.cli, *args)
 
     async def start(self) -> None:
         """Start `server-shim run` and wait until it serves."""
-        log_path = self.home / "server.log"
-        starts = log_path.read_text().count("server.started") if log_path.exists() else 0
-        ports = [
-            "--listen",
-            f"127.0.0.1:{self.api_port}",
-            "--polling-listen",
-            f"127.0.0.1:{self.polling_port}",
-        ]
-        with log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                *[sys.executable, "-m", "server_shim", "--home", str(self.home), "run", *ports],
-                stdout=log,
-                stderr=STDOUT,
-            )
-
-        async def started() -> bool:
-            return log_path.read_text().count("server.started") > starts
-
-        await eventually(started, 20)
-        bound = bound_ports(log_path.read_text())
-        assert bound is not None
-        self.api_port, self.polling_port = bound
+        await asyncio.to_thread(self.rig.start)
 
     async def kill(self, sig: int = signal.SIGKILL) -> int:
         """Send `sig` and wait for the process to end; returns its exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return await asyncio.wait_for(self.proc.wait(), 20)
+        proc = self.rig.proc
+        assert proc is not None
+        proc.send_signal(sig)
+        return await asyncio.to_thread(proc.wait, 20)
 
     async def api(self, method: str, path: str, body: Any = None) -> Any:
         """One operator API call that must succeed; returns its JSON body."""
         key = (self.paths.config / server_config.ADMIN_KEY_FILE).read_text().strip()
-        ctx = client_context(self.paths.config / server_config.CA_CERT)
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(method, self.url + path, json=body, headers={"X-Api-Key": key}, ssl=ctx) as resp,
-        ):
-            answer = await resp.json(content_type=None)
-            assert resp.status < 300, answer
-            return answer
+        ca = self.paths.config / server_config.CA_CERT
+        status, answer = await api_call(self.url, ca, key, method, path, body)
+        assert status < 300, answer
+        return answer
 
 
 def _integrity(database: Path) -> str:
@@ -415,11 +387,11 @@ async def test_server_killed_mid_deployment_resumes_with_an_intact_database(
         lines = await _server_texts(server, task_id)
         assert [lines.count(t) for t in ("before", "after", "second")] == [1, 1, 1], lines
         assert marks.read_text().split() == ["Slow", "Next"]
-        assert "task.resumed" in (server.home / "server.log").read_text()
+        assert "task.resumed" in server.rig.log.read_text()  # the second start's output
     finally:
         agent.stop.set()
         await asyncio.wait_for(running, 15)
-        if server.proc is not None and server.proc.returncode is None:
+        if server.running:
             assert await server.kill(signal.SIGTERM) == 0
     assert _integrity(server.database) == "ok"
 
@@ -432,7 +404,7 @@ async def test_a_lost_finish_does_not_hold_the_tentacle_forever(rig: Rig) -> Non
     """The calls that end a failed task on a target are lost: the target still runs the next task."""
     await rig.fleet.register("db-01", rig.mode, roles=("db",))
     await rig.fleet.start("db-01")
-    await eventually(lambda: _online(rig.live, "db-01"), 10)
+    await eventually(lambda: rig.live.online("db-01"), 10)
     first = rig.step("One", '[ "$TENTACLE_MACHINE_NAME" = db-01 ] && exit 1; echo started; sleep 1.5')
     first["roles"] = ["web", "db"]
     await apply(rig.live, {"name": "Fail", "steps": [first, rig.step("Two", "echo two")]})
@@ -450,10 +422,6 @@ async def test_a_lost_finish_does_not_hold_the_tentacle_forever(rig: Rig) -> Non
     second = await deploy(rig.live, "Next", await release(rig.live, "Next"), machines=[NAME])
     assert (await wait_task(rig.live, second, timeout=20))["state"] == "success"
     assert sorted(rig.ran()) == ["Hello", "One", "One"]  # One on both targets, Hello once
-
-
-async def _online(live: LiveServer, name: str) -> bool:
-    return live.server.fleet.is_online(name)
 
 
 async def _ended_on_the_tentacle(paths: InstancePaths, task_id: str) -> bool:

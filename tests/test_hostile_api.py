@@ -38,14 +38,13 @@ from tentacle.agent import agent_config as config
 from tentacle.agent import registration
 from tentacle.common.paths import InstancePaths, resolve
 from tentacle.net import pki
-from tentacle.net.tls import client_context
 from tentacle.protocol import messages
 from tentacle.protocol.messages import MessageError
 from tentacle.protocol.nuget import InvalidVersion, NuGetVersion, VersionRange
 from tentacle.protocol.plan import Plan, PlanError
 from tentacle.protocol.process import ProcessError, parse_process
 from tests import hostile
-from tests.conftest import LiveServer, start_server, stop_server
+from tests.conftest import LiveServer, start_server, stop_server, tentacle_context
 from tests.test_feed import make_nupkg
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the tests share one server
@@ -244,8 +243,7 @@ async def target(server_root: InstancePaths) -> AsyncIterator[Target]:
     live = await start_server(server_root)
     try:
         known, valid, machine = await _populate(live, server_root.config.parent / "tentacles")
-        files = (config.SERVER_CA_FILE, config.CERT_FILE, config.KEY_FILE)
-        ctx = client_context(*(config.file(machine, name) for name in files))
+        ctx = tentacle_context(machine)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4)) as session:
             yield Target(live, session, ctx, known, valid)
     finally:

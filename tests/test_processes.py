@@ -7,40 +7,23 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from rigs.instances import bound_ports
+from rigs.instances import bound_ports, python, wait_until
+from tests.conftest import daemon, run_tentacle
 
 
 def cli(program: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run `tentacle` or `server-shim` and capture its output."""
-    module = program.replace("-", "_")
-    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        python(program.replace("-", "_"), *args), capture_output=True, text=True, timeout=60
+    )
     if check and done.returncode != 0:
         pytest.fail(f"{program} {' '.join(args)} exited {done.returncode}: {done.stderr}")
     return done
-
-
-def daemon(program: str, *args: str, log: Path) -> subprocess.Popen[bytes]:
-    """Start a daemon in the background, its output in `log`."""
-    module = program.replace("-", "_")
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_for(predicate, timeout: float) -> float:  # type: ignore[no-untyped-def]
-    """Poll `predicate` until true; returns how long it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"not within {timeout} s")
-        time.sleep(0.2)
-    return time.monotonic() - start
 
 
 @pytest.fixture
@@ -65,8 +48,8 @@ def test_two_tentacles_register_and_show_online_then_offline(
     server = ["--home", str(tmp_path / "server")]
     cli("server-shim", *server, "init", "--listen", "127.0.0.1:0", "--polling-listen", "127.0.0.1:0")
     server_log = tmp_path / "server.log"
-    processes.append(daemon("server-shim", *server, "run", log=server_log))
-    wait_for(lambda: bound_ports(server_log.read_text()) is not None, 15)
+    processes.append(daemon("server_shim", *server, "run", log=server_log))
+    wait_until(lambda: bound_ports(server_log.read_text()) is not None, 15)
     api, poll = bound_ports(server_log.read_text()) or (0, 0)
     assert api and poll and api != poll
     url = f"https://127.0.0.1:{api}"
@@ -86,12 +69,9 @@ def test_two_tentacles_register_and_show_online_then_offline(
         return {name: m["status"] for name, m in machines().items()}
 
     assert statuses() == {"web-01": "offline", "web-02": "offline"}
-    agents = [
-        daemon("tentacle", "--home", str(tmp_path / t), "run", log=tmp_path / f"{t}.log")
-        for t in ("t1", "t2")
-    ]
+    agents = [run_tentacle(tmp_path / t, tmp_path / f"{t}.log") for t in ("t1", "t2")]
     processes.extend(agents)
-    wait_for(lambda: statuses() == {"web-01": "online", "web-02": "online"}, 10)
+    wait_until(lambda: statuses() == {"web-01": "online", "web-02": "online"}, 10)
     found = re.search(r"listening\.started host=127\.0\.0\.1 port=(\d+)", (tmp_path / "t2.log").read_text())
     assert found is not None and int(found[1]) > 0
     assert machines()["web-02"]["endpoint"] == f"https://127.0.0.1:{found[1]}"
@@ -100,7 +80,7 @@ def test_two_tentacles_register_and_show_online_then_offline(
     for agent in agents:
         agent.send_signal(signal.SIGTERM)
     assert [agent.wait(15) for agent in agents] == [0, 0]
-    wait_for(lambda: statuses() == {"web-01": "offline", "web-02": "offline"}, 20)
+    wait_until(lambda: statuses() == {"web-01": "offline", "web-02": "offline"}, 20)
     processes[0].send_signal(signal.SIGTERM)
     assert processes[0].wait(15) == 0
 

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "system-deps.sh"
 
 
@@ -48,26 +50,29 @@ def _run(tmp_path: Path, group: str, missing: str, uid: int, sudo: bool) -> tupl
     return done.returncode, done.stderr, calls.read_text().splitlines() if calls.exists() else []
 
 
-def test_as_root_it_installs_what_is_missing_with_apt_get(tmp_path: Path) -> None:
-    """As root: apt-get update, then one install of exactly the missing packages, no sudo."""
-    code, err, calls = _run(tmp_path, "build", "python3-venv", uid=0, sudo=True)
+@pytest.mark.parametrize(
+    ("uid", "expected"),
+    [
+        (0, ["apt-get update -qq", "apt-get install -y -qq --no-install-recommends python3-venv"]),
+        (
+            1000,
+            [
+                "sudo apt-get",
+                "apt-get update -qq",
+                "sudo env",
+                "apt-get install -y -qq --no-install-recommends python3-venv",
+            ],
+        ),
+    ],
+    ids=["root", "sudo"],
+)
+def test_it_installs_exactly_what_is_missing_as_root_or_through_sudo(
+    tmp_path: Path, uid: int, expected: list[str]
+) -> None:
+    """apt-get update, then one install of exactly the missing packages: itself as root, else via sudo."""
+    code, err, calls = _run(tmp_path, "build", "python3-venv", uid=uid, sudo=True)
     assert code == 0, err
-    assert calls == [
-        "apt-get update -qq",
-        "apt-get install -y -qq --no-install-recommends python3-venv",
-    ]
-
-
-def test_as_another_user_it_installs_through_sudo(tmp_path: Path) -> None:
-    """Not root: both apt-get calls go through sudo."""
-    code, err, calls = _run(tmp_path, "build", "python3-venv", uid=1000, sudo=True)
-    assert code == 0, err
-    assert calls == [
-        "sudo apt-get",
-        "apt-get update -qq",
-        "sudo env",
-        "apt-get install -y -qq --no-install-recommends python3-venv",
-    ]
+    assert calls == expected
 
 
 def test_without_root_or_sudo_one_line_names_the_packages(tmp_path: Path) -> None:

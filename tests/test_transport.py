@@ -60,15 +60,11 @@ async def test_server_calls_tentacle_with_the_same_messages(
     await tentacles.register("db-01", mode, roles=("db",))
     await tentacles.start("db-01")
     fleet = live_server.server.fleet
-    await eventually(lambda: _is_online(live_server, "db-01"), 10)
+    await eventually(lambda: live_server.online("db-01"), 10)
     machine = live_server.server.db.sync(machines.find, "Default", "db-01")
     assert machine is not None
     answer = await fleet.call(machine, "ping", {}, timeout=5)
     assert answer["name"] == "db-01" and answer["mode"] == mode
-
-
-async def _is_online(live: LiveServer, name: str) -> bool:
-    return live.server.fleet.is_online(name)
 
 
 async def test_polling_tentacle_reconnects_after_server_restart(server_home, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -78,13 +74,13 @@ async def test_polling_tentacle_reconnects_after_server_restart(server_home, tmp
     fleet = Tentacles(live, tmp_path / "t")
     await fleet.register("web-01", "polling")
     await fleet.start("web-01")
-    await eventually(lambda: _is_online(live, "web-01"), 10)
+    await eventually(lambda: live.online("web-01"), 10)
     await stop_server(live)
     await asyncio.sleep(0.5)
     live = await start_server(server_home, *ports)
     fleet.server = live
     try:
-        took = await eventually(lambda: _is_online(live, "web-01"), 15)
+        took = await eventually(lambda: live.online("web-01"), 15)
         assert took < 15
     finally:
         await fleet.stop_all()
