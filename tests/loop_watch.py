@@ -8,9 +8,13 @@ route) and no line. So a watcher thread looks at each loop's current callback ev
 once one has run for 50 ms takes a sample of the loop thread's stack. The callback is the
 project's when, from the outermost frame inward, a frame of ``tentacle/`` or ``server_shim/``
 comes before any frame of ``tests/``, ``rigs/`` or ``bench/``: a test that calls project code
-synchronously blocks its own loop, which is the test's business. Time the garbage collector
-spent inside the callback is not counted: a full collection lands on whatever code allocates,
-so it says nothing about that code.
+synchronously (``db.sync``, `Agent(...)` in a fixture) blocks its own loop, which is the test's
+business, and is not judged here.
+
+Two kinds of time inside a callback are not its doing, and are not counted: the garbage
+collector's (a full collection lands on whatever code allocates) and the time the loop thread
+was ready to run but the kernel ran something else (``/proc/thread-self/schedstat``: on two
+shared cores a busy machine alone can hold a callback 200 ms).
 """
 
 from __future__ import annotations
@@ -37,11 +41,26 @@ EVERY = 0.02
 
 @dataclass
 class Running:
-    """The callback a loop runs now, since when, and its stack once it ran long."""
+    """The callback a loop runs now, since when, its thread's wait for a CPU by then, its stack."""
 
     handle: asyncio.Handle
     since: float
+    waited: float  # seconds the loop thread had waited for a CPU when this callback was first seen
     frames: traceback.StackSummary | None = None
+
+
+def _waited(native_id: int | None) -> float:
+    """Seconds a thread has spent ready to run but not running (0 where the kernel does not say)."""
+    where = "thread-self" if native_id is None else f"self/task/{native_id}"
+    try:
+        with open(f"/proc/{where}/schedstat") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _native_id(ident: int) -> int | None:
+    return next((t.native_id for t in threading.enumerate() if t.ident == ident), None)
 
 
 @dataclass
@@ -130,7 +149,7 @@ class LoopWatch:
                 self._running.pop(id(loop), None)  # asyncio judged it already, if it was slow
                 return
             if running is None or running.handle is not handle:
-                self._running[id(loop)] = Running(handle, loop.time())
+                self._running[id(loop)] = Running(handle, loop.time(), _waited(_native_id(thread_id)))
                 return
             if running.frames is not None or loop.time() - running.since < SAMPLE_AFTER:
                 return
@@ -148,14 +167,17 @@ class LoopWatch:
         handle = getattr(loop, "_current_handle", None)
         with self._lock:
             running = self._running.pop(id(loop), None)
+        if running is not None and running.handle is not handle:
+            running = None  # asyncio's timing is of another callback than the one sampled
         now = loop.time()
-        if seconds - self._collecting(now - seconds, now) < SLOW:
+        starved = _waited(None) - running.waited if running is not None else 0.0
+        if seconds - self._collecting(now - seconds, now) - starved < SLOW:
             return
-        frames = running.frames if running is not None and running.handle is handle else None
+        frames = running.frames if running is not None else None
         if frames is not None:
             if _owner(frames) == "project":
-                ours = [f for f in frames if f.filename.startswith(PROJECT)]
-                self.found.append(Blocked(seconds, text[:400], ours, frames[-1]))
+                mine = [f for f in frames if f.filename.startswith(PROJECT)]
+                self.found.append(Blocked(seconds, text[:400], mine, frames[-1]))
         elif any(root in text for root in PROJECT) and not any(root in text for root in TESTS):
             self.found.append(Blocked(seconds, text[:400], [], None))  # too quick to sample
 
