@@ -41,6 +41,7 @@ from aiohttp import web
 
 from tentacle.agent import agent_config, registration
 from tentacle.agent.agent_config import ListenConfig
+from tentacle.agent.listening import report_port
 from tentacle.common.paths import InstancePaths, resolve
 from tentacle.net.tls import client_context, server_context
 
@@ -122,10 +123,20 @@ class RogueAgent:
         return agent_config.file(self.paths, name)
 
     async def start(self) -> None:
-        """Serve (listening) or connect (polling) in this event loop."""
+        """Serve (listening) or connect (polling) in this event loop.
+
+        Listening on port 0, it takes a free port and reports it as a real tentacle does.
+        """
         conf = self.config
         if conf.mode == "listening":
-            await self._listen(conf.listen.port)
+            port = await self._listen(conf.listen.port)
+            if conf.listen.port == 0:
+                ctx = client_context(
+                    self._file(agent_config.SERVER_CA_FILE),
+                    self._file(agent_config.CERT_FILE),
+                    self._file(agent_config.KEY_FILE),
+                )
+                await report_port(conf.server.url, conf.server.thumbprints, ctx, port)
         else:
             self._polling = asyncio.create_task(self._poll(conf.server.polling_url))
 
@@ -237,7 +248,7 @@ class RogueAgent:
 
     # --- listening --------------------------------------------------------------------
 
-    async def _listen(self, port: int) -> None:
+    async def _listen(self, port: int) -> int:
         ctx = server_context(
             self._file(agent_config.CERT_FILE),
             self._file(agent_config.KEY_FILE),
@@ -249,7 +260,11 @@ class RogueAgent:
         app.router.add_route("*", "/packages/v1/{task}/{sha}", self._push)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=ctx).start()
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=ctx)
+        await site.start()
+        server = site._server  # aiohttp keeps the bound sockets there; port 0 becomes a real one
+        assert server is not None
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
     async def _rpc(self, request: web.Request) -> web.StreamResponse:
         body = json.loads(await request.read())

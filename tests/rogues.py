@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from rigs.rogue_agent import Behaviour, RogueAgent
-from tests.conftest import LiveServer, eventually, free_port
+from tests.conftest import LiveServer, eventually
 from tests.deploying import apply, deploy, release, step
 
 
@@ -18,8 +18,7 @@ async def rogue(
 ) -> RogueAgent:
     """Register a rogue tentacle called ``name`` and start it; the server sees it online."""
     agent = RogueAgent(root / name, behaviours)
-    port = free_port() if mode == "listening" else 0
-    await agent.register(live.url, live.token(), live.thumbprint, name, mode=mode, port=port, role=role)
+    await agent.register(live.url, live.token(), live.thumbprint, name, mode=mode, port=0, role=role)
     await agent.start()
 
     async def online() -> bool:

@@ -18,7 +18,7 @@ from rigs.instances import Server, proc_stats, wait_until
 from rigs.rogue_agent import Behaviour, RogueAgent
 from server_shim.dispatch.reply_limits import GRACE
 from tentacle.protocol.messages import MAX_MESSAGE_BYTES
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer
 from tests.deploying import wait_task
 from tests.rogues import deploy_script, events, quiet, rogue, target
 
@@ -38,8 +38,7 @@ def test_a_huge_ping_answer_is_refused_and_the_server_memory_does_not_follow(tmp
         async def run() -> None:
             token = server.cli("token", "create")
             thumbprint = server.cli("show-thumbprint")
-            port = free_port()
-            await agent.register(server.url, token, thumbprint, "rogue", mode="listening", port=port)
+            await agent.register(server.url, token, thumbprint, "rogue", mode="listening", port=0)
             await agent.start()
             before = proc_stats(server.pid).peak_rss
             log = server.log

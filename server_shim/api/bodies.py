@@ -108,6 +108,19 @@ class RegistrationAnswer(Wire, frozen=True):
     machine: MachineView
 
 
+class ListeningPort(Body, frozen=True):
+    """``POST /api/machines/listening-port/v1``: the port a listening tentacle took at start."""
+
+    port: Annotated[int, Meta(ge=1, le=65535)]
+
+
+class EndpointMoved(Wire, frozen=True):
+    """The answer to a port report: the endpoint the server uses from now on."""
+
+    name: str
+    endpoint: str | None
+
+
 class MachineList(Wire, frozen=True):
     """``GET /api/{space}/machines/v1``."""
 
