@@ -72,11 +72,11 @@ async def poll(request: web.Request) -> web.StreamResponse:
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
-            fleet.touch(identified.name)
+            fleet.touch(identified.key)
             _deliver(link, msg.data, identified.name)
         reason = f"closed ({ws.close_code})"
     finally:
-        fleet.detach(identified.name, link, reason)
+        fleet.detach(identified.key, link, reason)
     return ws
 
 

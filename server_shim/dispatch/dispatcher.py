@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
+from server_shim.dispatch import timetable
 from server_shim.dispatch.fleet import Fleet
 from server_shim.store import task_rows as tasks
 from server_shim.store.database import Database
@@ -68,7 +69,7 @@ P = TypeVar("P", bound=Wire)
 R = TypeVar("R", bound=Wire)
 
 
-GateHook = Callable[[Plan, str], Awaitable[None]]  # (the target's plan, the gate's name), on each OpenGate
+GateHook = Callable[[str, Plan, str], Awaitable[None]]  # (space, the target's plan, the gate's name)
 
 
 class TargetGone(Exception):
@@ -144,7 +145,7 @@ class TaskRun:
         await self.started[name].wait()
         for hook in self.d.gate_hooks:
             try:
-                await self._unless_halted(name, hook(self.record.plans[name], gate_name))
+                await self._unless_halted(name, hook(self.record.space, self.record.plans[name], gate_name))
             except Exception as exc:
                 event(
                     log, "gate.hook_failed", logging.WARNING, task=self.task_id, target=name, reason=str(exc)
@@ -241,6 +242,7 @@ class Dispatcher:
         self.queue: list[TaskRecord] = []
         self.drivers: set[asyncio.Task[None]] = set()
         self.gate_hooks: list[GateHook] = []
+        self._wake: asyncio.TimerHandle | None = None  # the next runAt or noRunAfter of a queued task
 
     async def start(self) -> None:
         """Pick up the tasks a previous server left unfinished."""
@@ -251,22 +253,48 @@ class Dispatcher:
                 self.queue.append(record)
         await self.schedule()
 
-    async def submit(self, record: TaskRecord) -> None:
-        """A new task was stored: queue it and start what can start."""
-        self.queue.append(record)
+    async def submit(self, *records: TaskRecord) -> None:
+        """New tasks were stored: queue them and start what can start."""
+        self.queue.extend(records)
         await self.schedule()
 
-    def busy(self) -> set[str]:
-        """Machines taken by running tasks."""
-        return {name for run in self.runs.values() for name in run.record.plans}
+    def busy(self) -> set[tuple[str, str]]:
+        """Machines (space, name) taken by running tasks."""
+        return {key for run in self.runs.values() for key in run.record.machine_keys()}
 
     async def schedule(self) -> None:
-        """Start queued tasks, oldest first, whose machines are all free."""
+        """Start queued tasks, oldest first, that are due and whose machines are all free.
+
+        A queued task past its noRunAfter is cancelled instead; then a timer is set for the
+        next runAt or noRunAfter of what still waits.
+        """
+        now, busy = time.time(), self.busy()
         for record in list(self.queue):
-            if set(record.plans) & self.busy():
+            if timetable.expired(record, now):
+                self.queue.remove(record)
+                reason = timetable.expiry_reason(record)
+                await self.db.run(
+                    tasks.save_progress, record.task_id, "cancelled", reason, record.coordinator
+                )
+                event(log, "task.cancelled", task=record.task_id, error=reason)
+                continue
+            keys = record.machine_keys()
+            if not timetable.due(record, now) or keys & busy:
                 continue
             self.queue.remove(record)
+            busy |= keys
             self._launch(record, TaskCoordinator.restore(record.coordinator), resume=False)
+        self._arm(now)
+
+    def _arm(self, now: float) -> None:
+        """Wake `schedule` at the next time a queued task becomes due or expires."""
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        wake = timetable.wake_at(self.queue, now)
+        if wake is not None:
+            loop = asyncio.get_running_loop()
+            self._wake = loop.call_later(wake - now + 0.01, lambda: self._background(self.schedule()))
 
     def _launch(self, record: TaskRecord, coordinator: TaskCoordinator, *, resume: bool) -> None:
         run = self.runs[record.task_id] = TaskRun(self, record, coordinator)
@@ -285,7 +313,7 @@ class Dispatcher:
         first_failure: float | None = None
         while True:
             try:
-                machine = await self._machine(name)
+                machine = await self._machine(run.record.space, name)
                 return await self.fleet.call(machine, call, params, timeout)
             except TentacleError as exc:
                 if not exc.retryable:
@@ -301,8 +329,8 @@ class Dispatcher:
                 raise TargetGone("the task has finished")
             await asyncio.sleep(RETRY_DELAY)
 
-    async def _machine(self, name: str) -> Machine:
-        found = await self.fleet.machine(name)
+    async def _machine(self, space: str, name: str) -> Machine:
+        found = await self.fleet.machine(name, space)
         if found is None:
             raise TargetGone(f"machine {name!r} was removed")
         return found
@@ -317,7 +345,7 @@ class Dispatcher:
         await asyncio.gather(*(self._drain(run, name) for name in run.record.plans))
         self.runs.pop(run.task_id, None)
         for name in run.record.plans:
-            self._background(self._finish(run.task_id, name))
+            self._background(self._finish(run.task_id, run.record.space, name))
         await self.schedule()
 
     def _background(self, coro: Any) -> None:
@@ -328,17 +356,18 @@ class Dispatcher:
     async def _drain(self, run: TaskRun, name: str) -> None:
         """Store the target's last log lines (best effort: one try)."""
         with contextlib.suppress(TentacleError, TargetGone):
-            machine = await self._machine(name)
+            machine = await self._machine(run.record.space, name)
             since = await self.db.run(tasks.last_machine_seq, run.task_id, name)
             params = StatusParams(task_id=run.task_id, log_since=since)
             await run._store_log(name, await self.fleet.call(machine, TASK_STATUS, params, 10), since)
 
-    async def _finish(self, task_id: str, name: str) -> None:
+    async def _finish(self, task_id: str, space: str, name: str) -> None:
         """Deliver task.finish to one target, however long it takes (until it is removed)."""
         delay = RETRY_DELAY
         while True:
             try:
-                await self.fleet.call(await self._machine(name), TASK_FINISH, StopParams(task_id=task_id), 10)
+                machine = await self._machine(space, name)
+                await self.fleet.call(machine, TASK_FINISH, StopParams(task_id=task_id), 10)
                 return
             except TargetGone:
                 return  # it is gone for good
@@ -363,6 +392,8 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Stop following tasks (they stay running in the database for the next start)."""
+        if self._wake is not None:
+            self._wake.cancel()
         everything = [*self.drivers, *(job for run in self.runs.values() for job in run.jobs)]
         for job in everything:
             job.cancel()

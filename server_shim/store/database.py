@@ -105,6 +105,52 @@ MIGRATIONS: list[str] = [
         stable1 INTEGER NOT NULL, any1 INTEGER NOT NULL,
         stable2 INTEGER NOT NULL, any2 INTEGER NOT NULL);
     """,
+    # Spaces, tenants and channels (issue 13). A space gets a stable id (Spaces-N) besides
+    # its name; mirror feeds move into spaces (the rows before this go to Default). Machines
+    # carry tenants, tenant tags and how they take part in tenanted deployments. Tag sets and
+    # tenants are per space; a tenant's project/environment links and tags get rows of their
+    # own, so that "the tenants of this project" is an index lookup. A release remembers its
+    # channel; a task, its tenant and its schedule (epoch seconds).
+    """
+    ALTER TABLE spaces ADD COLUMN space_id TEXT;
+    ALTER TABLE spaces ADD COLUMN created_at DOUBLE PRECISION NOT NULL DEFAULT 0;
+    UPDATE spaces SET space_id = 'Spaces-1' WHERE name = 'Default';
+    CREATE UNIQUE INDEX spaces_by_id ON spaces(space_id);
+    CREATE TABLE space_feeds (
+        space TEXT NOT NULL REFERENCES spaces(name), name TEXT NOT NULL,
+        mirrors TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (space, name));
+    INSERT INTO space_feeds (space, name, mirrors, updated_at)
+        SELECT 'Default', name, mirrors, updated_at FROM feeds;
+    DROP TABLE feeds;
+    ALTER TABLE machines ADD COLUMN tenants TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE machines ADD COLUMN tenant_tags TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE machines ADD COLUMN tenanted_deployment TEXT NOT NULL DEFAULT 'untenanted';
+    CREATE TABLE tag_sets (
+        space TEXT NOT NULL REFERENCES spaces(name), name TEXT NOT NULL,
+        tags TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (space, name));
+    CREATE TABLE tenants (
+        space TEXT NOT NULL REFERENCES spaces(name), name TEXT NOT NULL,
+        document TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (space, name));
+    CREATE TABLE tenant_projects (
+        space TEXT NOT NULL, tenant TEXT NOT NULL, project TEXT NOT NULL, environment TEXT NOT NULL,
+        PRIMARY KEY (space, tenant, project, environment),
+        FOREIGN KEY (space, tenant) REFERENCES tenants(space, name) ON DELETE CASCADE);
+    CREATE INDEX tenant_projects_by_project ON tenant_projects(space, project, environment);
+    CREATE TABLE tenant_tags (
+        space TEXT NOT NULL, tenant TEXT NOT NULL, tag TEXT NOT NULL,
+        PRIMARY KEY (space, tenant, tag),
+        FOREIGN KEY (space, tenant) REFERENCES tenants(space, name) ON DELETE CASCADE);
+    CREATE INDEX tenant_tags_by_tag ON tenant_tags(space, tag);
+    ALTER TABLE releases ADD COLUMN channel TEXT NOT NULL DEFAULT 'Default';
+    CREATE INDEX releases_by_age ON releases(space, project, created_at);
+    CREATE INDEX releases_by_channel ON releases(space, project, channel, created_at);
+    ALTER TABLE tasks ADD COLUMN tenant TEXT;
+    ALTER TABLE tasks ADD COLUMN run_at DOUBLE PRECISION;
+    ALTER TABLE tasks ADD COLUMN no_run_after DOUBLE PRECISION;
+    """,
 ]
 
 

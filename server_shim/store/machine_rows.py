@@ -38,14 +38,22 @@ class Machine:
     roles: tuple[str, ...]
     registered_at: float
     last_seen: float | None = None
+    tenants: tuple[str, ...] = ()
+    tenant_tags: tuple[str, ...] = ()
+    tenanted_deployment: str = "untenanted"  # untenanted | tenanted | both
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Machine:
         """Build from a ``machines`` row."""
         values = dict(row)
-        values["environments"] = tuple(json.loads(values["environments"]))
-        values["roles"] = tuple(json.loads(values["roles"]))
+        for key in ("environments", "roles", "tenants", "tenant_tags"):
+            values[key] = tuple(json.loads(values[key]))
         return cls(**values)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(space, name): what identifies a machine (names are unique within a space only)."""
+        return (self.space, self.name)
 
 
 def insert(conn: sqlite3.Connection, machine: Machine, *, force: bool) -> None:
@@ -59,7 +67,9 @@ def insert(conn: sqlite3.Connection, machine: Machine, *, force: bool) -> None:
             )
         revoke(conn, machine.space, machine.name)
     conn.execute(
-        "INSERT INTO machines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO machines (space, name, thumbprint, certificate, mode, endpoint, environments, roles,"
+        " registered_at, last_seen, tenants, tenant_tags, tenanted_deployment)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             machine.space,
             machine.name,
@@ -71,6 +81,9 @@ def insert(conn: sqlite3.Connection, machine: Machine, *, force: bool) -> None:
             json.dumps(machine.roles),
             machine.registered_at,
             machine.last_seen,
+            json.dumps(machine.tenants),
+            json.dumps(machine.tenant_tags),
+            machine.tenanted_deployment,
         ),
     )
 
@@ -78,12 +91,6 @@ def insert(conn: sqlite3.Connection, machine: Machine, *, force: bool) -> None:
 def find(conn: sqlite3.Connection, space: str, name: str) -> Machine | None:
     """The machine named `name`, or None."""
     row = conn.execute("SELECT * FROM machines WHERE space = ? AND name = ?", (space, name)).fetchone()
-    return None if row is None else Machine.from_row(row)
-
-
-def by_name(conn: sqlite3.Connection, name: str) -> Machine | None:
-    """The machine named `name` in any space (names are unique where tasks use them)."""
-    row = conn.execute("SELECT * FROM machines WHERE name = ?", (name,)).fetchone()
     return None if row is None else Machine.from_row(row)
 
 
@@ -128,9 +135,9 @@ def revoke(conn: sqlite3.Connection, space: str, name: str) -> Machine:
     return machine
 
 
-def save_last_seen(conn: sqlite3.Connection, seen: dict[str, float]) -> None:
-    """Persist when machines were last heard from (batched by the fleet)."""
+def save_last_seen(conn: sqlite3.Connection, seen: dict[tuple[str, str], float]) -> None:
+    """Persist when machines were last heard from (batched by the fleet), by (space, name)."""
     conn.executemany(
-        "UPDATE machines SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE name = ?",
-        [(stamp, name) for name, stamp in seen.items()],
+        "UPDATE machines SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE space = ? AND name = ?",
+        [(stamp, space, name) for (space, name), stamp in seen.items()],
     )

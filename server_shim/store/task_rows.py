@@ -42,6 +42,13 @@ class TaskRecord:
     finished_at: float | None
     plans: dict[str, Plan]
     coordinator: dict[str, Any]
+    tenant: str | None = None
+    run_at: float | None = None  # not started before (epoch seconds)
+    no_run_after: float | None = None  # cancelled when still queued after this
+
+    def machine_keys(self) -> set[tuple[str, str]]:
+        """(space, name) of every target: names are unique within a space only."""
+        return {(self.space, name) for name in self.plans}
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRecord:
@@ -57,7 +64,9 @@ def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
     """Store a new (queued) task."""
     plans = json.dumps({name: plan.to_json() for name, plan in record.plans.items()})
     conn.execute(
-        "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO tasks (task_id, space, kind, project, release_version, runbook, environment, state,"
+        " error, created_at, finished_at, plans, coordinator, tenant, run_at, no_run_after)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.task_id,
             record.space,
@@ -72,6 +81,9 @@ def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
             record.finished_at,
             plans,
             json.dumps(record.coordinator),
+            record.tenant,
+            record.run_at,
+            record.no_run_after,
         ),
     )
 
@@ -79,7 +91,7 @@ def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
 # Every column but the plans: what reading a task needs (5,000 plans take 0.2 s to parse).
 _GET_HEADER = (
     "SELECT task_id, space, kind, project, release_version, runbook, environment, state, error,"
-    " created_at, finished_at, coordinator FROM tasks WHERE task_id = ?"
+    " created_at, finished_at, coordinator, tenant, run_at, no_run_after FROM tasks WHERE task_id = ?"
 )
 
 
