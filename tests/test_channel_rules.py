@@ -144,7 +144,7 @@ def _record(run_at: float | None, no_run_after: float | None) -> TaskRecord:
 
 
 def test_a_scheduled_task_waits_then_expires() -> None:
-    """Before runAt it is not due; past noRunAfter it expires with that reason; the wake-up is the next of both."""
+    """Not due before runAt; expired past noRunAfter, with that reason; woken at the next of the two."""
     record = _record(100.0, 200.0)
     assert not timetable.due(record, 99.0) and timetable.due(record, 100.0)
     assert not timetable.expired(record, 200.0) and timetable.expired(record, 200.5)
