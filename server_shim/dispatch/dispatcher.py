@@ -254,13 +254,26 @@ class Dispatcher:
         await self.schedule()
 
     async def submit(self, *records: TaskRecord) -> None:
-        """New tasks were stored: queue them and start what can start."""
-        self.queue.extend(records)
-        await self.schedule()
+        """New tasks were stored: start those that are due and whose machines are free, queue the rest.
+
+        Only the new tasks are looked at: for those queued before, nothing has changed (no
+        machine was freed), so a create costs the same with a thousand tasks queued as with none.
+        """
+        now, busy = time.time(), self.busy()
+        timed = False
+        for record in records:
+            timed = timed or record.run_at is not None or record.no_run_after is not None
+            if timetable.due(record, now) and not record.machine_keys & busy:
+                busy |= record.machine_keys
+                self._launch(record, TaskCoordinator.restore(record.coordinator), resume=False)
+            else:
+                self.queue.append(record)
+        if timed:
+            self._arm(now)
 
     def busy(self) -> set[tuple[str, str]]:
         """Machines (space, name) taken by running tasks."""
-        return {key for run in self.runs.values() for key in run.record.machine_keys()}
+        return {key for run in self.runs.values() for key in run.record.machine_keys}
 
     async def schedule(self) -> None:
         """Start queued tasks, oldest first, that are due and whose machines are all free.
@@ -278,7 +291,7 @@ class Dispatcher:
                 )
                 event(log, "task.cancelled", task=record.task_id, error=reason)
                 continue
-            keys = record.machine_keys()
+            keys = record.machine_keys
             if not timetable.due(record, now) or keys & busy:
                 continue
             self.queue.remove(record)

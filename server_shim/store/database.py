@@ -110,7 +110,9 @@ MIGRATIONS: list[str] = [
     # carry tenants, tenant tags and how they take part in tenanted deployments. Tag sets and
     # tenants are per space; a tenant's project/environment links and tags get rows of their
     # own, so that "the tenants of this project" is an index lookup. A release remembers its
-    # channel; a task, its tenant and its schedule (epoch seconds).
+    # channel; a task, its tenant and its schedule (epoch seconds). A release is found by its
+    # version in any case (NuGet's equality), which without an index on lower(version) scans
+    # every release of the project on each create.
     """
     ALTER TABLE spaces ADD COLUMN space_id TEXT;
     ALTER TABLE spaces ADD COLUMN created_at DOUBLE PRECISION NOT NULL DEFAULT 0;
@@ -146,6 +148,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX tenant_tags_by_tag ON tenant_tags(space, tag);
     ALTER TABLE releases ADD COLUMN channel TEXT NOT NULL DEFAULT 'Default';
     CREATE INDEX releases_by_age ON releases(space, project, created_at);
+    CREATE INDEX releases_by_lower_version ON releases(space, project, lower(version));
     CREATE INDEX releases_by_channel ON releases(space, project, channel, created_at);
     ALTER TABLE tasks ADD COLUMN tenant TEXT;
     ALTER TABLE tasks ADD COLUMN run_at DOUBLE PRECISION;

@@ -102,9 +102,9 @@ def _source(conn: sqlite3.Connection, req: Request) -> _Source:
     return _Source(process, runbook.steps, {i: feed.resolve(conn, i, None) for i in sorted(ids)}, "")
 
 
-def _check_options(req: Request, source: _Source, everyone: Sequence[Machine]) -> None:
+def _check_options(conn: sqlite3.Connection, req: Request, source: _Source) -> None:
     """Every machine and step the options name exists; no machine is both specific and excluded."""
-    known = {m.name for m in everyone}
+    known = machines.existing_names(conn, req.space, [*req.machine_names, *req.options.excluded_machines])
     for path, names in (
         ("specificMachineNames", req.machine_names),
         ("excludedMachineNames", req.options.excluded_machines),
@@ -132,17 +132,14 @@ def _check_options(req: Request, source: _Source, everyone: Sequence[Machine]) -
         raise TargetError("skipStepNames: every step is skipped", details={"path": "skipStepNames"})
 
 
-def _in_environments(req: Request, everyone: Sequence[Machine]) -> list[tuple[Machine, str]]:
+def _in_environments(conn: sqlite3.Connection, req: Request) -> list[tuple[Machine, str]]:
     """Each machine of the named environments with the first of them it is in."""
-    known = {env for m in everyone for env in m.environments}
+    found = machines.in_environments(conn, req.space, req.environments)
+    known = {env for m in found for env in m.environments}
     for env in req.environments:
         if env not in known:
             raise NotFound(f"environment {env!r} has no machines (or does not exist)")
-    return [
-        (m, next(e for e in req.environments if e in m.environments))
-        for m in everyone
-        if set(m.environments) & set(req.environments)
-    ]
+    return [(m, next(e for e in req.environments if e in m.environments)) for m in found]
 
 
 def _targets(
@@ -240,9 +237,8 @@ def _task(
 def create(conn: sqlite3.Connection, req: Request) -> TaskRecord:
     """Resolve and store a queued task; raises a 4xx-classed error and stores nothing on bad input."""
     source = _source(conn, req)
-    everyone = machines.listing(conn, req.space)
-    _check_options(req, source, everyone)
-    targets = _targets(req, source.steps, _in_environments(req, everyone), None)
+    _check_options(conn, req, source)
+    targets = _targets(req, source.steps, _in_environments(conn, req), None)
     if not targets:
         raise _no_targets(req, source.steps, None)
     record = _task(req, source, targets, None, feed.feed_mirrors(conn, req.space))
@@ -263,12 +259,11 @@ def create_tenanted(conn: sqlite3.Connection, treq: TenantedRequest) -> list[Tas
         options=treq.options,
     )
     source = _source(conn, req)
-    everyone = machines.listing(conn, req.space)
-    _check_options(req, source, everyone)
+    _check_options(conn, req, source)
     chosen = tenant_choice.choose(
         conn, treq.space, treq.project, treq.environment, treq.tenant_names, treq.tenant_tags
     )
-    in_envs = _in_environments(req, everyone)
+    in_envs = _in_environments(conn, req)
     feeds = feed.feed_mirrors(conn, req.space)
     records: list[TaskRecord] = []
     used: set[str] = set()

@@ -34,6 +34,7 @@ Errors::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -137,7 +138,13 @@ def _by_version(conn: sqlite3.Connection, package_id: str) -> dict[NuGetVersion,
     rows = conn.execute(
         "SELECT id, version, sha512, size, file_name FROM packages WHERE lower_id = ?", (package_id.lower(),)
     )
-    return {NuGetVersion.parse(row["version"]): _ref(row) for row in rows}
+    return {_parsed(row["version"]): _ref(row) for row in rows}
+
+
+@functools.lru_cache(maxsize=65536)
+def _parsed(version: str) -> NuGetVersion:
+    """A stored (normalized) version, parsed once: every release resolves every version of its ids."""
+    return NuGetVersion.parse(version)
 
 
 def refs_by_version(conn: sqlite3.Connection, package_id: str) -> dict[NuGetVersion, PackageRef]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tentacle.errors import Conflict, NotFound
@@ -119,6 +120,28 @@ def listing(conn: sqlite3.Connection, space: str) -> list[Machine]:
     """Every machine of the space, by name."""
     rows = conn.execute("SELECT * FROM machines WHERE space = ? ORDER BY name", (space,))
     return [Machine.from_row(row) for row in rows]
+
+
+def in_environments(conn: sqlite3.Connection, space: str, environments: Sequence[str]) -> list[Machine]:
+    """The machines of the space in any of ``environments``, by name (LIKE narrows, JSON decides)."""
+    if not environments:
+        return []
+    likes = " OR ".join("environments LIKE ?" for _ in environments)
+    rows = conn.execute(
+        f"SELECT * FROM machines WHERE space = ? AND ({likes}) ORDER BY name",  # noqa: S608 - placeholders only
+        (space, *(f"%{json.dumps(env)}%" for env in environments)),
+    )
+    wanted = set(environments)
+    return [m for m in (Machine.from_row(row) for row in rows) if wanted & set(m.environments)]
+
+
+def existing_names(conn: sqlite3.Connection, space: str, names: Sequence[str]) -> set[str]:
+    """Which of ``names`` are machines of the space."""
+    found: set[str] = set()
+    for name in set(names):
+        if conn.execute("SELECT 1 FROM machines WHERE space = ? AND name = ?", (space, name)).fetchone():
+            found.add(name)
+    return found
 
 
 def revoke(conn: sqlite3.Connection, space: str, name: str) -> Machine:

@@ -23,6 +23,7 @@ raises ChannelNotFound, ChannelRuleBroken, PackageMissing, ReleaseVersionNeeded)
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -88,10 +89,24 @@ def put_project(conn: sqlite3.Connection, space: str, name: str, process: Proces
 
 def get_project(conn: sqlite3.Connection, space: str, name: str) -> Process:
     """The project's process; ProjectNotFound when there is none."""
+    return _project_document(conn, space, name)[1]
+
+
+def _project_document(conn: sqlite3.Connection, space: str, name: str) -> tuple[str, Process]:
+    """The project's stored document text and its process."""
     row = _project_row(conn, space, name) if _storable(name) else None
     if row is None:
         raise ProjectNotFound(f"project {_shown(name)} does not exist in space {_shown(space)}")
-    return parse_process(json.loads(row["document"]), name)
+    return row["document"], stored_process(row["document"], name)
+
+
+@functools.lru_cache(maxsize=512)
+def stored_process(document: str, name: str) -> Process:
+    """A stored (normalized) document's process, parsed once per text: every create reads one.
+
+    `Process` is immutable, so one parsed value serves every caller with the same text.
+    """
+    return parse_process(json.loads(document), name)
 
 
 def _storable(text: str) -> bool:
@@ -127,7 +142,7 @@ def create_release(
     channel's rules allow. Without ``version``, the next one is made (release_channels).
     """
     given = None if version is None else str(_release_version(version))
-    process = get_project(conn, space, project)
+    document, process = _project_document(conn, space, project)
     chosen = channels.channel_of(process, channel)
     if given is not None and _release_row(conn, space, project, given) is not None:
         raise ReleaseExists(f"releaseVersion: release {given!r} of project {project!r} already exists")
@@ -148,7 +163,7 @@ def create_release(
             space,
             project,
             normalized,
-            json.dumps(process.to_json()),
+            document,  # normalized already (put_project stores `to_json`)
             _packages_json(release),
             time.time(),
             chosen.name,
@@ -191,7 +206,7 @@ def _release_from_row(row: sqlite3.Row) -> Release:
         key: PackageRef(p["id"], p["version"], p["sha512"], p["size"], p["fileName"])
         for key, p in json.loads(row["packages"]).items()
     }
-    process = parse_process(json.loads(row["process"]), row["project"])
+    process = stored_process(row["process"], row["project"])
     return Release(row["project"], row["version"], process, packages, row["channel"])
 
 

@@ -9,11 +9,14 @@ task-wide ``seq`` is what ``log/v1?since=`` pages by.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from tentacle.errors import NotFound
 from tentacle.protocol.plan import Plan
@@ -46,9 +49,10 @@ class TaskRecord:
     run_at: float | None = None  # not started before (epoch seconds)
     no_run_after: float | None = None  # cancelled when still queued after this
 
-    def machine_keys(self) -> set[tuple[str, str]]:
-        """(space, name) of every target: names are unique within a space only."""
-        return {(self.space, name) for name in self.plans}
+    @functools.cached_property
+    def machine_keys(self) -> frozenset[tuple[str, str]]:
+        """(space, name) of every target: names are unique within a space only (made once)."""
+        return frozenset((self.space, name) for name in self.plans)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRecord:
@@ -62,7 +66,7 @@ class TaskRecord:
 
 def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
     """Store a new (queued) task."""
-    plans = json.dumps({name: plan.to_json() for name, plan in record.plans.items()})
+    plans = msgspec.json.encode(record.plans).decode()  # the wire form (`Plan.to_json`), in one pass
     conn.execute(
         "INSERT INTO tasks (task_id, space, kind, project, release_version, runbook, environment, state,"
         " error, created_at, finished_at, plans, coordinator, tenant, run_at, no_run_after)"
