@@ -53,21 +53,50 @@ def process(n: int) -> dict[str, Any]:
     return {
         "name": f"Project{n:04d}",
         "steps": [
-            {"name": "Deploy", "phase": "deployment", "roles": ["web"], "script": None,
-             "package": {"id": package_id, "feed": "builtin", "acquisition": "push"}, "timeoutSeconds": 3600},
-            {"name": "Smoke", "phase": "deployment", "roles": ["web"],
-             "script": {"syntax": "bash", "body": "echo smoke $Greeting"}, "package": None, "timeoutSeconds": 3600},
+            {
+                "name": "Deploy",
+                "phase": "deployment",
+                "roles": ["web"],
+                "script": None,
+                "package": {"id": package_id, "feed": "builtin", "acquisition": "push"},
+                "timeoutSeconds": 3600,
+            },
+            {
+                "name": "Smoke",
+                "phase": "deployment",
+                "roles": ["web"],
+                "script": {"syntax": "bash", "body": "echo smoke $Greeting"},
+                "package": None,
+                "timeoutSeconds": 3600,
+            },
         ],
         "runbooks": {},
         "variables": [
-            {"name": "Greeting", "value": "hello", "environments": [], "roles": [], "machines": [], "sensitive": False},
-            {"name": "Password", "value": "s3cret", "environments": ["Dev"], "roles": [], "machines": [],
-             "sensitive": True},
+            {
+                "name": "Greeting",
+                "value": "hello",
+                "environments": [],
+                "roles": [],
+                "machines": [],
+                "sensitive": False,
+            },
+            {
+                "name": "Password",
+                "value": "s3cret",
+                "environments": ["Dev"],
+                "roles": [],
+                "machines": [],
+                "sensitive": True,
+            },
         ],
-        "channels": [{"name": "Stable", "rules": [{"packages": [package_id], "versionRange": "[1.0,2.0)",
-                                                    "preReleaseTag": "^$"}]}],
+        "channels": [
+            {
+                "name": "Stable",
+                "rules": [{"packages": [package_id], "versionRange": "[1.0,2.0)", "preReleaseTag": "^$"}],
+            }
+        ],
         "versionTemplate": None,
-    }  # fmt: skip
+    }
 
 
 def _package_ref(package_id: str, version: str) -> dict[str, Any]:
@@ -82,8 +111,21 @@ def _package_ref(package_id: str, version: str) -> dict[str, Any]:
 
 def _machine_row(n: int) -> tuple[Any, ...]:
     thumb = f"{n:064x}"
-    return ("Default", f"web-{n:02d}", thumb, "-", "polling", None, '["Dev"]', '["web"]', time.time(), None,
-            "[]", '["Region/EU", "Region/US"]' if n % 2 else "[]", "both" if n % 2 else "untenanted")  # fmt: skip
+    return (
+        "Default",
+        f"web-{n:02d}",
+        thumb,
+        "-",
+        "polling",
+        None,
+        '["Dev"]',
+        '["web"]',
+        time.time(),
+        None,
+        "[]",
+        '["Region/EU", "Region/US"]' if n % 2 else "[]",
+        "both" if n % 2 else "untenanted",
+    )
 
 
 def populate(db_path: Path, projects: int, releases: int, tasks: int) -> None:
@@ -95,9 +137,22 @@ def populate(db_path: Path, projects: int, releases: int, tasks: int) -> None:
         conn.executemany(
             "INSERT INTO packages (lower_id, version, id, sha512, size, file_name, created_at, full_version,"
             " catalog, prerelease, semver2) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, 0)",
-            [(f"bench.app{i:02d}", v, f"Bench.App{i:02d}", SHA, 1000, f"Bench.App{i:02d}.{v}.zip", now, v,
-              int("-" in v)) for i in range(PACKAGE_IDS) for v in versions],
-        )  # fmt: skip
+            [
+                (
+                    f"bench.app{i:02d}",
+                    v,
+                    f"Bench.App{i:02d}",
+                    SHA,
+                    1000,
+                    f"Bench.App{i:02d}.{v}.zip",
+                    now,
+                    v,
+                    int("-" in v),
+                )
+                for i in range(PACKAGE_IDS)
+                for v in versions
+            ],
+        )
         docs = [process(n) for n in range(projects)]
         conn.executemany(
             "INSERT INTO projects (space, name, document, updated_at) VALUES ('Default', ?, ?, ?)",
@@ -107,10 +162,24 @@ def populate(db_path: Path, projects: int, releases: int, tasks: int) -> None:
         conn.executemany(
             "INSERT INTO releases (space, project, version, process, packages, created_at, channel)"
             " VALUES ('Default', ?, ?, ?, ?, ?, 'Default')",
-            [(doc["name"], f"0.{r}.0", json.dumps(doc),
-              json.dumps({doc["steps"][0]["package"]["id"]: _package_ref(doc["steps"][0]["package"]["id"], "1.0.0")}),
-              now - 86400 + r) for doc in docs for r in range(per_project)],
-        )  # fmt: skip
+            [
+                (
+                    doc["name"],
+                    f"0.{r}.0",
+                    json.dumps(doc),
+                    json.dumps(
+                        {
+                            doc["steps"][0]["package"]["id"]: _package_ref(
+                                doc["steps"][0]["package"]["id"], "1.0.0"
+                            )
+                        }
+                    ),
+                    now - 86400 + r,
+                )
+                for doc in docs
+                for r in range(per_project)
+            ],
+        )
         conn.executemany(
             "INSERT INTO machines (space, name, thumbprint, certificate, mode, endpoint, environments, roles,"
             " registered_at, last_seen, tenants, tenant_tags, tenanted_deployment)"
@@ -128,15 +197,23 @@ def populate(db_path: Path, projects: int, releases: int, tasks: int) -> None:
 
 
 def _tenants(conn: sqlite3.Connection, projects: int, now: float) -> None:
-    conn.execute("INSERT INTO tag_sets (space, name, tags, updated_at) VALUES ('Default', 'Region', ?, ?)",
-                 ('["EU", "US"]', now))  # fmt: skip
+    conn.execute(
+        "INSERT INTO tag_sets (space, name, tags, updated_at) VALUES ('Default', 'Region', ?, ?)",
+        ('["EU", "US"]', now),
+    )
     for t in range(TENANTS):
         name, tag = f"Tenant{t:03d}", "Region/EU" if t % 2 else "Region/US"
         linked = [f"Project{(t * 10 + k) % projects:04d}" for k in range(10)]
-        doc = {"name": name, "tags": [tag], "projects": {p: ["Dev"] for p in linked},
-               "variables": [{"name": "Greeting", "value": f"hi {name}"}]}  # fmt: skip
-        conn.execute("INSERT INTO tenants (space, name, document, updated_at) VALUES ('Default', ?, ?, ?)",
-                     (name, json.dumps(doc), now))  # fmt: skip
+        doc = {
+            "name": name,
+            "tags": [tag],
+            "projects": {p: ["Dev"] for p in linked},
+            "variables": [{"name": "Greeting", "value": f"hi {name}"}],
+        }
+        conn.execute(
+            "INSERT INTO tenants (space, name, document, updated_at) VALUES ('Default', ?, ?, ?)",
+            (name, json.dumps(doc), now),
+        )
         conn.executemany(
             "INSERT INTO tenant_projects VALUES ('Default', ?, ?, 'Dev')", [(name, p) for p in linked]
         )
@@ -144,18 +221,37 @@ def _tenants(conn: sqlite3.Connection, projects: int, now: float) -> None:
 
 
 def _tasks(conn: sqlite3.Connection, docs: list[dict[str, Any]], count: int, now: float) -> None:
-    plan = Plan(task_id="T-000000000000", kind="deployment", project_name="Project0000", release_version="0.0.0",
-                environment_name="Dev", machine_name="web-00")  # fmt: skip
+    plan = Plan(
+        task_id="T-000000000000",
+        kind="deployment",
+        project_name="Project0000",
+        release_version="0.0.0",
+        environment_name="Dev",
+        machine_name="web-00",
+    )
     coordinator = json.dumps(TaskCoordinator(plan.task_id, {"web-00": plan}).snapshot())
     plans = json.dumps({"web-00": plan.to_json()})
     rows = (
-        (f"T-{n:012x}", "Default", "deployment", docs[n % len(docs)]["name"], "0.0.0", None, "Dev", "success",
-         None, now - 86400 + n * 0.01, now - 86400 + n * 0.01 + 5, plans, coordinator)
+        (
+            f"T-{n:012x}",
+            "Default",
+            "deployment",
+            docs[n % len(docs)]["name"],
+            "0.0.0",
+            None,
+            "Dev",
+            "success",
+            None,
+            now - 86400 + n * 0.01,
+            now - 86400 + n * 0.01 + 5,
+            plans,
+            coordinator,
+        )
         for n in range(count)
-    )  # fmt: skip
+    )
     conn.executemany(
-        "INSERT INTO tasks (task_id, space, kind, project, release_version, runbook, environment, state, error,"
-        " created_at, finished_at, plans, coordinator) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO tasks (task_id, space, kind, project, release_version, runbook, environment, state,"
+        " error, created_at, finished_at, plans, coordinator) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
 
@@ -170,20 +266,30 @@ class Requests:
 
     def release(self) -> tuple[str, dict[str, Any]]:
         self.made += 1
-        body = {"projectName": f"Project{self.rng.randrange(self.projects):04d}",
-                "releaseVersion": f"9.{self.made}.{self.rng.randrange(1 << 30)}", "channelName": "Stable"}  # fmt: skip
+        body = {
+            "projectName": f"Project{self.rng.randrange(self.projects):04d}",
+            "releaseVersion": f"9.{self.made}.{self.rng.randrange(1 << 30)}",
+            "channelName": "Stable",
+        }
         return "/api/Default/releases/create/v1", body
 
     def deployment(self) -> tuple[str, dict[str, Any]]:
-        body = {"projectName": f"Project{self.rng.randrange(self.projects):04d}",
-                "releaseVersion": f"0.{self.rng.randrange(self.per_project)}.0", "environmentNames": ["Dev"]}  # fmt: skip
+        body = {
+            "projectName": f"Project{self.rng.randrange(self.projects):04d}",
+            "releaseVersion": f"0.{self.rng.randrange(self.per_project)}.0",
+            "environmentNames": ["Dev"],
+        }
         return "/api/Default/deployments/create/untenanted/v1", body
 
     def tenanted(self) -> tuple[str, dict[str, Any]]:
         tenant = self.rng.randrange(TENANTS)
         project = (tenant * 10 + self.rng.randrange(10)) % self.projects
-        body = {"projectName": f"Project{project:04d}", "releaseVersion": f"0.{self.rng.randrange(self.per_project)}.0",
-                "environmentName": "Dev", "tenantNames": [f"Tenant{tenant:03d}"]}  # fmt: skip
+        body = {
+            "projectName": f"Project{project:04d}",
+            "releaseVersion": f"0.{self.rng.randrange(self.per_project)}.0",
+            "environmentName": "Dev",
+            "tenantNames": [f"Tenant{tenant:03d}"],
+        }
         return "/api/Default/deployments/create/tenanted/v1", body
 
 
@@ -215,8 +321,11 @@ async def latencies(server: Server, requests: Requests, count: int) -> dict[str,
     """p50 and p95 (ms) of each kind of create, one at a time on one connection."""
     ctx, found = _context(server), {}
     async with _session(server) as session:
-        for name, make in (("release", requests.release), ("deployment", requests.deployment),
-                           ("tenanted", requests.tenanted)):  # fmt: skip
+        for name, make in (
+            ("release", requests.release),
+            ("deployment", requests.deployment),
+            ("tenanted", requests.tenanted),
+        ):
             timed = [await _post(session, server, ctx, make()) for _ in range(count + 50)]
             cuts = statistics.quantiles([s * 1000 for s in timed[50:]], n=100)
             found[name] = {"p50": round(cuts[49], 2), "p95": round(cuts[94], 2)}
@@ -263,8 +372,10 @@ def main(quick: bool) -> dict[str, Any]:
             rate = asyncio.run(throughput(server, requests, total))
         finally:
             server.stop()
-    print(f"create: {projects} projects, {TENANTS} tenants, {releases} releases, {tasks} tasks"
-          f" ({populated:.1f} s to write); {count} requests of each kind")  # fmt: skip
+    print(
+        f"create: {projects} projects, {TENANTS} tenants, {releases} releases, {tasks} tasks"
+        f" ({populated:.1f} s to write); {count} requests of each kind"
+    )
     for name, ms in latency.items():
         print(f"  create {name:<11} p50 {ms['p50']:6.2f} ms  p95 {ms['p95']:6.2f} ms")
     print(f"  {total} creations by 20 concurrent clients: {rate:.0f}/s (target >= {TARGET_RATE:.0f})")
@@ -280,7 +391,7 @@ def main(quick: bool) -> dict[str, Any]:
             "deployment_ms": latency["deployment"],
             "tenanted_ms": latency["tenanted"],
             "creates_per_s": round(rate, 1),
-        },  # fmt: skip
+        },
         "target": f"p95 <= {TARGET_MS} ms; >= {TARGET_RATE:.0f} creations/s with 20 clients",
         "met": worst <= TARGET_MS and rate >= TARGET_RATE,
     }

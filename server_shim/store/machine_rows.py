@@ -8,6 +8,7 @@ new one.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -45,16 +46,21 @@ class Machine:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Machine:
-        """Build from a ``machines`` row."""
-        values = dict(row)
-        for key in ("environments", "roles", "tenants", "tenant_tags"):
-            values[key] = tuple(json.loads(values[key]))
-        return cls(**values)
+        """Build from a ``machines`` row (parsed once per distinct row: every deployment reads them)."""
+        return _from_values(tuple(row.keys()), tuple(row))
 
     @property
     def key(self) -> tuple[str, str]:
         """(space, name): what identifies a machine (names are unique within a space only)."""
         return (self.space, self.name)
+
+
+@functools.lru_cache(maxsize=8192)
+def _from_values(keys: tuple[str, ...], row: tuple[object, ...]) -> Machine:
+    values = dict(zip(keys, row, strict=True))
+    for key in ("environments", "roles", "tenants", "tenant_tags"):
+        values[key] = tuple(json.loads(str(values[key])))
+    return Machine(**values)  # type: ignore[arg-type]  # the columns are the fields
 
 
 def insert(conn: sqlite3.Connection, machine: Machine, *, force: bool) -> None:
