@@ -92,12 +92,14 @@ def listing(conn: sqlite3.Connection) -> list[Space]:
 
 
 def exists(conn: sqlite3.Connection, name: str) -> bool:
-    """Whether a space of exactly this name exists."""
+    """Whether a space of exactly this name exists (a name no space can have is not looked up)."""
+    if not _NAME.match(name):
+        return False
     return conn.execute("SELECT 1 FROM spaces WHERE name = ?", (name,)).fetchone() is not None
 
 
 def require(conn: sqlite3.Connection, name: str) -> str:
     """``name`` when that space exists; SpaceNotFound naming it otherwise."""
     if not exists(conn, name):
-        raise SpaceNotFound(f"space {shown(name)} does not exist", details={"space": name[:MAX_SPACE_NAME]})
+        raise SpaceNotFound(f"space {shown(name)} does not exist", details={"space": shown(name)})
     return name

@@ -34,7 +34,15 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from tentacle.errors import Conflict, NotFound
-from tentacle.protocol.documents import NAME_MAX, DocumentError, Name, Names, convert_document, over_bytes
+from tentacle.protocol.documents import (
+    NAME_MAX,
+    DocumentError,
+    Name,
+    Names,
+    convert_document,
+    key_path,
+    over_bytes,
+)
 from tentacle.protocol.process import MAX_VALUE_BYTES, Value, Variable
 from tentacle.protocol.wire import Wire
 
@@ -240,7 +248,9 @@ def put_tenant(conn: sqlite3.Connection, space: str, name: str, tenant: Tenant) 
     for project in tenant.projects:
         exists = conn.execute("SELECT 1 FROM projects WHERE space = ? AND name = ?", (space, project))
         if exists.fetchone() is None:
-            problems.append((f"projects.{project}", f"project {project!r} does not exist in space {space!r}"))
+            problems.append(
+                (key_path("projects", project), f"project {project!r} does not exist in space {space!r}")
+            )
     if problems:
         raise TenantError(problems)
     conn.execute(
