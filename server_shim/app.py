@@ -22,7 +22,9 @@ from server_shim.api import feed_routes as feed_api
 from server_shim.api import machine_routes as api
 from server_shim.api import polling_site as polling
 from server_shim.api import project_routes as projects_api
+from server_shim.api import space_routes as spaces_api
 from server_shim.api import task_routes as tasks_api
+from server_shim.api import tenant_routes as tenants_api
 from server_shim.api.middleware import DB, api_key, errors
 from server_shim.api.tls_site import LeanTLSSite
 from server_shim.ca import Authority
@@ -84,11 +86,13 @@ class Server:
         app[DB] = self.db
         app[api.FLEET] = self.fleet
         app[api.AUTHORITY] = Authority(self.paths.config)
+        spaces_api.add_routes(app)
         api.add_routes(app)
         projects_api.add_routes(app)
         feed_api.add_routes(app, feed.store_dir(self.paths.state), self.config.feed.max_package_bytes)
         app[tasks_api.DISPATCHER] = self.dispatcher
         tasks_api.add_routes(app)
+        tenants_api.add_routes(app)
         return app
 
     def settings(self) -> api.ApiSettings:

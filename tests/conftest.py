@@ -306,9 +306,18 @@ class Tentacles:
     running: dict[str, tuple[Agent, asyncio.Task[None]]] = field(default_factory=dict)
 
     async def register(
-        self, name: str, mode: str, roles: tuple[str, ...] = ("web",), environment: str = "Dev"
+        self,
+        name: str,
+        mode: str,
+        roles: tuple[str, ...] = ("web",),
+        environment: str = "Dev",
+        *,
+        home: str | None = None,
+        **claims: Any,
     ) -> InstancePaths:
-        paths = resolve("tentacle", str(self.root / name))
+        """Register `name` (its instance home under `home`, default its name); `claims` are more
+        `Registration` fields: space, tenants, tenant_tags, tenanted_deployment."""
+        paths = resolve("tentacle", str(self.root / (home or name)))
         listen = ListenConfig(host="127.0.0.1", port=0) if mode == "listening" else None
         reg = registration.Registration(
             server=self.server.url,
@@ -318,6 +327,7 @@ class Tentacles:
             environments=(environment,),
             roles=roles,
             listen=listen,
+            **claims,
         )
         await registration.register(paths, reg)
         return paths

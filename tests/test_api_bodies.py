@@ -99,7 +99,7 @@ REFUSALS = [
     ),
     # releases
     (RELEASE, b'{"projectName": "Shop", "releaseVersion": 1}', "releaseVersion", "expected a string, got"),
-    (RELEASE, b'{"projectName": "Shop"}', "releaseVersion", "required"),
+    (RELEASE, b'{"projectName": "Shop", "channelName": 5}', "channelName", "expected a string, got"),
     (
         RELEASE,
         b'{"projectName": "Shop", "releaseVersion": "1.0.0", "packageVersions": {"A": "1", "B": []}}',

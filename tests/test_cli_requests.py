@@ -93,3 +93,64 @@ async def test_follow_prints_live_output_and_fails_with_the_task(
     task_id = out.split()[0]
     code, shown = await shim_command(counted, "task", "show", task_id)
     assert code == 0 and "failed" in shown and "web-01" in shown
+
+
+async def test_space_tenant_and_channel_commands_are_one_request_each(
+    counted: LiveServer, tmp_path: Path, agents: Tentacles
+) -> None:
+    """space, tagset and tenant commands, release create --channel and a tenanted deploy: one request each."""
+    doc = {
+        "name": "Cli",
+        "steps": [
+            step("S", 'echo "for $TENTACLE_TENANT_NAME"; [ "$TENTACLE_TENANT_NAME" != Globex ]', ("web",))
+        ],
+        "channels": [{"name": "Hotfix"}],
+        "versionTemplate": "1.0.#{Octopus.Version.NextPatch}",
+    }
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    tenant = {"name": "Acme", "tags": ["Region/EU"], "projects": {"Cli": ["Dev"]}}
+    (tmp_path / "t.json").write_text(json.dumps(tenant))
+    commands: list[tuple[str, ...]] = [
+        ("space", "create", "Blue"),
+        ("space", "list", "--json"),
+        ("tagset", "apply", "Region", "--tag", "EU", "--tag", "US"),
+        ("tagset", "list"),
+        ("project", "apply", str(tmp_path / "p.json")),
+        ("project", "apply", str(tmp_path / "p.json"), "--space", "Blue"),
+        ("tenant", "apply", str(tmp_path / "t.json")),
+        ("tenant", "list"),
+        ("tenant", "list", "--json"),
+        ("release", "create", "--project", "Cli", "--channel", "Hotfix"),
+        ("release", "create", "--project", "Cli", "--space", "Blue"),
+    ]
+    outputs = []
+    for command in commands:
+        before = _count(counted)
+        code, out = await shim_command(counted, *command)
+        assert code == 0, (command, out)
+        assert _count(counted) - before == 1, command
+        outputs.append(out)
+    assert outputs[0].strip() == "Spaces-2"
+    assert [s["id"] for s in json.loads(outputs[1])] == ["Spaces-1", "Spaces-2"]
+    assert json.loads(outputs[8])[0]["tags"] == ["Region/EU"]
+    assert outputs[9].strip() == "1.0.1" and outputs[10].strip() == "1.0.1"  # a template per space
+    await agents.register("web-01", "polling", tenant_tags=("Region/EU",), tenanted_deployment="both")
+    await agents.start("web-01")
+    await eventually(lambda: counted.online("web-01"), 10)
+    before = _count(counted)
+    deploy = ("deploy", "--project", "Cli", "--version", "1.0.1", "--environment", "Dev")
+    code, out = await shim_command(counted, *deploy, "--tenant-tag", "Region/EU")
+    assert code == 0, out
+    assert _count(counted) - before == 1
+    task_id, tenant_name = out.split()
+    assert task_id.startswith("T-") and tenant_name == "Acme"
+    code, out = await shim_command(counted, *deploy, "--tenant", "Acme", "--follow")
+    assert code == 0, out
+    assert "Acme: " in out and "for Acme" in out and "1 of 1 tenant deployments succeeded" in out
+    status, answer = await counted.api("PUT", "/api/Default/tenants/Globex/v1", {**tenant, "name": "Globex"})
+    assert status == 201, answer
+    code, out = await shim_command(counted, *deploy, "--tenant-tag", "Region/EU", "--follow")
+    assert code == 1, out  # Globex's task failed
+    assert "1 of 2 tenant deployments succeeded" in out and "not successful: Globex" in out
+    code, out = await shim_command(counted, *deploy, "--tenant", "Acme", "--environment", "Test")
+    assert code == 2  # a usage error: a tenanted deployment goes to one environment

@@ -273,6 +273,7 @@ async def test_release_pins_the_newest_version_of_every_package(released: Shim) 
         "projectName": PROJECT,
         "releaseVersion": "1.0.0",
         "packageVersions": {WEB: "1.10.0", DB: "2.0.0", TOOLS: "0.1.0"},
+        "channelName": "Default",
     }
 
 
@@ -376,7 +377,7 @@ async def test_release_of_an_unknown_project_is_404(shim: Shim) -> None:
     ("body", "message"),
     [
         ({"releaseVersion": "1.0.0"}, "projectName: required"),
-        ({"projectName": PROJECT}, "releaseVersion: required"),
+        ({"projectName": PROJECT, "channelName": ""}, "channelName: expected a string of length >= 1"),
         ({"projectName": 5, "releaseVersion": "1.0.0"}, "projectName: expected a string, got an integer"),
         ({"projectName": None, "releaseVersion": "1.0.0"}, "projectName: expected a string, got null"),
         ({"projectName": [PROJECT], "releaseVersion": "1.0.0"}, "projectName: expected a string, got a list"),

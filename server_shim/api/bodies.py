@@ -12,12 +12,16 @@ read by `tentacle.protocol.process`, the RPC messages by `tentacle.protocol.mess
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from server_shim.store.project_rows import MAX_VERSION_CHARS
+from server_shim.store.tenants import TagName, Tenant
+from tentacle.protocol.channel_rules import DEFAULT_CHANNEL
 from tentacle.protocol.identity import check_name
 from tentacle.protocol.states import TaskState
 from tentacle.protocol.wire import Wire, WireError
@@ -35,6 +39,10 @@ VersionText = Annotated[str, Meta(min_length=1, max_length=MAX_VERSION_CHARS)]
 #: A machine's claims at registration (each is also checked by `check_name`).
 Claims = Annotated[tuple[Annotated[str, Meta(max_length=100)], ...], Meta(min_length=1, max_length=100)]
 MachineMode = Literal["listening", "polling"]
+TenantedDeployment = Literal["untenanted", "tenanted", "both"]
+#: A time with its zone, ISO 8601 (``2026-12-01T18:00:00Z``, ``...+01:00``).
+Moment = Annotated[datetime, Meta(tz=True)]
+TagNames = Annotated[tuple[TagName, ...], Meta(max_length=MAX_NAMES)]
 
 
 def refusal(path: str, problem: str) -> WireError:
@@ -63,10 +71,29 @@ class RegistrationRequest(Body, frozen=True):
     roles: Claims
     endpoint: Annotated[str, Meta(max_length=300)] | None = None
     force: bool = False
+    space: Annotated[str, Meta(min_length=1, max_length=100)] = "Default"
+    tenants: Annotated[tuple[Name, ...], Meta(max_length=MAX_NAMES)] = ()
+    tenant_tags: TagNames = ()
+    tenanted_deployment: TenantedDeployment | None = None  # default: tenanted when it names any
+
+    def tenancy(self) -> TenantedDeployment:
+        """How the machine takes part in tenanted deployments (given, else by what it names)."""
+        if self.tenanted_deployment is not None:
+            return self.tenanted_deployment
+        return "tenanted" if self.tenants or self.tenant_tags else "untenanted"
 
     def check(self) -> None:
         """Names of the allowed characters; a listening machine gives its https:// endpoint."""
         _check_name("name", "name", self.name)
+        if self.tenanted_deployment == "untenanted" and (self.tenants or self.tenant_tags):
+            path = "tenants" if self.tenants else "tenantTags"
+            raise refusal(
+                path, "an untenanted machine serves no tenants (use tenantedDeployment tenanted or both)"
+            )
+        if self.tenanted_deployment in ("tenanted", "both") and not (self.tenants or self.tenant_tags):
+            raise refusal(
+                "tenantedDeployment", f"{self.tenanted_deployment}, but no tenants or tenantTags given"
+            )
         for kind, values in (("environment", self.environments), ("role", self.roles)):
             for index, value in enumerate(values):
                 _check_name(f"{kind}s[{index}]", kind, value)
@@ -96,6 +123,10 @@ class MachineView(Wire, frozen=True):
     roles: tuple[str, ...]
     status: Literal["online", "offline"]
     last_seen: str | None
+    space: str = "Default"
+    tenants: tuple[str, ...] = ()
+    tenant_tags: tuple[str, ...] = ()
+    tenanted_deployment: str = "untenanted"
 
 
 class RegistrationAnswer(Wire, frozen=True):
@@ -146,31 +177,87 @@ class ProjectSaved(Wire, frozen=True):
 
 
 class ReleaseRequest(Body, frozen=True):
-    """``POST /api/{space}/releases/create/v1``; package ids and versions are the release rules' call."""
+    """``POST /api/{space}/releases/create/v1``; package ids and versions are the release rules' call.
+
+    Without ``releaseVersion`` the project's version template (or its newest package) makes one.
+    """
 
     project_name: Name
-    release_version: VersionText
+    release_version: VersionText | UnsetType = UNSET
     package_versions: Annotated[dict[str, VersionText], Meta(max_length=MAX_PACKAGE_VERSIONS)] = {}
+    channel_name: Name = DEFAULT_CHANNEL
+    ignore_channel_rules: bool = False
 
 
 class ReleaseCreated(Wire, frozen=True):
-    """The release as stored: its normalized version and the exact package versions pinned."""
+    """The release as stored: its normalized version, its channel and the exact package versions pinned."""
 
     project_name: str
     release_version: str
     package_versions: dict[str, str]
+    channel_name: str = DEFAULT_CHANNEL
 
 
 # --- tasks -------------------------------------------------------------------------------
 
 
-class DeploymentRequest(Body, frozen=True):
-    """``POST /api/{space}/deployments/create/untenanted/v1``."""
+class DeploymentOptions(Body, frozen=True):
+    """What both create-deployment routes take besides their targets (all optional)."""
+
+    specific_machine_names: Names = ()
+    excluded_machine_names: Names = ()
+    skip_step_names: Names = ()
+    force_package_redeployment: bool = False
+    run_at: Moment | None = None
+    no_run_after: Moment | None = None
+
+    def check(self) -> None:
+        """A schedule that can happen: noRunAfter after runAt, and not already past."""
+        if self.no_run_after is None:
+            return
+        if self.run_at is not None and self.no_run_after <= self.run_at:
+            raise refusal("noRunAfter", "must be after runAt")
+        if self.no_run_after.timestamp() <= time.time():
+            raise refusal("noRunAfter", "is in the past")
+
+    def times(self) -> tuple[float | None, float | None]:
+        """runAt and noRunAfter as epoch seconds."""
+        return (
+            None if self.run_at is None else self.run_at.timestamp(),
+            None if self.no_run_after is None else self.no_run_after.timestamp(),
+        )
+
+
+class DeploymentRequest(DeploymentOptions, frozen=True, kw_only=True):
+    """``POST /api/{space}/deployments/create/untenanted/v1`` (``machineNames``: the specific ones)."""
 
     project_name: Name
     release_version: Name
     environment_names: SomeNames
     machine_names: Names = ()
+
+
+class TenantedDeploymentRequest(DeploymentOptions, frozen=True, kw_only=True):
+    """``POST /api/{space}/deployments/create/tenanted/v1``: tenants by name and by tag filter."""
+
+    project_name: Name
+    release_version: Name
+    environment_name: Name
+    tenant_names: Names = ()
+    tenant_tags: TagNames = ()
+
+
+class TenantTask(Wire, frozen=True):
+    """One task of a tenanted deployment."""
+
+    tenant_name: str
+    task_id: str
+
+
+class TenantedCreated(Wire, frozen=True):
+    """The answer to a tenanted deployment: one task per tenant."""
+
+    deployments: list[TenantTask]
 
 
 class RunbookRunRequest(Body, frozen=True):
@@ -211,6 +298,9 @@ class TaskView(Wire, frozen=True):
     finished_at: float | None
     targets: list[TargetView]
     error: str | UnsetType = UNSET
+    tenant_name: str | UnsetType = UNSET
+    run_at: str | UnsetType = UNSET
+    no_run_after: str | UnsetType = UNSET
 
 
 class LogLine(Wire, frozen=True):
@@ -239,6 +329,47 @@ class CancelAnswer(Wire, frozen=True):
 
     task_id: str
     state: str  # a TaskState, or "cancelling" while a running task's targets stop
+
+
+# --- spaces, tag sets, tenants ------------------------------------------------------------
+
+
+class SpaceRequest(Body, frozen=True):
+    """``POST /api/spaces/v1``: the new space's name (the store checks its characters)."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=100)]
+
+
+class SpaceView(Wire, frozen=True):
+    """A space: its name and its stable id (``Spaces-N``)."""
+
+    name: str
+    id: str
+
+
+class SpaceList(Wire, frozen=True):
+    """``GET /api/spaces/v1``."""
+
+    items: list[SpaceView]
+
+
+class TagSetView(Wire, frozen=True):
+    """A tag set with its tags."""
+
+    name: str
+    tags: list[str]
+
+
+class TagSetList(Wire, frozen=True):
+    """``GET /api/{space}/tagsets/v1``."""
+
+    items: list[TagSetView]
+
+
+class TenantList(Wire, frozen=True):
+    """``GET /api/{space}/tenants/v1``: every tenant, sensitive values left out."""
+
+    items: list[Tenant]
 
 
 # --- errors ------------------------------------------------------------------------------

@@ -25,9 +25,10 @@ from server_shim.api.bodies import (
     RegistrationRequest,
 )
 from server_shim.api.middleware import DB, answer, read_body
+from server_shim.api.space_routes import space_of as space_of
 from server_shim.ca import Authority
 from server_shim.dispatch.fleet import Fleet
-from server_shim.store import accounts
+from server_shim.store import accounts, spaces, tenants
 from server_shim.store import machine_rows as machines
 from server_shim.store.machine_rows import Machine, MachineConflict, MachineNotFound
 from tentacle.common.logs import event
@@ -61,7 +62,7 @@ async def register(request: web.Request) -> web.Response:
     await db.run(accounts.check_token, body.token, environments, roles)
     cert = request.app[AUTHORITY].sign(body.csr, body.name)
     machine = Machine(
-        space="Default",
+        space=body.space,
         name=body.name,
         thumbprint=pki.cert_thumbprint(cert),
         certificate=pki.cert_pem(cert).decode(),
@@ -70,10 +71,14 @@ async def register(request: web.Request) -> web.Response:
         environments=environments,
         roles=roles,
         registered_at=time.time(),
+        tenants=body.tenants,
+        tenant_tags=body.tenant_tags,
+        tenanted_deployment=body.tenancy(),
     )
 
     def commit(conn: sqlite3.Connection) -> None:
         accounts.use_token(conn, body.token, environments, roles)
+        _check_space_and_tenants(conn, machine)
         machines.insert(conn, machine, force=body.force)
 
     try:
@@ -81,8 +86,15 @@ async def register(request: web.Request) -> web.Response:
     except MachineConflict as exc:
         raise Conflict(exc.message, details={"field": "name"}) from exc
     if body.force:
-        await request.app[FLEET].forget(machine.name)
-    event(log, "machine.registered", machine=machine.name, mode=machine.mode, thumbprint=machine.thumbprint)
+        await request.app[FLEET].forget(machine.name, machine.space)
+    event(
+        log,
+        "machine.registered",
+        space=machine.space,
+        machine=machine.name,
+        mode=machine.mode,
+        thumbprint=machine.thumbprint,
+    )
     settings = request.app[SETTINGS]
     registered = RegistrationAnswer(
         certificate=machine.certificate,
@@ -92,6 +104,14 @@ async def register(request: web.Request) -> web.Response:
         machine=machine_view(machine, False, None),
     )
     return answer(registered, 201)
+
+
+def _check_space_and_tenants(conn: sqlite3.Connection, machine: Machine) -> None:
+    """The machine's space exists, and so do the tenants and tags it names there."""
+    spaces.require(conn, machine.space)
+    problems = tenants.machine_problems(conn, machine.space, machine.tenants, machine.tenant_tags)
+    if problems:
+        raise tenants.TenantError(problems)
 
 
 def machine_view(machine: Machine, online: bool, last_seen: float | None) -> MachineView:
@@ -106,6 +126,10 @@ def machine_view(machine: Machine, online: bool, last_seen: float | None) -> Mac
         roles=tuple(machine.roles),
         status="online" if online else "offline",
         last_seen=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seen)) if seen else None,
+        space=machine.space,
+        tenants=tuple(machine.tenants),
+        tenant_tags=tuple(machine.tenant_tags),
+        tenanted_deployment=machine.tenanted_deployment,
     )
 
 
@@ -119,20 +143,10 @@ async def listening_port(request: web.Request) -> web.Response:
         machine = await request.app[DB].run(machines.move_port, presented, port)
     except MachineNotFound as exc:
         raise Forbidden(exc.message, details={"presentedThumbprint": presented}) from exc
-    await request.app[FLEET].forget(machine.name)  # the link to the old port, the cached record
+    # Drop the link to the old port and the cached record; the machine's tasks go on.
+    await request.app[FLEET].reconnect(machine.name, machine.space)
     event(log, "machine.endpoint_changed", machine=machine.name, endpoint=machine.endpoint)
     return answer(EndpointMoved(name=machine.name, endpoint=machine.endpoint))
-
-
-async def space_of(request: web.Request) -> str:
-    """The route's space, which must exist."""
-    space = request.match_info["space"]
-    found = await request.app[DB].run(
-        lambda conn: conn.execute("SELECT 1 FROM spaces WHERE name = ?", (space,)).fetchone()
-    )
-    if found is None:
-        raise NotFound(f"space {space!r} does not exist")
-    return space
 
 
 async def list_machines(request: web.Request) -> web.Response:
@@ -140,7 +154,7 @@ async def list_machines(request: web.Request) -> web.Response:
     space = await space_of(request)
     rows = await request.app[DB].run(machines.listing, space)
     fleet = request.app[FLEET]
-    items = [machine_view(m, fleet.is_online(m.name), fleet.seen.get(m.name)) for m in rows]
+    items = [machine_view(m, fleet.is_online(m.name, m.space), fleet.seen.get(m.key)) for m in rows]
     return answer(MachineList(items=items))
 
 
@@ -152,8 +166,8 @@ async def remove_machine(request: web.Request) -> web.Response:
         machine = await request.app[DB].run(machines.revoke, space, name)
     except MachineNotFound as exc:
         raise NotFound(exc.message) from exc
-    await request.app[FLEET].forget(name)
-    event(log, "machine.removed", machine=name, thumbprint=machine.thumbprint)
+    await request.app[FLEET].forget(name, space)
+    event(log, "machine.removed", space=space, machine=name, thumbprint=machine.thumbprint)
     return answer(MachineRemoved(name=name, revoked_thumbprint=machine.thumbprint))
 
 

@@ -14,8 +14,10 @@ through `answer`, encoded from structs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -176,8 +178,7 @@ def _check_tree(value: Any, limit: int) -> None:
 def _children(item: Any, path: str, depth: int) -> list[tuple[Any, str, int]]:
     """The values inside a struct, object or list, each with its path; keys are checked here."""
     if isinstance(item, msgspec.Struct):
-        fields = msgspec.structs.fields(item)
-        return [(getattr(item, f.name), key_path(path, f.encode_name), depth) for f in fields]
+        return [(getattr(item, name), key_path(path, shown), depth) for name, shown in _fields(type(item))]
     if isinstance(item, dict):
         for key in item:
             _check_text(path or "body", key, "a key ")
@@ -185,6 +186,13 @@ def _children(item: Any, path: str, depth: int) -> list[tuple[Any, str, int]]:
     if isinstance(item, list | tuple):
         return [(child, index_path(path, index), depth) for index, child in enumerate(item)]
     return []
+
+
+@functools.cache
+def _fields(kind: type[msgspec.Struct]) -> tuple[tuple[str, str], ...]:
+    """(attribute, wire name) of a struct's fields, once per class: msgspec works them out from
+    the annotations on every call, which took half the event loop's time per create request."""
+    return tuple((f.name, f.encode_name) for f in msgspec.structs.fields(kind))
 
 
 def _check_text(path: str, value: str, what: str = "") -> None:
@@ -199,7 +207,7 @@ async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not _needs_key(request.path):
         return await handler(request)
     key = request.headers.get("X-Api-Key", "")
-    found = await request.app[DB].run(accounts.api_key, key) if key else None
+    found = await _known_key(request.app[DB], key) if key else None
     if found is None:
         event(log, "api.unauthorized", logging.WARNING, path=request.path, peer=request.remote)
         reason = "missing X-Api-Key header" if not key else "invalid API key"
@@ -218,6 +226,26 @@ async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
 # Tentacles call these: registration proves itself with a token, the port report with the
 # machine's registered certificate.
 _TENTACLE_ROUTES = ("/api/machines/register/", "/api/machines/listening-port/")
+
+# Valid keys seen lately, by their digest (never the key itself): a request with one costs no
+# trip to the database thread. A key replaced by `api-key create` works on for at most this long.
+KEY_MEMORY_SECONDS = 2.0
+_KEY_MEMORY_MAX = 1024
+_recent_keys: dict[str, tuple[accounts.ApiKey, float]] = {}
+
+
+async def _known_key(db: Database, key: str) -> accounts.ApiKey | None:
+    """The API key's name and scopes (remembered for `KEY_MEMORY_SECONDS`), or None when invalid."""
+    digest, now = accounts.digest(key), time.monotonic()
+    remembered = _recent_keys.get(digest)
+    if remembered is not None and remembered[1] > now:
+        return remembered[0]
+    found = await db.run(accounts.api_key, key)
+    if found is not None:
+        if len(_recent_keys) >= _KEY_MEMORY_MAX:
+            _recent_keys.clear()
+        _recent_keys[digest] = (found, now + KEY_MEMORY_SECONDS)
+    return found
 
 
 def _needs_key(path: str) -> bool:

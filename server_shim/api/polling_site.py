@@ -25,7 +25,7 @@ from aiohttp import WebSocketError, web
 
 from server_shim.api.machine_routes import FLEET
 from server_shim.api.middleware import DB, error_response, errors
-from server_shim.dispatch.fleet import Fleet
+from server_shim.dispatch.fleet import Fleet, Key
 from server_shim.dispatch.links import PollingLink
 from server_shim.dispatch.reply_limits import too_large, too_slow
 from server_shim.store import machine_rows as machines
@@ -83,21 +83,21 @@ async def poll(request: web.Request) -> web.StreamResponse:
         await replaced.close()
     reason = "closed"
     try:
-        await _serve(ws, link, fleet)
+        await _serve(ws, link, fleet, identified.key)
         reason = f"closed ({ws.close_code})"
     finally:
-        fleet.detach(identified.name, link, reason)
+        fleet.detach(identified.key, link, reason)
     return ws
 
 
-async def _serve(ws: web.WebSocketResponse, link: PollingLink, fleet: Fleet) -> None:
+async def _serve(ws: web.WebSocketResponse, link: PollingLink, fleet: Fleet, key: Key) -> None:
     """Read the tentacle's frames until the socket closes."""
     async for msg in ws:
         link.meter.whole()
         if msg.type is aiohttp.WSMsgType.PING:
             await ws.pong(msg.data)
         elif msg.type is aiohttp.WSMsgType.TEXT:
-            fleet.touch(link.machine)
+            fleet.touch(key)
             _deliver(link, msg.data, link.machine)
         elif msg.type is aiohttp.WSMsgType.ERROR:
             _broken(link, msg.data)

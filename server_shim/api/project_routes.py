@@ -2,7 +2,8 @@
 
 PUT  /api/{space}/projects/{name}/v1     the process document -> 201 created, 200 replaced
 GET  /api/{space}/projects/{name}/v1     the stored process document (normalized)
-POST /api/{space}/releases/create/v1     {projectName, releaseVersion, packageVersions?}
+POST /api/{space}/releases/create/v1     {projectName, releaseVersion?, packageVersions?, channelName?,
+                                          ignoreChannelRules?}
 
 Every check that needs no database runs before the one transaction that writes, and
 that transaction rolls back on any error, so a refused request creates nothing. The
@@ -15,10 +16,11 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+from msgspec import UNSET
 
 from server_shim.api.bodies import ProjectSaved, ReleaseCreated, ReleaseRequest, refusal
-from server_shim.api.machine_routes import space_of
 from server_shim.api.middleware import DB, answer, read_body, read_document
+from server_shim.api.space_routes import space_of
 from server_shim.store import project_rows as projects
 from tentacle.common.logs import event
 from tentacle.protocol.documents import NAME_MAX, text_problem
@@ -61,13 +63,27 @@ async def create_release(request: web.Request) -> web.Response:
     space = await space_of(request)
     body = await read_body(request, ReleaseRequest)
     release = await request.app[DB].run(
-        projects.create_release, space, body.project_name, body.release_version, body.package_versions
+        projects.create_release,
+        space,
+        body.project_name,
+        None if body.release_version is UNSET else body.release_version,
+        body.package_versions,
+        body.channel_name,
+        body.ignore_channel_rules,
     )
-    event(log, "release.created", space=space, project=body.project_name, version=release.version)
+    event(
+        log,
+        "release.created",
+        space=space,
+        project=body.project_name,
+        version=release.version,
+        channel=release.channel,
+    )
     created = ReleaseCreated(
         project_name=body.project_name,
         release_version=release.version,
         package_versions={package_id: ref.version for package_id, ref in release.packages.items()},
+        channel_name=release.channel,
     )
     return answer(created, 201)
 

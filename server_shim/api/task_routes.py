@@ -1,7 +1,7 @@
 """The task routes: start deployments and runbook runs, read, follow and cancel tasks.
 
 POST /api/{space}/deployments/create/untenanted/v1  {projectName, releaseVersion, environmentNames,
-                                                     machineNames?}
+                                                     machineNames?, and the options below}
 POST /api/{space}/runbook-runs/create/v1            {projectName, runbookName, environmentNames,
                                                      machineNames?}
 GET  /api/{space}/tasks/{taskId}/v1                 state, targets, error
@@ -9,7 +9,10 @@ GET  /api/{space}/tasks/{taskId}/log/v1?since=SEQ   log lines after SEQ (and the
 POST /api/{space}/tasks/{taskId}/cancel/v1
 
 Each create is one request that returns ``{taskId}``: the task is resolved and stored
-in one transaction (nothing is stored when anything is wrong), then queued.
+in one transaction (nothing is stored when anything is wrong), then queued. A deployment
+also takes ``specificMachineNames`` (``machineNames`` is the older name for it),
+``excludedMachineNames``, ``skipStepNames``, ``forcePackageRedeployment``, ``runAt`` and
+``noRunAfter`` (see `options`); the tenanted route is in tenant_routes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from msgspec import UNSET
 
 from server_shim.api.bodies import (
     CancelAnswer,
+    DeploymentOptions,
     DeploymentRequest,
     LogLine,
     LogPage,
@@ -31,9 +35,10 @@ from server_shim.api.bodies import (
     TaskCreated,
     TaskView,
 )
-from server_shim.api.machine_routes import space_of
 from server_shim.api.middleware import API_KEY_NAME, DB, answer, read_body
+from server_shim.api.space_routes import space_of
 from server_shim.dispatch.dispatcher import Dispatcher
+from server_shim.dispatch.timetable import iso
 from server_shim.store import deployments
 from server_shim.store import task_rows as tasks
 from tentacle.errors import Conflict, InvalidInput, NotFound
@@ -54,6 +59,7 @@ async def create_deployment(request: web.Request) -> web.Response:
     """Deploy a release to environments: one request, one task."""
     space = await space_of(request)
     body = await read_body(request, DeploymentRequest)
+    opts = options(body, body.machine_names)
     req = deployments.Request(
         space=space,
         kind="deployment",
@@ -61,9 +67,23 @@ async def create_deployment(request: web.Request) -> web.Response:
         release_version=body.release_version,
         runbook=None,
         environments=_distinct(body.environment_names),
-        machine_names=_distinct(body.machine_names),
+        machine_names=opts.specific_machines,
+        options=opts,
     )
     return await _create(request, req)
+
+
+def options(body: DeploymentOptions, machine_names: tuple[str, ...] = ()) -> deployments.Options:
+    """The deployment options of a request body (``machineNames`` joins ``specificMachineNames``)."""
+    run_at, no_run_after = body.times()
+    return deployments.Options(
+        specific_machines=_distinct((*body.specific_machine_names, *machine_names)),
+        excluded_machines=_distinct(body.excluded_machine_names),
+        skip_steps=_distinct(body.skip_step_names),
+        force_package_redeployment=body.force_package_redeployment,
+        run_at=run_at,
+        no_run_after=no_run_after,
+    )
 
 
 async def create_runbook_run(request: web.Request) -> web.Response:
@@ -106,6 +126,9 @@ def task_view(record: tasks.TaskRecord, coordinator: TaskCoordinator | None) -> 
         finished_at=record.finished_at,
         targets=targets,
         error=record.error or UNSET,
+        tenant_name=record.tenant or UNSET,
+        run_at=UNSET if record.run_at is None else iso(record.run_at),
+        no_run_after=UNSET if record.no_run_after is None else iso(record.no_run_after),
     )
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from server_shim import server_config as cfg
 from server_shim.cli.command import Command, LocalCommand
-from server_shim.store import feed_export
+from server_shim.store import feed_export, spaces
 from server_shim.store import feed_store as feed
 from server_shim.store.database import Database
 from server_shim.store.feed_staging import clean_stale
+from server_shim.store.spaces import DEFAULT_SPACE
 from tentacle.common.paths import InstancePaths
 from tentacle.errors import TentacleError
 from tentacle.protocol.process import BUILTIN_FEED
@@ -56,9 +57,10 @@ def _export(db: Database, paths: InstancePaths, args: argparse.Namespace) -> int
     return 0
 
 
-def _list(db: Database, as_json: bool) -> int:
+def _list(db: Database, as_json: bool, space: str) -> int:
     counted = len(db.sync(feed.packages))
-    mirrors = db.sync(feed.feed_mirrors)
+    db.sync(spaces.require, space)
+    mirrors = db.sync(feed.feed_mirrors, space)
     if as_json:
         items = [{"name": BUILTIN_FEED, "kind": "builtin", "packages": counted, "mirrors": []}]
         items += [{"name": name, "kind": "mirrors", "mirrors": urls} for name, urls in mirrors.items()]
@@ -123,10 +125,11 @@ class FeedAdd(LocalCommand):
         parser.add_argument(
             "--mirror", action="append", required=True, metavar="URL", help="a NuGet v3 service index URL"
         )
+        _space_flag(parser)
 
     def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
         with self.database(paths) as db:
-            db.sync(feed.add_feed, args.name, args.mirror)
+            db.sync(feed.add_feed, args.name, args.mirror, args.space)
         print(f"feed {args.name}: {len(dict.fromkeys(args.mirror))} mirrors")
         return 0
 
@@ -139,10 +142,17 @@ class FeedList(LocalCommand):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--json", action="store_true", help="machine-readable output")
+        _space_flag(parser)
 
     def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
         with self.database(paths) as db:
-            return _list(db, args.json)
+            return _list(db, args.json, args.space)
+
+
+def _space_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--space", default=DEFAULT_SPACE, help="the space whose mirror feeds these are (default: Default)"
+    )
 
 
 COMMANDS: list[Command] = [PackagePush(), FeedExport(), FeedAdd(), FeedList()]

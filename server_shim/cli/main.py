@@ -18,6 +18,7 @@ from server_shim.cli import (
     project_commands,
     server_commands,
     task_commands,
+    tenant_commands,
 )
 from server_shim.cli.command import Command, build_parser
 from tentacle.common.paths import resolve
@@ -29,6 +30,7 @@ COMMANDS: list[Command] = [
     *feed_commands.COMMANDS,
     *project_commands.COMMANDS,
     *task_commands.COMMANDS,
+    *tenant_commands.COMMANDS,
 ]
 
 GROUPS = {
@@ -41,6 +43,9 @@ GROUPS = {
     "release": "releases",
     "runbook": "runbooks",
     "task": "tasks",
+    "space": "spaces (everything belongs to one; --space NAME on client commands)",
+    "tagset": "tag sets (tenant tags are named SET/TAG)",
+    "tenant": "tenants",
 }
 
 

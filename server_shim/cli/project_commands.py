@@ -1,7 +1,8 @@
 """`server-shim project apply` and `server-shim release create`: one request each.
 
     server-shim project apply FILE [--name NAME]
-    server-shim release create --project P --version V [--package ID=VERSION ...]
+    server-shim release create --project P [--version V] [--channel NAME] [--package ID=VERSION ...]
+                               [--ignore-channel-rules]
 
 Both are API clients (see `server_shim.cli.api_client`); the server validates everything, so
 these only read their input and report the answer. `release create` prints the
@@ -20,8 +21,8 @@ from tentacle.common.paths import InstancePaths
 from tentacle.errors import TentacleError, UsageError
 
 
-def read_document(file: str) -> dict[str, Any]:
-    """The process document in ``file``, decoded (the server validates it)."""
+def read_document(file: str, what: str = "the process document") -> dict[str, Any]:
+    """The JSON document in ``file``, decoded (the server validates it)."""
     path = Path(file)
     try:
         document = json.loads(path.read_bytes().decode("utf-8"))
@@ -32,7 +33,7 @@ def read_document(file: str) -> dict[str, Any]:
     except ValueError as exc:
         raise TentacleError(f"{file}: not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
-        raise TentacleError(f"{file}: must hold a JSON object (the process document)")
+        raise TentacleError(f"{file}: must hold a JSON object ({what})")
     return document
 
 
@@ -85,17 +86,35 @@ class ReleaseCreate(ClientCommand):
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--project", required=True, help="project name")
-        parser.add_argument("--version", required=True, help="release version (a NuGet version)")
+        parser.add_argument(
+            "--version",
+            help="release version, a NuGet version (default: from the project's versionTemplate,"
+            " else the newest package's version)",
+        )
+        parser.add_argument(
+            "--channel", help="the channel whose rules pick package versions (default: Default)"
+        )
         parser.add_argument(
             "--package",
             action="append",
             default=[],
             metavar="ID=VERSION",
-            help="pin a package version (default: the newest in the feed); repeatable",
+            help="pin a package version (default: the newest in the feed the channel allows); repeatable",
+        )
+        parser.add_argument(
+            "--ignore-channel-rules",
+            action="store_true",
+            help="take given versions even if the channel's rules refuse them",
         )
 
     def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
-        body: dict[str, Any] = {"projectName": args.project, "releaseVersion": args.version}
+        body: dict[str, Any] = {"projectName": args.project}
+        if args.version is not None:
+            body["releaseVersion"] = args.version
+        if args.channel is not None:
+            body["channelName"] = args.channel
+        if args.ignore_channel_rules:
+            body["ignoreChannelRules"] = True
         if args.package:
             body["packageVersions"] = package_versions(args.package)
         client = self.client(paths, args)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Final, TypeVar
 
-from server_shim.dispatch import books
+from server_shim.dispatch import books, timetable
 from server_shim.dispatch.fleet import Fleet
 from server_shim.dispatch.log_sink import LogSink
 from server_shim.dispatch.reply_limits import Misbehaved
@@ -75,6 +75,7 @@ class Dispatcher:
         self.queue: list[TaskRecord] = []
         self.drivers: set[asyncio.Task[None]] = set()
         self.gate_hooks: list[GateHook] = []
+        self._wake: asyncio.TimerHandle | None = None  # the next runAt or noRunAfter of a queued task
         fleet.on_forget.append(self.machine_removed)
 
     async def start(self) -> None:
@@ -86,26 +87,65 @@ class Dispatcher:
                 self.queue.append(record)
         await self.schedule()
 
-    async def submit(self, record: TaskRecord) -> None:
-        """A new task was stored: queue it and start what can start."""
-        self.queue.append(record)
-        await self.schedule()
+    async def submit(self, *records: TaskRecord) -> None:
+        """New tasks were stored: start those that are due and whose machines are free, queue the rest.
 
-    def busy(self) -> set[str]:
-        """Machines taken by running tasks."""
-        return {name for run in self.runs.values() for name in run.record.plans}
+        Only the new tasks are looked at: for those queued before, nothing has changed (no
+        machine was freed), so a create costs the same with a thousand tasks queued as with none.
+        """
+        now, busy = time.time(), self.busy()
+        timed = False
+        for record in records:
+            timed = timed or record.run_at is not None or record.no_run_after is not None
+            if timetable.due(record, now) and not record.machine_keys & busy:
+                busy |= record.machine_keys
+                self._launch(record, resume=False)
+            else:
+                self.queue.append(record)
+        if timed:
+            self._arm(now)
+
+    def busy(self) -> set[tuple[str, str]]:
+        """Machines (space, name) taken by running tasks."""
+        return {key for run in self.runs.values() for key in run.record.machine_keys}
 
     def live(self, task_id: str) -> TaskRun | None:
         """The run of a task this server is running, or has ended without storing it yet."""
         return self.runs.get(task_id) or self.unsaved.get(task_id)
 
     async def schedule(self) -> None:
-        """Start queued tasks, oldest first, whose machines are all free."""
+        """Start queued tasks, oldest first, that are due and whose machines are all free.
+
+        A queued task past its noRunAfter is cancelled instead; then a timer is set for the
+        next runAt or noRunAfter of what still waits.
+        """
+        now, busy = time.time(), self.busy()
         for record in list(self.queue):
-            if set(record.plans) & self.busy():
+            if timetable.expired(record, now):
+                self.queue.remove(record)
+                reason = timetable.expiry_reason(record)
+                await books.write(
+                    self.db, tasks.save_progress, record.task_id, "cancelled", reason, record.coordinator
+                )
+                event(log, "task.cancelled", task=record.task_id, error=reason)
+                continue
+            keys = record.machine_keys
+            if not timetable.due(record, now) or keys & busy:
                 continue
             self.queue.remove(record)
+            busy |= keys
             self._launch(record, resume=False)
+        self._arm(now)
+
+    def _arm(self, now: float) -> None:
+        """Wake `schedule` at the next time a queued task becomes due or expires."""
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        wake = timetable.wake_at(self.queue, now)
+        if wake is not None:
+            loop = asyncio.get_running_loop()
+            self._wake = loop.call_later(wake - now + 0.01, lambda: self._background(self.schedule()))
 
     def _launch(self, record: TaskRecord, *, resume: bool) -> None:
         try:
@@ -132,7 +172,7 @@ class Dispatcher:
         first_failure: float | None = None
         while True:
             try:
-                machine = await self.machine_of(name)
+                machine = await self.machine_of(run.record.space, name)
                 return await self.fleet.call(machine, call, params, timeout)
             except TentacleError as exc:
                 if not exc.retryable:
@@ -150,17 +190,17 @@ class Dispatcher:
                 raise TargetGone("the task has finished")
             await asyncio.sleep(RETRY_DELAY)
 
-    async def machine_of(self, name: str) -> Machine:
-        """The registered machine of this name; `TargetGone` when it was removed."""
-        found = await self.fleet.machine(name)
+    async def machine_of(self, space: str, name: str) -> Machine:
+        """The registered machine of this name in `space`; `TargetGone` when it was removed."""
+        found = await self.fleet.machine(name, space)
         if found is None:
             raise TargetGone(f"{MACHINE_REMOVED}: {name!r} is no longer registered")
         return found
 
-    def machine_removed(self, name: str) -> None:
+    def machine_removed(self, space: str, name: str) -> None:
         """A machine was removed (or replaced): its part in every running task ends now."""
         for run in list(self.runs.values()):
-            if name in run.record.plans and not run.finished.is_set():
+            if run.record.space == space and name in run.record.plans and not run.finished.is_set():
                 event(log, "task.target_removed", task=run.task_id, target=name)
                 reason = f"{MACHINE_REMOVED}: {name!r} was removed from the server"
                 run.spawn(run.event(functools.partial(_lost, name, reason)))
@@ -190,7 +230,7 @@ class Dispatcher:
                 self.unsaved[run.task_id] = run
                 self._background(_keep_saving(self, run))
             for name in run.record.plans:
-                self._background(self._finish(run.task_id, name))
+                self._background(self._finish(run.task_id, run.record.space, name))
             await self.schedule()
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -198,14 +238,13 @@ class Dispatcher:
         self.drivers.add(job)
         job.add_done_callback(self.drivers.discard)
 
-    async def _finish(self, task_id: str, name: str) -> None:
+    async def _finish(self, task_id: str, space: str, name: str) -> None:
         """Deliver task.finish to one target, however long it takes (until it is removed)."""
         delay = RETRY_DELAY
         while True:
             try:
-                await self.fleet.call(
-                    await self.machine_of(name), TASK_FINISH, StopParams(task_id=task_id), 10
-                )
+                machine = await self.machine_of(space, name)
+                await self.fleet.call(machine, TASK_FINISH, StopParams(task_id=task_id), 10)
                 return
             except TargetGone:
                 return  # it is gone for good
@@ -232,6 +271,8 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Stop following tasks (they stay running in the database for the next start)."""
+        if self._wake is not None:
+            self._wake.cancel()
         everything = [
             *self.drivers,
             *(job for run in self.runs.values() for job in (*run.jobs, *run.drivers.values())),
@@ -249,7 +290,7 @@ def _lost(name: str, reason: str, c: TaskCoordinator) -> list[Action]:
 async def _drain(d: Dispatcher, run: TaskRun, name: str) -> None:
     """Store the target's remaining log lines (best effort: until it has none, or fails)."""
     with contextlib.suppress(TentacleError, TargetGone):
-        machine = await d.machine_of(name)
+        machine = await d.machine_of(run.record.space, name)
         await d.sink.flush(run.task_id, name)
         since = await d.db.run(log_rows.last_machine_seq, run.task_id, name)
         more = True

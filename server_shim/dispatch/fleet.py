@@ -4,8 +4,9 @@ A polling tentacle is online while its websocket is open (heartbeats close a
 half-open one). A listening tentacle is online while the periodic ping succeeds:
 `check_loop` pings every listening machine each `interval` seconds, concurrently.
 ``lastSeen`` is kept in memory on every contact and written to the database in one
-batch per interval. Machine records are cached by name (`machine`): every call to a
-target needs one, and `forget` (removal, re-registration) drops it.
+batch per interval. Machine names are unique within a space only, so everything here is
+keyed by (space, name). Machine records are cached (`machine`): every call to a target
+needs one, and `forget` (removal, re-registration) drops it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from server_shim.dispatch.links import Link, ListeningLink, PollingLink
 from server_shim.store import machine_rows as machines
 from server_shim.store.database import Database
 from server_shim.store.machine_rows import Machine
+from server_shim.store.spaces import DEFAULT_SPACE
 from tentacle.common.logs import event
 from tentacle.errors import TentacleError, TransportError
 from tentacle.protocol.rpc_messages import PING, Call, NoParams
@@ -30,6 +32,7 @@ from tentacle.protocol.wire import Wire
 log = logging.getLogger("server_shim.dispatch.fleet")
 P = TypeVar("P", bound=Wire)
 R = TypeVar("R", bound=Wire)
+Key = tuple[str, str]  # (space, machine name)
 
 
 class Fleet:
@@ -41,63 +44,65 @@ class Fleet:
         self.db = db
         self.client_ctx = client_ctx
         self.interval, self.timeout = interval, timeout
-        self.polling: dict[str, PollingLink] = {}
-        self.listening: dict[str, ListeningLink] = {}
-        self.online_listening: set[str] = set()
-        self.seen: dict[str, float] = {}
-        self._unsaved: dict[str, float] = {}
-        self._machines: dict[str, Machine] = {}
+        self.polling: dict[Key, PollingLink] = {}
+        self.listening: dict[Key, ListeningLink] = {}
+        self.online_listening: set[Key] = set()
+        self.seen: dict[Key, float] = {}
+        self._unsaved: dict[Key, float] = {}
+        self._machines: dict[Key, Machine] = {}
         self._forgotten = 0  # bumped by `forget`: a lookup that raced with it is not cached
         self.closing = False
-        self.on_forget: list[Callable[[str], None]] = []  # told each machine name `forget` drops
+        self.on_forget: list[Callable[[str, str], None]] = []  # told (space, name) of each machine dropped
 
-    async def machine(self, name: str) -> Machine | None:
-        """The registered machine named `name` (any space), or None; cached."""
-        found = self._machines.get(name)
+    async def machine(self, name: str, space: str = DEFAULT_SPACE) -> Machine | None:
+        """The registered machine `name` of `space`, or None; cached."""
+        key = (space, name)
+        found = self._machines.get(key)
         if found is None:
             generation = self._forgotten
-            found = await self.db.run(machines.by_name, name)
+            found = await self.db.run(machines.find, space, name)
             if found is not None and generation == self._forgotten:
-                self._machines[name] = found
+                self._machines[key] = found
         return found
 
-    def is_online(self, name: str) -> bool:
-        """Whether the machine can be reached now."""
-        return name in self.polling or name in self.online_listening
+    def is_online(self, name: str, space: str = DEFAULT_SPACE) -> bool:
+        """Whether the machine `name` of `space` can be reached now."""
+        key = (space, name)
+        return key in self.polling or key in self.online_listening
 
-    def touch(self, name: str) -> None:
-        """Note a contact with the machine."""
-        self.seen[name] = self._unsaved[name] = time.time()
+    def touch(self, key: Key) -> None:
+        """Note a contact with the machine (space, name)."""
+        self.seen[key] = self._unsaved[key] = time.time()
 
     def attach(self, machine: Machine, link: PollingLink) -> PollingLink | None:
         """A polling tentacle connected; returns the link it replaces, if any."""
-        old = self.polling.get(machine.name)
-        self.polling[machine.name] = link
-        self.touch(machine.name)
-        event(log, "machine.online", machine=machine.name, mode="polling")
+        old = self.polling.get(machine.key)
+        self.polling[machine.key] = link
+        self.touch(machine.key)
+        event(log, "machine.online", space=machine.space, machine=machine.name, mode="polling")
         return old
 
-    def detach(self, name: str, link: PollingLink, reason: str) -> None:
+    def detach(self, key: Key, link: PollingLink, reason: str) -> None:
         """A polling tentacle's websocket closed."""
         link.fail_all(reason)
-        if self.polling.get(name) is link:
-            del self.polling[name]
-            self.touch(name)
+        if self.polling.get(key) is link:
+            del self.polling[key]
+            self.touch(key)
             if not self.closing:  # the server stopping is one event (fleet.closed), not thousands
-                event(log, "machine.offline", machine=name, mode="polling", reason=reason)
+                event(log, "machine.offline", space=key[0], machine=key[1], mode="polling", reason=reason)
 
     def link(self, machine: Machine) -> Link:
         """The way to call this machine now (raises TransportError when there is none)."""
         if machine.mode == "polling":
-            link = self.polling.get(machine.name)
+            link = self.polling.get(machine.key)
             if link is None:
                 raise TransportError(f"machine {machine.name!r} is not connected")
             return link
         if machine.endpoint is None:
             raise TransportError(f"machine {machine.name!r} has no endpoint")
-        existing = self.listening.get(machine.name)
+        existing = self.listening.get(machine.key)
         if existing is None or existing.url != machine.endpoint.rstrip("/") + "/rpc/v1":
-            existing = self.listening[machine.name] = ListeningLink(
+            existing = self.listening[machine.key] = ListeningLink(
                 machine.endpoint, machine.thumbprint, self.client_ctx, machine.name
             )
         return existing
@@ -105,20 +110,26 @@ class Fleet:
     async def call(self, machine: Machine, call: Call[P, R], params: P, timeout: float = 30.0) -> R:
         """Send one request to a machine, whichever its mode; returns the call's result struct."""
         result = await self.link(machine).call(call, params, timeout)
-        self.touch(machine.name)
+        self.touch(machine.key)
         return result
 
-    async def forget(self, name: str) -> None:
-        """A machine was removed (or replaced): drop its links at once, and tell `on_forget`."""
-        self._machines.pop(name, None)
-        self._forgotten += 1
+    async def forget(self, name: str, space: str = DEFAULT_SPACE) -> None:
+        """Machine `name` of `space` was removed or replaced: drop its links, tell `on_forget`."""
         for told in self.on_forget:
-            told(name)
-        links: list[Link | None] = [self.polling.pop(name, None), self.listening.pop(name, None)]
+            told(space, name)
+        await self.reconnect(name, space)
+
+    async def reconnect(self, name: str, space: str = DEFAULT_SPACE) -> None:
+        """Machine `name` of `space` moved (a new port): drop its links and cached record, so that
+        the next call reads where it is now; its tasks go on."""
+        key = (space, name)
+        self._machines.pop(key, None)
+        self._forgotten += 1
+        links: list[Link | None] = [self.polling.pop(key, None), self.listening.pop(key, None)]
         for link in links:
             if link is not None:
                 await link.close()
-        self.online_listening.discard(name)
+        self.online_listening.discard(key)
 
     async def check_once(self) -> None:
         """Ping every listening machine once; save lastSeen."""
@@ -132,20 +143,21 @@ class Fleet:
         try:
             await self.call(machine, PING, NoParams(), self.timeout)
         except TentacleError as exc:
-            if machine.name in self.online_listening:
-                self.online_listening.discard(machine.name)
+            if machine.key in self.online_listening:
+                self.online_listening.discard(machine.key)
                 event(
                     log,
                     "machine.offline",
                     logging.WARNING,
+                    space=machine.space,
                     machine=machine.name,
                     mode="listening",
                     reason=exc.message,
                 )
             return
-        if machine.name not in self.online_listening:
-            self.online_listening.add(machine.name)
-            event(log, "machine.online", machine=machine.name, mode="listening")
+        if machine.key not in self.online_listening:
+            self.online_listening.add(machine.key)
+            event(log, "machine.online", space=machine.space, machine=machine.name, mode="listening")
 
     async def check_loop(self) -> None:
         """Run `check_once` forever, every `interval` seconds."""

@@ -71,14 +71,18 @@ class Pusher:
         """Stop the push threads (a running push was stopped with its task)."""
         self._threads.shutdown(wait=False, cancel_futures=True)
 
-    async def __call__(self, plan: Plan, gate_name: str) -> None:
-        """Push `plan`'s packages when its acquisition gate is about to open on a listening target."""
-        if gate_name != ACQUISITION:
+    async def __call__(self, space: str, plan: Plan, gate_name: str) -> None:
+        """Push `plan`'s packages when its acquisition gate is about to open on a listening target.
+
+        Not when the plan forces package redeployment: the tentacle then acquires every
+        package again itself, and a push would only send it twice.
+        """
+        if gate_name != ACQUISITION or plan.force_package_redeployment:
             return
         pushed = [p for p in plan.packages() if p.acquisition == "push"]
         if not pushed:
             return
-        machine = await self.fleet.machine(plan.machine_name)
+        machine = await self.fleet.machine(plan.machine_name, space)
         if machine is None or machine.mode != "listening" or machine.endpoint is None:
             return
         await asyncio.gather(*(self.push(machine, plan.task_id, p) for p in pushed))

@@ -62,7 +62,7 @@ STATUS_WAIT = 20.0
 CALL_TIMEOUT = 30.0
 P = TypeVar("P", bound=Wire)
 R = TypeVar("R", bound=Wire)
-GateHook = Callable[[Plan, str], Awaitable[None]]  # (the target's plan, the gate's name), on each OpenGate
+GateHook = Callable[[str, Plan, str], Awaitable[None]]  # (space, the target's plan, the gate's name)
 
 
 class TargetGone(Exception):
@@ -208,7 +208,9 @@ class TaskRun:
         await self.started[name].wait()
         for hook in self.host.gate_hooks:
             try:
-                await unless_halted(self.halted[name], hook(self.record.plans[name], gate_name))
+                await unless_halted(
+                    self.halted[name], hook(self.record.space, self.record.plans[name], gate_name)
+                )
             except TargetGone:
                 raise
             except Exception as exc:

@@ -2,7 +2,8 @@
 
 All access goes through `Database`. The daemon calls it from the event loop with
 `await db.run(fn, ...)`, which runs `fn(connection)` on one dedicated thread, so the
-loop never blocks on disk and SQLite sees a single writer. Command-line tools call
+loop never blocks on disk and SQLite sees a single writer; calls that wait together
+share one transaction (each in its own savepoint) and one commit. Command-line tools call
 `db.sync(fn)` directly. Migrations are applied in order and recorded in
 ``PRAGMA user_version``; a later PostgreSQL backend keeps the same function shapes.
 """
@@ -10,13 +11,15 @@ loop never blocks on disk and SQLite sees a single writer. Command-line tools ca
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from tentacle.errors import ConfigError
 
@@ -106,6 +109,55 @@ MIGRATIONS: list[str] = [
         stable1 INTEGER NOT NULL, any1 INTEGER NOT NULL,
         stable2 INTEGER NOT NULL, any2 INTEGER NOT NULL);
     """,
+    # Spaces, tenants and channels (issue 13). A space gets a stable id (Spaces-N) besides
+    # its name; mirror feeds move into spaces (the rows before this go to Default). Machines
+    # carry tenants, tenant tags and how they take part in tenanted deployments. Tag sets and
+    # tenants are per space; a tenant's project/environment links and tags get rows of their
+    # own, so that "the tenants of this project" is an index lookup. A release remembers its
+    # channel; a task, its tenant and its schedule (epoch seconds). A release is found by its
+    # version in any case (NuGet's equality), which without an index on lower(version) scans
+    # every release of the project on each create.
+    """
+    ALTER TABLE spaces ADD COLUMN space_id TEXT;
+    ALTER TABLE spaces ADD COLUMN created_at DOUBLE PRECISION NOT NULL DEFAULT 0;
+    UPDATE spaces SET space_id = 'Spaces-1' WHERE name = 'Default';
+    CREATE UNIQUE INDEX spaces_by_id ON spaces(space_id);
+    CREATE TABLE space_feeds (
+        space TEXT NOT NULL REFERENCES spaces(name), name TEXT NOT NULL,
+        mirrors TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (space, name));
+    INSERT INTO space_feeds (space, name, mirrors, updated_at)
+        SELECT 'Default', name, mirrors, updated_at FROM feeds;
+    DROP TABLE feeds;
+    ALTER TABLE machines ADD COLUMN tenants TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE machines ADD COLUMN tenant_tags TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE machines ADD COLUMN tenanted_deployment TEXT NOT NULL DEFAULT 'untenanted';
+    CREATE TABLE tag_sets (
+        space TEXT NOT NULL REFERENCES spaces(name), name TEXT NOT NULL,
+        tags TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (space, name));
+    CREATE TABLE tenants (
+        space TEXT NOT NULL REFERENCES spaces(name), name TEXT NOT NULL,
+        document TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (space, name));
+    CREATE TABLE tenant_projects (
+        space TEXT NOT NULL, tenant TEXT NOT NULL, project TEXT NOT NULL, environment TEXT NOT NULL,
+        PRIMARY KEY (space, tenant, project, environment),
+        FOREIGN KEY (space, tenant) REFERENCES tenants(space, name) ON DELETE CASCADE);
+    CREATE INDEX tenant_projects_by_project ON tenant_projects(space, project, environment);
+    CREATE TABLE tenant_tags (
+        space TEXT NOT NULL, tenant TEXT NOT NULL, tag TEXT NOT NULL,
+        PRIMARY KEY (space, tenant, tag),
+        FOREIGN KEY (space, tenant) REFERENCES tenants(space, name) ON DELETE CASCADE);
+    CREATE INDEX tenant_tags_by_tag ON tenant_tags(space, tag);
+    ALTER TABLE releases ADD COLUMN channel TEXT NOT NULL DEFAULT 'Default';
+    CREATE INDEX releases_by_age ON releases(space, project, created_at);
+    CREATE INDEX releases_by_lower_version ON releases(space, project, lower(version));
+    CREATE INDEX releases_by_channel ON releases(space, project, channel, created_at);
+    ALTER TABLE tasks ADD COLUMN tenant TEXT;
+    ALTER TABLE tasks ADD COLUMN run_at DOUBLE PRECISION;
+    ALTER TABLE tasks ADD COLUMN no_run_after DOUBLE PRECISION;
+    """,
 ]
 
 
@@ -135,14 +187,36 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
 
 
+MAX_BATCH = 64
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One `Database.run` waiting for the database thread."""
+
+    fn: Callable[..., Any]
+    args: tuple[object, ...]
+    future: asyncio.Future[Any]
+
+
 class Database:
-    """One connection, used from one thread at a time."""
+    """One connection, used from one thread at a time.
+
+    `run` calls queue up for the database thread, which takes all that are waiting (up to
+    `MAX_BATCH`) and runs them in one transaction, each inside a savepoint of its own: a call
+    that raises is rolled back to its savepoint alone, and every caller hears its result only
+    after the one COMMIT. Under load, that is one commit and one wake-up of the event loop
+    for many calls instead of one each (group commit); alone, a call runs as it always did.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.conn = connect(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
         self._lock = threading.Lock()
+        self._pending: collections.deque[_Call] = collections.deque()
+        self._pending_lock = threading.Lock()
+        self._draining = False
 
     def sync(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn(connection, *args)` in one transaction, here and now.
@@ -167,11 +241,67 @@ class Database:
                 self.conn.execute("ROLLBACK")
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """`sync` on the database thread, awaited from the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.sync, fn, *args)
+        """`fn(connection, *args)` on the database thread, atomically, awaited from the event loop."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        with self._pending_lock:
+            self._pending.append(_Call(fn, args, future))
+            start, self._draining = not self._draining, True
+        if start:
+            self._executor.submit(self._drain)
+        return await future
+
+    def _drain(self) -> None:
+        """Run batches until no call waits (on the database thread)."""
+        while True:
+            with self._pending_lock:
+                if not self._pending:
+                    self._draining = False
+                    return
+                batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
+            outcomes = self._batch(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Call, bool, Any]]] = {}
+            for call, (ok, value) in zip(batch, outcomes, strict=True):
+                by_loop.setdefault(call.future.get_loop(), []).append((call, ok, value))
+            for loop, settled in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                    loop.call_soon_threadsafe(_settle, settled)
+
+    def _batch(self, batch: list[_Call]) -> list[tuple[bool, Any]]:
+        """Each call in a savepoint of one transaction: (True, result) or (False, exception)."""
+        with self._lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                outcomes = [self._one(call) for call in batch]
+                self.conn.execute("COMMIT")
+            except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch happened
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+                return [(False, exc)] * len(batch)
+        return outcomes
+
+    def _one(self, call: _Call) -> tuple[bool, Any]:
+        self.conn.execute("SAVEPOINT call")
+        try:
+            result = call.fn(self.conn, *call.args)
+        except Exception as exc:
+            self.conn.execute("ROLLBACK TO call")  # raises (and fails the batch) if SQLite undid more
+            self.conn.execute("RELEASE call")
+            return False, exc
+        self.conn.execute("RELEASE call")
+        return True, result
 
     def close(self) -> None:
         """Finish pending work and close."""
         self._executor.shutdown(wait=True)
         self.conn.close()
+
+
+def _settle(settled: list[tuple[_Call, bool, Any]]) -> None:
+    """Hand each call's outcome to its waiter (on its event loop)."""
+    for call, ok, value in settled:
+        if call.future.done():  # its waiter was cancelled
+            continue
+        if ok:
+            call.future.set_result(value)
+        else:
+            call.future.set_exception(value)

@@ -13,7 +13,8 @@ the flat-container layout::
 A file without a row (a crash between rename and commit, or a delete between commit and
 unlink) is harmless: nothing refers to it and the next push of that version replaces it.
 A staging file left by a crash or ``kill -9`` is removed when the server starts and before
-the next push (`prepare`, `push`). Mirror feeds are named lists of NuGet v3 service index URLs.
+the next push (`prepare`, `push`). Mirror feeds are named lists of NuGet v3 service index URLs,
+each in a space (the built-in feed's packages are the server's, shared by every space).
 
 Deleting a version (`delete_version`) removes it, unless a release pins it: then it is
 refused with the releases named, since deploying them needs those exact bytes.
@@ -33,6 +34,7 @@ Errors::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -42,6 +44,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from server_shim.store import feed_catalog as catalog
+from server_shim.store import spaces
 from server_shim.store.database import Database
 from server_shim.store.feed_staging import Staged, clean_stale, stage_file
 
@@ -49,6 +52,7 @@ from server_shim.store.feed_staging import Staged, clean_stale, stage_file
 from server_shim.store.package_checks import Identified, identify, kind_of
 from server_shim.store.package_checks import PackageError as PackageError
 from server_shim.store.package_checks import split_file_name as split_file_name
+from server_shim.store.spaces import DEFAULT_SPACE
 from tentacle.common.atomicfile import fsync_directory
 from tentacle.errors import Conflict, InvalidInput, NotFound, StorageError, TooLarge
 from tentacle.protocol.identity import check_name
@@ -134,7 +138,18 @@ def _by_version(conn: sqlite3.Connection, package_id: str) -> dict[NuGetVersion,
     rows = conn.execute(
         "SELECT id, version, sha512, size, file_name FROM packages WHERE lower_id = ?", (package_id.lower(),)
     )
-    return {NuGetVersion.parse(row["version"]): _ref(row) for row in rows}
+    return {_parsed(row["version"]): _ref(row) for row in rows}
+
+
+@functools.lru_cache(maxsize=65536)
+def _parsed(version: str) -> NuGetVersion:
+    """A stored (normalized) version, parsed once: every release resolves every version of its ids."""
+    return NuGetVersion.parse(version)
+
+
+def refs_by_version(conn: sqlite3.Connection, package_id: str) -> dict[NuGetVersion, PackageRef]:
+    """Every file of the package (id case-insensitive) by its version; {} when there is none."""
+    return _by_version(conn, package_id)
 
 
 def _conflict(existing: PackageRef, identical: bool) -> PackageConflict:
@@ -306,8 +321,8 @@ def _mirror_url(url: str) -> str:
     return url
 
 
-def add_feed(conn: sqlite3.Connection, name: str, mirrors: list[str]) -> None:
-    """Name a feed of mirror candidates (service index URLs); re-adding a name replaces it."""
+def add_feed(conn: sqlite3.Connection, name: str, mirrors: list[str], space: str = DEFAULT_SPACE) -> None:
+    """Name a feed of mirror candidates (service index URLs) in a space; re-adding a name replaces it."""
     try:
         check_name("feed", name)
     except ValueError as exc:
@@ -317,14 +332,16 @@ def add_feed(conn: sqlite3.Connection, name: str, mirrors: list[str]) -> None:
     if not mirrors:
         raise FeedError(f"feed {name!r}: needs at least one mirror URL")
     urls = list(dict.fromkeys(_mirror_url(url) for url in mirrors))
+    spaces.require(conn, space)
     conn.execute(
-        "INSERT INTO feeds (name, mirrors, updated_at) VALUES (?, ?, ?) ON CONFLICT (name)"
-        " DO UPDATE SET mirrors = excluded.mirrors, updated_at = excluded.updated_at",
-        (name, json.dumps(urls), time.time()),
+        "INSERT INTO space_feeds (space, name, mirrors, updated_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (space, name) DO UPDATE SET mirrors = excluded.mirrors,"
+        " updated_at = excluded.updated_at",
+        (space, name, json.dumps(urls), time.time()),
     )
 
 
-def feed_mirrors(conn: sqlite3.Connection) -> dict[str, list[str]]:
-    """Every named mirror feed and its URLs, by name."""
-    rows = conn.execute("SELECT name, mirrors FROM feeds ORDER BY name")
+def feed_mirrors(conn: sqlite3.Connection, space: str = DEFAULT_SPACE) -> dict[str, list[str]]:
+    """Every named mirror feed of the space and its URLs, by name."""
+    rows = conn.execute("SELECT name, mirrors FROM space_feeds WHERE space = ? ORDER BY name", (space,))
     return {row["name"]: list(json.loads(row["mirrors"])) for row in rows}

@@ -8,9 +8,11 @@ new one.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
@@ -43,14 +45,27 @@ class Machine:
     roles: tuple[str, ...]
     registered_at: float
     last_seen: float | None = None
+    tenants: tuple[str, ...] = ()
+    tenant_tags: tuple[str, ...] = ()
+    tenanted_deployment: str = "untenanted"  # untenanted | tenanted | both
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Machine:
-        """Build from a ``machines`` row."""
-        values = dict(row)
-        values["environments"] = tuple(json.loads(values["environments"]))
-        values["roles"] = tuple(json.loads(values["roles"]))
-        return cls(**values)
+        """Build from a ``machines`` row (parsed once per distinct row: every deployment reads them)."""
+        return _from_values(tuple(row.keys()), tuple(row))
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(space, name): what identifies a machine (names are unique within a space only)."""
+        return (self.space, self.name)
+
+
+@functools.lru_cache(maxsize=8192)
+def _from_values(keys: tuple[str, ...], row: tuple[object, ...]) -> Machine:
+    values = dict(zip(keys, row, strict=True))
+    for key in ("environments", "roles", "tenants", "tenant_tags"):
+        values[key] = tuple(json.loads(str(values[key])))
+    return Machine(**values)  # type: ignore[arg-type]  # the columns are the fields
 
 
 def insert(conn: sqlite3.Connection, machine: Machine, *, force: bool) -> None:
@@ -64,7 +79,9 @@ def insert(conn: sqlite3.Connection, machine: Machine, *, force: bool) -> None:
             )
         revoke(conn, machine.space, machine.name)
     conn.execute(
-        "INSERT INTO machines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO machines (space, name, thumbprint, certificate, mode, endpoint, environments, roles,"
+        " registered_at, last_seen, tenants, tenant_tags, tenanted_deployment)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             machine.space,
             machine.name,
@@ -76,6 +93,9 @@ def insert(conn: sqlite3.Connection, machine: Machine, *, force: bool) -> None:
             json.dumps(machine.roles),
             machine.registered_at,
             machine.last_seen,
+            json.dumps(machine.tenants),
+            json.dumps(machine.tenant_tags),
+            machine.tenanted_deployment,
         ),
     )
 
@@ -83,12 +103,6 @@ def insert(conn: sqlite3.Connection, machine: Machine, *, force: bool) -> None:
 def find(conn: sqlite3.Connection, space: str, name: str) -> Machine | None:
     """The machine named `name`, or None."""
     row = conn.execute("SELECT * FROM machines WHERE space = ? AND name = ?", (space, name)).fetchone()
-    return None if row is None else Machine.from_row(row)
-
-
-def by_name(conn: sqlite3.Connection, name: str) -> Machine | None:
-    """The machine named `name` in any space (names are unique where tasks use them)."""
-    row = conn.execute("SELECT * FROM machines WHERE name = ?", (name,)).fetchone()
     return None if row is None else Machine.from_row(row)
 
 
@@ -117,6 +131,28 @@ def listing(conn: sqlite3.Connection, space: str) -> list[Machine]:
     """Every machine of the space, by name."""
     rows = conn.execute("SELECT * FROM machines WHERE space = ? ORDER BY name", (space,))
     return [Machine.from_row(row) for row in rows]
+
+
+def in_environments(conn: sqlite3.Connection, space: str, environments: Sequence[str]) -> list[Machine]:
+    """The machines of the space in any of ``environments``, by name (LIKE narrows, JSON decides)."""
+    if not environments:
+        return []
+    likes = " OR ".join("environments LIKE ?" for _ in environments)
+    rows = conn.execute(
+        f"SELECT * FROM machines WHERE space = ? AND ({likes}) ORDER BY name",  # noqa: S608 - placeholders only
+        (space, *(f"%{json.dumps(env)}%" for env in environments)),
+    )
+    wanted = set(environments)
+    return [m for m in (Machine.from_row(row) for row in rows) if wanted & set(m.environments)]
+
+
+def existing_names(conn: sqlite3.Connection, space: str, names: Sequence[str]) -> set[str]:
+    """Which of ``names`` are machines of the space."""
+    found: set[str] = set()
+    for name in set(names):
+        if conn.execute("SELECT 1 FROM machines WHERE space = ? AND name = ?", (space, name)).fetchone():
+            found.add(name)
+    return found
 
 
 def revoke(conn: sqlite3.Connection, space: str, name: str) -> Machine:
@@ -150,9 +186,9 @@ def move_port(conn: sqlite3.Connection, thumbprint: str, port: int) -> Machine:
     return replace(machine, endpoint=endpoint)
 
 
-def save_last_seen(conn: sqlite3.Connection, seen: dict[str, float]) -> None:
-    """Persist when machines were last heard from (batched by the fleet)."""
+def save_last_seen(conn: sqlite3.Connection, seen: dict[tuple[str, str], float]) -> None:
+    """Persist when machines were last heard from (batched by the fleet), by (space, name)."""
     conn.executemany(
-        "UPDATE machines SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE name = ?",
-        [(stamp, name) for name, stamp in seen.items()],
+        "UPDATE machines SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE space = ? AND name = ?",
+        [(stamp, space, name) for (space, name), stamp in seen.items()],
     )

@@ -15,19 +15,25 @@ Errors, each with the HTTP status the API answers::
     ReleaseExists        409   the version is taken
     ReleaseRequestError  400   a bad version text or a package the process does not use
     PackageMissing       404   the feed lacks a given version, or any version of a package
+
+A release is made in a channel and remembers it; server_shim.store.release_channels picks
+its package versions by the channel's rules and its version when none is given (and
+raises ChannelNotFound, ChannelRuleBroken, PackageMissing, ReleaseVersionNeeded).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from server_shim.store import feed_store as feed
+from server_shim.store import release_channels as channels
+from server_shim.store.release_channels import PackageMissing as PackageMissing
 from tentacle.errors import Conflict, InvalidInput, NotFound
+from tentacle.protocol.channel_rules import DEFAULT_CHANNEL
 from tentacle.protocol.documents import NAME_MAX, key_path, text_problem
 from tentacle.protocol.nuget_versions import InvalidVersion, NuGetVersion
 from tentacle.protocol.plan import PackageRef
@@ -55,10 +61,6 @@ class ReleaseRequestError(InvalidInput):
         super().__init__(f"{path}: {problem}", details={"path": path})
 
 
-class PackageMissing(NotFound):
-    """The feed cannot supply a package version the release needs."""
-
-
 @dataclass(frozen=True)
 class Release:
     """A project's process and package versions, frozen under a version."""
@@ -67,6 +69,7 @@ class Release:
     version: str
     process: Process
     packages: dict[str, PackageRef]
+    channel: str = DEFAULT_CHANNEL
 
 
 def put_project(conn: sqlite3.Connection, space: str, name: str, process: Process) -> bool:
@@ -86,10 +89,24 @@ def put_project(conn: sqlite3.Connection, space: str, name: str, process: Proces
 
 def get_project(conn: sqlite3.Connection, space: str, name: str) -> Process:
     """The project's process; ProjectNotFound when there is none."""
+    return _project_document(conn, space, name)[1]
+
+
+def _project_document(conn: sqlite3.Connection, space: str, name: str) -> tuple[str, Process]:
+    """The project's stored document text and its process."""
     row = _project_row(conn, space, name) if _storable(name) else None
     if row is None:
         raise ProjectNotFound(f"project {_shown(name)} does not exist in space {_shown(space)}")
-    return parse_process(json.loads(row["document"]), name)
+    return row["document"], stored_process(row["document"], name)
+
+
+@functools.lru_cache(maxsize=512)
+def stored_process(document: str, name: str) -> Process:
+    """A stored (normalized) document's process, parsed once per text: every create reads one.
+
+    `Process` is immutable, so one parsed value serves every caller with the same text.
+    """
+    return parse_process(json.loads(document), name)
 
 
 def _storable(text: str) -> bool:
@@ -113,24 +130,44 @@ def create_release(
     conn: sqlite3.Connection,
     space: str,
     project: str,
-    version: str,
+    version: str | None,
     package_versions: Mapping[str, str] | None,
+    channel: str = DEFAULT_CHANNEL,
+    ignore_channel_rules: bool = False,
 ) -> Release:
-    """Freeze the project's process with exact package versions under ``version``.
+    """Freeze the project's process with exact package versions under ``version``, in ``channel``.
 
     Each package id the process uses gets the version in ``package_versions`` (ids
-    match case-insensitively, as NuGet's do), else the newest in the feed.
+    match case-insensitively, as NuGet's do), else the newest in the feed that the
+    channel's rules allow. Without ``version``, the next one is made (release_channels).
     """
-    normalized = str(_release_version(version))
-    process = get_project(conn, space, project)
-    if _release_row(conn, space, project, normalized) is not None:
-        raise ReleaseExists(f"releaseVersion: release {normalized!r} of project {project!r} already exists")
+    given = None if version is None else str(_release_version(version))
+    document, process = _project_document(conn, space, project)
+    chosen = channels.channel_of(process, channel)
+    if given is not None and _release_row(conn, space, project, given) is not None:
+        raise ReleaseExists(f"releaseVersion: release {given!r} of project {project!r} already exists")
     wanted = _wanted_versions(process.package_ids(), package_versions or {})
-    release = Release(project, normalized, process, _resolve_packages(conn, wanted))
+    packages = channels.resolve_packages(conn, chosen, wanted, ignore_channel_rules)
+    normalized = given or channels.next_version(conn, space, process, chosen, packages)
+    if given is None and _release_row(conn, space, project, normalized) is not None:
+        raise ReleaseExists(
+            f"releaseVersion: release {normalized!r} of project {project!r} already exists (made from"
+            f" {'the versionTemplate' if process.version_template else 'the newest package version'});"
+            " give releaseVersion"
+        )
+    release = Release(project, normalized, process, packages, chosen.name)
     conn.execute(
-        "INSERT INTO releases (space, project, version, process, packages, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (space, project, normalized, json.dumps(process.to_json()), _packages_json(release), time.time()),
+        "INSERT INTO releases (space, project, version, process, packages, created_at, channel)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            space,
+            project,
+            normalized,
+            document,  # normalized already (put_project stores `to_json`)
+            _packages_json(release),
+            time.time(),
+            chosen.name,
+        ),
     )
     return release
 
@@ -169,8 +206,8 @@ def _release_from_row(row: sqlite3.Row) -> Release:
         key: PackageRef(p["id"], p["version"], p["sha512"], p["size"], p["fileName"])
         for key, p in json.loads(row["packages"]).items()
     }
-    process = parse_process(json.loads(row["process"]), row["project"])
-    return Release(row["project"], row["version"], process, packages)
+    process = stored_process(row["process"], row["project"])
+    return Release(row["project"], row["version"], process, packages, row["channel"])
 
 
 def _packages_json(release: Release) -> str:
@@ -229,27 +266,3 @@ def _wanted_versions(used: Iterable[str], given: Mapping[str, str]) -> dict[str,
             raise ReleaseRequestError(path, version)
         wanted[target] = str(version)
     return wanted
-
-
-def _resolve_packages(conn: sqlite3.Connection, wanted: Mapping[str, str | None]) -> dict[str, PackageRef]:
-    """Pin every package; PackageMissing lists all that the feed cannot supply."""
-    refs: dict[str, PackageRef] = {}
-    missing: list[dict[str, Any]] = []
-    for package_id, version in sorted(wanted.items()):
-        try:
-            refs[package_id] = feed.resolve(conn, package_id, version)
-        except feed.PackageNotFound:
-            missing.append({"id": package_id, "version": version})
-    if missing:
-        raise PackageMissing(
-            "; ".join(_missing_text(item["id"], item["version"]) for item in missing),
-            details={"packages": missing},
-        )
-    return refs
-
-
-def _missing_text(package_id: str, version: str | None) -> str:
-    if version is None:
-        return f"package {package_id!r} has no version in the feed (push one first)"
-    path = key_path("packageVersions", package_id)
-    return f"{path}: package {package_id!r} version {version!r} is not in the feed"

@@ -10,11 +10,14 @@ task-wide ``seq`` is what ``log/v1?since=`` pages by. They are written by
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from tentacle.errors import NotFound
 from tentacle.protocol.plan import Plan
@@ -43,6 +46,14 @@ class TaskRecord:
     finished_at: float | None
     plans: dict[str, Plan]
     coordinator: dict[str, Any]
+    tenant: str | None = None
+    run_at: float | None = None  # not started before (epoch seconds)
+    no_run_after: float | None = None  # cancelled when still queued after this
+
+    @functools.cached_property
+    def machine_keys(self) -> frozenset[tuple[str, str]]:
+        """(space, name) of every target: names are unique within a space only (made once)."""
+        return frozenset((self.space, name) for name in self.plans)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRecord:
@@ -56,9 +67,11 @@ class TaskRecord:
 
 def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
     """Store a new (queued) task."""
-    plans = json.dumps({name: plan.to_json() for name, plan in record.plans.items()})
+    plans = msgspec.json.encode(record.plans).decode()  # the wire form (`Plan.to_json`), in one pass
     conn.execute(
-        "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO tasks (task_id, space, kind, project, release_version, runbook, environment, state,"
+        " error, created_at, finished_at, plans, coordinator, tenant, run_at, no_run_after)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.task_id,
             record.space,
@@ -73,6 +86,9 @@ def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
             record.finished_at,
             plans,
             json.dumps(record.coordinator),
+            record.tenant,
+            record.run_at,
+            record.no_run_after,
         ),
     )
 
@@ -80,7 +96,7 @@ def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
 # Every column but the plans: what reading a task needs (5,000 plans take 0.2 s to parse).
 _GET_HEADER = (
     "SELECT task_id, space, kind, project, release_version, runbook, environment, state, error,"
-    " created_at, finished_at, coordinator FROM tasks WHERE task_id = ?"
+    " created_at, finished_at, coordinator, tenant, run_at, no_run_after FROM tasks WHERE task_id = ?"
 )
 
 

@@ -56,6 +56,23 @@ def _register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     mode.add_argument("--polling", action="store_true", help="polling mode: this agent connects out")
     reg.add_argument("--public-hostname", help="the host name the server should use (listening)")
     reg.add_argument("--force", action="store_true", help="replace a machine of the same name")
+    reg.add_argument("--space", default="Default", help="the space to register into (default: Default)")
+    reg.add_argument(
+        "--tenant", action="append", default=[], help="a tenant this machine serves (repeatable; must exist)"
+    )
+    reg.add_argument(
+        "--tenant-tag",
+        action="append",
+        default=[],
+        metavar="SET/TAG",
+        help="serve every tenant with this tag, e.g. Region/EU (repeatable: one set OR, sets AND)",
+    )
+    reg.add_argument(
+        "--tenanted-deployment",
+        choices=("untenanted", "tenanted", "both"),
+        help="which deployments this machine takes part in (default: tenanted when --tenant or"
+        " --tenant-tag is given, else untenanted)",
+    )
 
 
 def _service_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -122,10 +139,15 @@ def cmd_register(paths: InstancePaths, args: argparse.Namespace) -> int:
         roles=tuple(args.role),
         listen=listen,
         force=args.force,
+        space=args.space,
+        tenants=tuple(args.tenant),
+        tenant_tags=tuple(args.tenant_tag),
+        tenanted_deployment=args.tenanted_deployment,
     )
     config = asyncio.run(registration.register(paths, reg))
     cert = pki.load_cert(config_mod.file(paths, config_mod.CERT_FILE))
-    print(f"registered {config.name} ({config.mode}) with {config.server.url}", file=sys.stderr)
+    where = f"{config.server.url} (space {reg.space})"
+    print(f"registered {config.name} ({config.mode}) with {where}", file=sys.stderr)
     print(pki.cert_thumbprint(cert))
     return 0
 

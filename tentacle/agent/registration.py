@@ -37,6 +37,10 @@ class Registration:
     roles: tuple[str, ...]
     listen: ListenConfig | None  # None: polling
     force: bool = False
+    space: str = "Default"
+    tenants: tuple[str, ...] = ()
+    tenant_tags: tuple[str, ...] = ()
+    tenanted_deployment: str | None = None  # untenanted | tenanted | both; None: the server decides
 
     def endpoint(self) -> str | None:
         """The URL the server will use to reach a listening tentacle."""
@@ -62,6 +66,11 @@ def validate(reg: Registration) -> Registration:
         raise UsageError(f"--server must be an https:// URL, not {reg.server!r}")
     if not reg.environments or not reg.roles:
         raise UsageError("give at least one --environment and one --role")
+    if reg.tenanted_deployment == "untenanted" and (reg.tenants or reg.tenant_tags):
+        raise UsageError("--tenant and --tenant-tag need --tenanted-deployment tenanted or both")
+    for tag in reg.tenant_tags:
+        if tag.count("/") != 1 or tag.startswith("/") or tag.endswith("/"):
+            raise UsageError(f"--tenant-tag must be TagSet/Tag (e.g. Region/EU), not {tag!r}")
     return Registration(**{**reg.__dict__, "server_thumbprint": thumb})
 
 
@@ -92,7 +101,12 @@ async def register(paths: InstancePaths, reg: Registration) -> TentacleConfig:
         "mode": "polling" if reg.listen is None else "listening",
         "endpoint": reg.endpoint(),
         "force": reg.force,
+        "space": reg.space,
+        "tenants": list(reg.tenants),
+        "tenantTags": list(reg.tenant_tags),
     }
+    if reg.tenanted_deployment is not None:
+        body["tenantedDeployment"] = reg.tenanted_deployment
     async with aiohttp.ClientSession(connector=pinned_connector([reg.server_thumbprint])) as session:
         answer = await httpclient.call(
             session,

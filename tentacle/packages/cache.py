@@ -137,9 +137,13 @@ class PackageCache:
             pass
         return path
 
-    async def get(self, pkg: PlannedPackage, fetch: Fetch) -> Path:
-        """The verified file of `pkg`, fetched once however many callers ask at the same time."""
-        hit = self._hit(pkg)
+    async def get(self, pkg: PlannedPackage, fetch: Fetch, *, fresh: bool = False) -> Path:
+        """The verified file of `pkg`, fetched once however many callers ask at the same time.
+
+        ``fresh`` fetches it even when it is cached (a forced redeployment); the new file
+        replaces the old one atomically, so a task still reading the old one is not disturbed.
+        """
+        hit = None if fresh else self._hit(pkg)
         if hit is not None:
             return hit
         download = self._inflight.get(pkg.sha512)

@@ -74,11 +74,14 @@ class Acquirer:
         self._leases: dict[str, ExitStack] = {}
 
     async def __call__(self, plan: Plan, pkg: PlannedPackage) -> Path:
-        """The verified file of `pkg`, leased for `plan`'s task; AcquisitionError if none came."""
+        """The verified file of `pkg`, leased for `plan`'s task; AcquisitionError if none came.
+
+        A plan that forces package redeployment gets every package fetched again, cached or not.
+        """
         leases = self._leases.setdefault(plan.task_id, ExitStack())
         try:
             leases.enter_context(self.cache.lease(pkg.sha512))
-            return await self.cache.get(pkg, self._fetch)
+            return await self.cache.get(pkg, self._fetch, fresh=bool(plan.force_package_redeployment))
         except CacheError as exc:
             raise AcquisitionError(f"{pkg.id} {pkg.version}: {exc.message}") from exc
 

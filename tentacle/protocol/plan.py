@@ -1,9 +1,15 @@
 """The plan one target runs: resolved from a process for that target, and its JSON form.
 
 `resolve_plan` is what the server does per target: keep the steps whose roles the
-machine has (each keeps its ``index`` in the whole process, so every target numbers
-steps alike), pick each variable's most specific value for this machine, and pin
-every package to the release's exact file (``sha512``, ``size``) and its sources.
+machine has and that the request does not skip (each keeps its ``index`` in the whole
+process, so every target numbers steps alike), pick each variable's most specific value
+for this machine (a tenant's value of a name overrides the project's), and pin every
+package to the release's exact file (``sha512``, ``size``) and its sources.
+
+Two fields are written only when they say something (`UNSET` otherwise), so a plan
+without them reads as before: ``tenantName`` (a tenanted deployment; scripts see
+``TENTACLE_TENANT_NAME``) and ``forcePackageRedeployment`` (acquire every package again,
+even when the cache has it).
 
 A plan is a msgspec struct; `Plan.to_json` / `Plan.from_json` are its wire form
 (camelCase), the one the server stores and sends and the tentacle keeps on disk.
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from tentacle.protocol.documents import (
     FILE_NAME,
@@ -126,6 +133,8 @@ class Plan(Wire, frozen=True, kw_only=True):
     machine_name: Name
     steps: Annotated[tuple[PlannedStep, ...], msgspec.Meta(max_length=MAX_STEPS)] = ()
     variables: Annotated[tuple[ResolvedVariable, ...], msgspec.Meta(max_length=MAX_VARIABLES)] = ()
+    tenant_name: Name | UnsetType = UNSET
+    force_package_redeployment: bool | UnsetType = UNSET
 
     def to_json(self) -> dict[str, Any]:
         """The wire form (camelCase), as plain JSON values."""
@@ -221,6 +230,10 @@ def resolve_plan(
     machine_roles: Collection[str],
     packages: Mapping[str, PackageRef],
     feeds: Mapping[str, Sequence[str]],
+    skip_steps: Collection[str] = (),
+    tenant_name: str | None = None,
+    tenant_variables: Sequence[Variable] = (),
+    force_package_redeployment: bool = False,
 ) -> Plan:
     """The plan of one target; raises `PlanError` for a package or feed that is missing."""
     roles = tuple(machine_roles)
@@ -228,10 +241,14 @@ def resolve_plan(
     planned = [
         _plan_step(index, step, packages, feeds, problems)
         for index, step in enumerate(steps)
-        if any(role in roles for role in step.roles)
+        if any(role in roles for role in step.roles) and step.name not in skip_steps
     ]
     if problems:
         raise PlanError(problems)
+    resolved = {v.name: v for v in resolve_variables(variables, environment, roles, machine_name)}
+    resolved.update(
+        (v.name, v) for v in resolve_variables(tenant_variables, environment, roles, machine_name)
+    )
     return Plan(
         task_id=task_id,
         kind=kind,
@@ -240,7 +257,9 @@ def resolve_plan(
         environment_name=environment,
         machine_name=machine_name,
         steps=tuple(planned),
-        variables=resolve_variables(variables, environment, roles, machine_name),
+        variables=tuple(resolved.values()),
+        tenant_name=UNSET if tenant_name is None else tenant_name,
+        force_package_redeployment=True if force_package_redeployment else UNSET,
     )
 
 
@@ -327,6 +346,8 @@ def script_environment(plan: Plan, step: PlannedStep, package_dir: str | None) -
         TENTACLE_TASK_ID=plan.task_id,
         TENTACLE_STEP_NAME=step.name,
     )
+    if plan.tenant_name is not UNSET:
+        env["TENTACLE_TENANT_NAME"] = plan.tenant_name
     if step.package is not None:
         if package_dir is None:
             raise PlanError([(f"steps[{step.index}].package", "has no extracted directory")])

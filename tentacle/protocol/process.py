@@ -12,7 +12,9 @@ Rules beyond the shape, checked after decoding and reported together: a step has
 script, a package or both; a preAcquisition step has no package (packages are
 acquired after that phase); step names are unique within the process and within
 each runbook; a script body and a variable value take at most 1 MiB in UTF-8; the
-document's name is the project's (the URL's) name.
+document's name is the project's (the URL's) name; channel names are unique, their
+rules name packages the process uses, with valid ranges and patterns; a version
+template makes NuGet versions (tentacle.protocol.channel_rules).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Annotated, Any, Final, Literal, Protocol
 
 import msgspec
 
+from tentacle.protocol.channel_rules import Channels, Template, channel_problems, template_problem
 from tentacle.protocol.documents import (
     PACKAGE_ID,
     TEXT,
@@ -128,12 +131,14 @@ class Variable(Wire, frozen=True, kw_only=True):
 
 
 class Process(Wire, frozen=True, kw_only=False):
-    """A project's validated process: steps, runbooks (by name) and variables."""
+    """A project's validated process: steps, runbooks (by name), variables, channels."""
 
     name: Name
     steps: Steps = ()
     runbooks: Annotated[dict[Name, Runbook], msgspec.Meta(max_length=MAX_RUNBOOKS)] = {}
     variables: Annotated[tuple[Variable, ...], msgspec.Meta(max_length=MAX_VARIABLES)] = ()
+    channels: Channels = ()
+    version_template: Template | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The normalized document (camelCase); `parse_process` of it gives an equal `Process`."""
@@ -176,6 +181,11 @@ def rule_problems(process: Process) -> Iterator[tuple[str, str]]:
     for index, variable in enumerate(process.variables):
         if over_bytes(variable.value, MAX_VALUE_BYTES):
             yield f"variables[{index}].value", f"must be at most {MAX_VALUE_BYTES} bytes in UTF-8"
+    yield from channel_problems(process.channels, process.package_ids(), "channels")
+    if process.version_template is not None:
+        problem = template_problem(process.version_template)
+        if problem is not None:
+            yield "versionTemplate", problem
 
 
 def step_problems(steps: Sequence[Step], path: str) -> Iterator[tuple[str, str]]:

@@ -1,0 +1,59 @@
+"""The database thread runs waiting calls together: one transaction, a savepoint each."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from server_shim.store.database import Database
+
+
+def _add(conn: sqlite3.Connection, name: str) -> str:
+    conn.execute("INSERT INTO spaces (name, space_id, created_at) VALUES (?, ?, 0)", (name, f"id-{name}"))
+    return name
+
+
+def _add_then_fail(conn: sqlite3.Connection, name: str) -> str:
+    _add(conn, name)
+    raise ValueError(f"{name} refused")
+
+
+def _names(conn: sqlite3.Connection) -> list[str]:
+    return [row[0] for row in conn.execute("SELECT name FROM spaces ORDER BY name")]
+
+
+async def test_a_failing_call_in_a_batch_undoes_only_itself(tmp_path: Path) -> None:
+    """Calls queued behind a busy thread share a batch; one that raises leaves no trace, the rest commit."""
+    db = Database(tmp_path / "db.sqlite")
+    gate = threading.Event()
+    try:
+        blocker = asyncio.ensure_future(db.run(lambda conn: gate.wait(10)))
+        await asyncio.sleep(0.05)  # the database thread is now inside the blocker's batch
+        queued = [db.run(_add, "A"), db.run(_add_then_fail, "B"), db.run(_add, "C"), db.run(_add, "A")]
+        waiting = asyncio.gather(*queued, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        gate.set()
+        assert await blocker is True
+        first, failed, third, duplicate = await waiting
+        assert (first, third) == ("A", "C")
+        assert isinstance(failed, ValueError) and str(failed) == "B refused"
+        assert isinstance(duplicate, sqlite3.IntegrityError)  # saw A's uncommitted row: same transaction
+        assert db.sync(_names) == ["A", "C", "Default"]
+    finally:
+        db.close()
+
+
+async def test_a_lone_call_runs_and_answers_as_before(tmp_path: Path) -> None:
+    """Without a queue a call is its own batch: its result, or its exception with nothing stored."""
+    db = Database(tmp_path / "db.sqlite")
+    try:
+        assert await db.run(_add, "X") == "X"
+        with pytest.raises(ValueError, match="Y refused"):
+            await db.run(_add_then_fail, "Y")
+        assert db.sync(_names) == ["Default", "X"]
+    finally:
+        db.close()
