@@ -15,6 +15,12 @@ Two kinds of time inside a callback are not its doing, and are not counted: the 
 collector's (a full collection lands on whatever code allocates) and the time the loop thread
 was ready to run but the kernel ran something else (``/proc/thread-self/schedstat``: on two
 shared cores a busy machine alone can hold a callback 200 ms).
+
+A callback the watcher never sampled is judged by the CPU time its thread spent meanwhile
+(read from schedstat at each look): a long C call holding the GIL in the loop thread (a huge
+encode, a hash) runs on the CPU the whole time, while a loop thread that merely waited for the
+GIL that another thread held (the database thread, a writer) does not; the watcher, which needs
+the GIL too, could not look either, so without this a starved loop would read as a blocked one.
 """
 
 from __future__ import annotations
@@ -55,6 +61,16 @@ def _waited(native_id: int | None) -> float:
     try:
         with open(f"/proc/{where}/schedstat") as stats:
             return int(stats.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _on_cpu(native_id: int | None) -> float:
+    """Seconds a thread has spent running on a CPU (0 where the kernel does not say)."""
+    where = "thread-self" if native_id is None else f"self/task/{native_id}"
+    try:
+        with open(f"/proc/{where}/schedstat") as stats:
+            return int(stats.read().split()[0]) / 1e9
     except (OSError, IndexError, ValueError):
         return 0.0
 
@@ -109,6 +125,8 @@ class LoopWatch:
         default_factory=lambda: collections.deque(maxlen=256)
     )  # (start, end) of the garbage collector's recent runs of a millisecond or more
     _collecting_since: float = 0.0
+    # (loop time, the loop thread's CPU seconds) at the watcher's recent looks, by id(loop)
+    _cpu_marks: dict[int, collections.deque[tuple[float, float]]] = field(default_factory=dict)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Watch this loop (asyncio's debug mode times it; `slow_callback_duration` is our limit)."""
@@ -143,6 +161,9 @@ class LoopWatch:
         """Note the loop's current callback; sample the loop thread's stack once it ran long."""
         handle = getattr(loop, "_current_handle", None)
         thread_id = getattr(loop, "_thread_id", None)
+        if thread_id is not None:
+            marks = self._cpu_marks.setdefault(id(loop), collections.deque(maxlen=64))
+            marks.append((loop.time(), _on_cpu(_native_id(thread_id))))
         with self._lock:
             running = self._running.get(id(loop))
             if handle is None or thread_id is None:
@@ -178,8 +199,17 @@ class LoopWatch:
             if _owner(frames) == "project":
                 mine = [f for f in frames if f.filename.startswith(PROJECT)]
                 self.found.append(Blocked(seconds, text[:400], mine, frames[-1]))
-        elif any(root in text for root in PROJECT) and not any(root in text for root in TESTS):
-            self.found.append(Blocked(seconds, text[:400], [], None))  # too quick to sample
+        elif (
+            any(root in text for root in PROJECT)
+            and not any(root in text for root in TESTS)
+            and self._busy(loop, now - seconds) >= SLOW  # not sampled: on the CPU all along, or starved?
+        ):
+            self.found.append(Blocked(seconds, text[:400], [], None))
+
+    def _busy(self, loop: asyncio.AbstractEventLoop, since: float) -> float:
+        """CPU seconds the loop's thread spent from the watcher's last look before `since` until now."""
+        before = [cpu for at, cpu in self._cpu_marks.get(id(loop), ()) if at <= since]
+        return _on_cpu(None) - before[-1] if before else 0.0
 
     def take(self) -> list[Blocked]:
         """What was found since the last call."""

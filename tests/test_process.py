@@ -281,7 +281,7 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], object], tuple[str, str]]] =
     (
         "script not an object",
         lambda d: _step(d).update(script="ls"),
-        ("steps[1].script", "expected object or null, got a string"),
+        ("steps[1].script", "expected an object or null, got a string"),
     ),
     (
         "bad syntax",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -96,22 +94,12 @@ def write_old_tasks(state: Path, tasks: int, lines: int) -> None:
                 file.write(json.dumps(line | {"seq": seq}) + "\n")
 
 
-async def test_startup_recovery_does_not_block_the_event_loop(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Loading tasks whose logs must be scanned (about a second of work) runs no callback over 100 ms."""
+async def test_startup_recovery_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    """Loading tasks whose logs must be scanned (about a second of work) runs no callback over 100 ms
+    (the loop watch of tests/conftest.py fails the test otherwise)."""
     write_old_tasks(tmp_path / "state", tasks=10, lines=10_000)
     agent = Agent(tmp_path / "state")
-    loop = asyncio.get_running_loop()
-    loop.set_debug(True)  # asyncio then logs every callback that runs longer than this:
-    loop.slow_callback_duration = 0.1
-    try:
-        with caplog.at_level(logging.WARNING, logger="asyncio"):
-            await agent.runner.start()
-    finally:
-        loop.set_debug(False)
-    slow = [record.getMessage() for record in caplog.records if record.name == "asyncio"]
-    assert slow == []
+    await agent.runner.start()
     status = await agent.status("t-009", 9_999)
     assert (status["state"], [line["seq"] for line in status["log"]]) == ("done", [10_000])
     await agent.runner.shutdown(1)
