@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from tentacle.protocol.masking import MASK, Masker
+from tentacle.runner.script_output import LINE_LIMIT, LineSplitter
 from tentacle.runner.scripts import (
-    LINE_LIMIT,
-    LineSplitter,
     ScriptError,
     ScriptResult,
     ScriptSpec,

@@ -49,6 +49,7 @@ from tentacle.protocol.rpc_messages import (
     TASK_GATE,
     TASK_START,
     TASK_STATUS,
+    UNKNOWN_TASK,
     BadAnswer,
     Call,
     GateParams,
@@ -56,7 +57,6 @@ from tentacle.protocol.rpc_messages import (
     StatusParams,
     StatusResult,
     StopParams,
-    TentacleTaskState,
 )
 from tentacle.protocol.states import GateState
 from tentacle.protocol.wire import Wire
@@ -175,7 +175,7 @@ class TaskRun:
 
     async def drive(self, name: str) -> None:
         """Follow one target: start it, then relay its log and gate results until the task ends."""
-        start = StartParams(plan=self.record.plans[name].to_json())
+        start = StartParams(plan=self.record.plans[name])
         since = await self.d.db.run(tasks.last_machine_seq, self.task_id, name)
         version, started = 0, False
         try:
@@ -190,7 +190,7 @@ class TaskRun:
                 status = await self.d.call_until(self, name, TASK_STATUS, params, timeout=STATUS_WAIT + 15)
                 since = await self._store_log(name, status, since)
                 version = status.version
-                if status.state is TentacleTaskState.UNKNOWN_TASK:
+                if status.state == UNKNOWN_TASK:
                     if self.opened[name]:
                         raise TargetGone("the tentacle has no record of this task (its state was lost)")
                     started = False

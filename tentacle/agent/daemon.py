@@ -53,6 +53,7 @@ class Agent:
             self.packages.acquire,
             parallelism=self.config.packages.parallelism,
             on_end=self.packages.release,
+            log_max_bytes=self.config.tasks.log_max_bytes,
         )
         self.runner.register(self.service)
         self.stop = asyncio.Event()
