@@ -220,7 +220,7 @@ async def test_gates_run_their_steps_in_order_and_the_task_ends_in_success(agent
 
 async def test_long_poll_wakes_when_a_line_is_printed_and_waits_otherwise(agent: Agent) -> None:
     """A status call with wait=5 returns within 0.5 s of a new line; without news it waits."""
-    await agent.start(make_plan("t-poll", [step(1, "Slow", "sleep 1; echo late")]))
+    await agent.start(make_plan("t-poll", [step(1, "Slow", "sleep 1; echo late; sleep 1")]))
     await agent.gate("t-poll", 2, "step:1")
     started = await agent.line("t-poll", "step 'Slow' started")
     version = (await agent.status("t-poll", started["seq"]))["version"]

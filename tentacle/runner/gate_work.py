@@ -13,7 +13,7 @@ How it works::
 A step whose output lines could not all be kept says so in its log: lines over the
 log's cap (a policy) in one system line, and lines the disk did not take (the disk is
 full) likewise; the second also fails the step, even after exit code 0, with a reason
-that gives both (``exit code 0, but 1234 lines of output were lost: ...``): its log has
+that gives both (``exit code 0, but 1234 lines of output lost: ...``): its log has
 a gap, and the host needs attention before anything more runs there.
 
 A gate's outcome is ``success``, ``failed`` or ``cancelled`` with a reason; the runner
@@ -143,10 +143,10 @@ class GateWork:
             spec = ScriptSpec(step.script.syntax, step.script.body, env, workdir, step.timeout_seconds)
             label = job.masker.mask(step.name)  # a step name may quote a secret too
 
-            def on_line(stream: LogStream, text: str) -> None:
-                job.log.emit(stream, label, text)  # run_script has masked the line
+            def on_lines(stream: LogStream, texts: list[str]) -> None:
+                job.log.emit_many(stream, label, texts)  # run_script has masked the lines
 
-            result = await run_script(spec, on_line, job.masker, job.cancel, job.log)
+            result = await run_script(spec, on_lines, job.masker, job.cancel, job.log)
         except _StepFailed as exc:
             return GateState.FAILED, exc.reason
         except ScriptError as exc:
@@ -248,16 +248,19 @@ def _kept_output(job: Job, step: PlannedStep, outcome: Outcome, dropped: int, lo
     state, reason = outcome
     if dropped:
         cap = f"{job.log.file.max_bytes / 2**20:g} MiB"
-        job.system(
-            step.name, f"{dropped} lines of output were dropped: the task's log reached its cap of {cap}"
-        )
+        job.system(step.name, f"{_lines(dropped)} of output dropped: the task's log reached its cap of {cap}")
     if not lost:
         return outcome
-    loss = f"{lost} lines of output were lost: {job.log.file.lost_reason}"
+    loss = f"{_lines(lost)} of output lost: {job.log.file.lost_reason}"
     event(log, "step.output_lost", logging.WARNING, task=job.task_id, step=step.name, lines=lost)
     if state is GateState.SUCCESS:
         return GateState.FAILED, f"{reason}, but {loss}"
     return state, f"{reason}; {loss}"
+
+
+def _lines(count: int) -> str:
+    """``1 line``, ``2 lines``."""
+    return f"{count} line" if count == 1 else f"{count} lines"
 
 
 async def _unless_set(stop: asyncio.Event, work: Coroutine[Any, Any, _T]) -> _T | None:

@@ -39,7 +39,7 @@ from typing import Final
 from tentacle.common.logs import event
 from tentacle.protocol.rpc_messages import LogLine, LogStream
 from tentacle.runner.state_writer import StateWriter
-from tentacle.runner.task_log import Entry, TaskLog, collect_lines
+from tentacle.runner.task_log import Entry, TaskLog, collect_lines, line_size
 
 log = logging.getLogger("tentacle.runner.runner")
 
@@ -59,7 +59,7 @@ class LogFeed:
         self.next_seq = file.next_seq  # of the lines visible so far
         self._writer = writer
         self._on_lines = on_lines
-        self._recent: deque[tuple[LogLine, int]] = deque(maxlen=RECENT_LINES)
+        self._recent: deque[LogLine] = deque(maxlen=RECENT_LINES)
         self._waiting: deque[Entry] = deque()
         self._waiting_bytes = 0
         self._in_flight = False
@@ -72,13 +72,18 @@ class LogFeed:
 
     def emit(self, stream: LogStream, step: str, text: str) -> None:
         """Queue a line (already masked) for writing; it is shown once written."""
-        self._emitted += 1
+        self.emit_many(stream, step, [text])
+
+    def emit_many(self, stream: LogStream, step: str, texts: list[str]) -> None:
+        """Queue lines (already masked) of one stream and step, in order; each is shown once written."""
+        self._emitted += len(texts)
         if self._dropping and stream is not LogStream.SYSTEM:
-            self._dropped_here += 1
-            self._settled += 1
+            self._dropped_here += len(texts)
+            self._settled += len(texts)
             return
-        self._waiting.append((time.time(), stream, step, text))
-        self._waiting_bytes += len(text) + _LINE_COST
+        now = time.time()
+        self._waiting.extend([(now, stream, step, text) for text in texts])
+        self._waiting_bytes += sum(map(len, texts)) + _LINE_COST * len(texts)
         if not self._in_flight:
             self._hand_over()
 
@@ -128,10 +133,10 @@ class LogFeed:
         written = self._writer.submit(self.file.append_many, batch)
         written.add_done_callback(functools.partial(self._written, len(batch)))
 
-    def _written(self, count: int, written: asyncio.Future[list[tuple[LogLine, int]]]) -> None:
+    def _written(self, count: int, written: asyncio.Future[list[LogLine]]) -> None:
         """A batch is written (or refused): show its lines, then hand over the next batch."""
         self._in_flight = False
-        lines: list[tuple[LogLine, int]] = []
+        lines: list[LogLine] = []
         if not written.cancelled() and (error := written.exception()) is not None:
             event(log, "task.log_write_failed", logging.ERROR, path=self.file.path, reason=repr(error))
         elif not written.cancelled():
@@ -140,7 +145,7 @@ class LogFeed:
         self._dropping = self.file.capped
         self._recent.extend(lines)
         if lines:
-            self.next_seq = lines[-1][0].seq + 1
+            self.next_seq = lines[-1].seq + 1
             self._on_lines()
         self._progress.set()
         self._progress = asyncio.Event()
@@ -173,10 +178,11 @@ class LogFeed:
         """Lines with seq > since from memory, or None when they must be read from the file."""
         if since + 1 >= self.next_seq:
             return [], False
-        if not self._recent or self._recent[0][0].seq > since + 1:
+        if not self._recent or self._recent[0].seq > since + 1:
             return None
-        start = max(since + 1 - self._recent[0][0].seq, 0)
-        return collect_lines(islice(self._recent, start, None), since, self.next_seq, limit, max_bytes)
+        start = max(since + 1 - self._recent[0].seq, 0)
+        sized = ((line, line_size(line)) for line in islice(self._recent, start, None))
+        return collect_lines(sized, since, self.next_seq, limit, max_bytes)
 
     def close(self) -> None:
         """Release the file's append handle once the lines before are written (reopened if needed)."""

@@ -2,7 +2,7 @@
 
 How it works::
 
-    pipe read end (on the event loop) ──▶ LineSplitter ──▶ decode ──▶ mask ──▶ on_line
+    pipe read end (on the event loop) ──▶ LineSplitter ──▶ decode ──▶ mask ──▶ on_lines
             ▲                                  │
             └── pause_reading while the sink is full, resume when it has room
 
@@ -35,7 +35,8 @@ LINE_LIMIT: Final = 64 * 1024
 DRAIN_AFTER_EXIT: Final = 0.5
 POLL: Final = 0.05
 
-OnLine = Callable[[LogStream, str], None]
+# Called with each read's lines, in order: (stdout or stderr, the lines, masked).
+OnLines = Callable[[LogStream, list[str]], None]
 
 
 class OutputSink(Protocol):
@@ -56,9 +57,9 @@ class OutputSink(Protocol):
 
 @dataclass(frozen=True)
 class ScriptOutput:
-    """Where the pipes' lines go: ``on_line`` after ``masker``, paced by ``sink``."""
+    """Where the pipes' lines go: ``on_lines`` after ``masker``, paced by ``sink``."""
 
-    on_line: OnLine
+    on_lines: OnLines
     masker: Masker
     sink: OutputSink | None
 
@@ -83,7 +84,7 @@ async def drain(pipes: list[OutputPipe]) -> None:
 
 
 class OutputPipe(asyncio.Protocol):
-    """One output pipe of the script: bytes in, masked lines out to `on_line`."""
+    """One output pipe of the script: bytes in, masked lines out to `on_lines`."""
 
     def __init__(self, stream: LogStream, output: ScriptOutput) -> None:
         """A pipe for `stream` (stdout or stderr); `open` creates the real one."""
@@ -120,8 +121,7 @@ class OutputPipe(asyncio.Protocol):
         if sink is not None and sink.dropping():
             sink.drop(self._splitter.skip(data))
         else:
-            for line in self._splitter.feed(data):
-                self._emit(line)
+            self._emit(self._splitter.feed(data))
         if sink is not None and not self.paused and sink.full() and self._transport is not None:
             self.paused = True
             self._transport.pause_reading()
@@ -141,7 +141,7 @@ class OutputPipe(asyncio.Protocol):
         if rest is not None and sink is not None and sink.dropping():
             sink.drop(1)
         elif rest is not None:
-            self._emit(rest)
+            self._emit([rest])
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -157,10 +157,11 @@ class OutputPipe(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def _emit(self, line: bytes) -> None:
+    def _emit(self, lines: list[bytes]) -> None:
         """Decode, mask, deliver."""
-        text = line.decode("utf-8", errors="replace")
-        self._output.on_line(self.stream, self._output.masker.mask(text))
+        if lines:
+            mask = self._output.masker.mask
+            self._output.on_lines(self.stream, [mask(line.decode("utf-8", "replace")) for line in lines])
 
 
 def _reader(fd: int) -> BinaryIO:
@@ -182,8 +183,26 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Take more bytes; return the lines they completed."""
+        self._buffer += data
+        return self._split_short() + self._split()
+
+    def _split_short(self) -> list[bytes]:
+        """The complete lines, when none is over the limit (the common case, in C); else none."""
+        buffer = self._buffer
+        last = buffer.rfind(b"\n")
+        if last < 0:
+            return []
+        lines = bytes(buffer[:last]).split(b"\n")
+        if max(map(len, lines)) > self._limit:
+            return []  # _split cuts them
+        if buffer.find(b"\r", 0, last) >= 0:
+            lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        del buffer[: last + 1]
+        return lines
+
+    def _split(self) -> list[bytes]:
+        """The lines in the buffer, long ones cut at the limit (on a UTF-8 boundary)."""
         buffer, limit = self._buffer, self._limit
-        buffer += data
         lines: list[bytes] = []
         start = 0  # consume by index and delete once: deleting per line is quadratic
         while True:

@@ -4,7 +4,7 @@ How it works::
 
     write body to workdir/.tentacle-script-XXXX (0o700)
     spawn interpreter in a new session (own process group), stdin /dev/null,
-      stdout/stderr on pipes we own ──▶ each chunk split into lines ──▶ mask ──▶ on_line
+      stdout/stderr on pipes we own ──▶ each chunk split into lines ──▶ mask ──▶ on_lines
     wait for: exit | timeout | cancel event
       exit            ──▶ drain the pipes for at most DRAIN_AFTER_EXIT, then stop reading
       timeout/cancel  ──▶ SIGTERM to the group, wait `grace` for the group to empty,
@@ -34,7 +34,7 @@ from pathlib import Path
 from tentacle.errors import TentacleError
 from tentacle.protocol.masking import Masker
 from tentacle.protocol.rpc_messages import LogStream
-from tentacle.runner.script_output import POLL, OnLine, OutputPipe, OutputSink, ScriptOutput, drain
+from tentacle.runner.script_output import POLL, OnLines, OutputPipe, OutputSink, ScriptOutput, drain
 
 _INHERITED = ("PATH", "HOME", "LANG")
 _SUFFIX = {"bash": ".sh", "sh": ".sh", "python3": ".py"}
@@ -71,14 +71,14 @@ class ScriptResult:
 
 async def run_script(
     spec: ScriptSpec,
-    on_line: OnLine,
+    on_lines: OnLines,
     masker: Masker,
     cancel: asyncio.Event | None = None,
     sink: OutputSink | None = None,
 ) -> ScriptResult:
-    """Run one script to its end, calling ``on_line(stream, text)`` for each masked line.
+    """Run one script to its end, calling ``on_lines(stream, texts)`` with the masked lines of each read.
 
-    `stream` is stdout or stderr; lines of one stream arrive in order. `on_line` is
+    `stream` is stdout or stderr; lines of one stream arrive in order. `on_lines` is
     called from the event loop and must not block; ``sink``, when given, paces the
     reading (see the module doc). Raises `ScriptError` before anything runs when the
     syntax is unknown or the script cannot be started.
@@ -88,7 +88,7 @@ async def run_script(
         return ScriptResult("cancelled", None, "cancelled before the script started")
     path = await asyncio.to_thread(_write_script, spec)
     try:
-        return await _run([*argv, str(path)], spec, ScriptOutput(on_line, masker, sink), cancel)
+        return await _run([*argv, str(path)], spec, ScriptOutput(on_lines, masker, sink), cancel)
     finally:
         await asyncio.to_thread(path.unlink, missing_ok=True)
 

@@ -27,6 +27,7 @@ This module does blocking file I/O and nothing else; the event loop never calls 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,6 +44,7 @@ log = logging.getLogger("tentacle.runner.runner")
 INDEX_EVERY: Final = 1000
 MAX_BYTES: Final = 64 * 1024 * 1024  # the default cap of one task's log.jsonl
 DISK_FLOOR: Final = 1024 * 1024  # free bytes output lines never take
+_LINE_COST: Final = 90  # about what a line takes besides its text, in JSON
 _ENCODER: Final = msgspec.json.Encoder()
 _DECODER: Final = msgspec.json.Decoder(LogLine)
 
@@ -94,20 +96,21 @@ class TaskLog:
     def append(self, time: float, stream: LogStream, step: str, text: str) -> LogLine | None:
         """Number, write and flush one line; None when it was dropped or lost."""
         lines = self.append_many([(time, stream, step, text)])
-        return lines[-1][0] if lines else None
+        return lines[-1] if lines else None
 
-    def append_many(self, entries: Sequence[Entry]) -> list[tuple[LogLine, int]]:
-        """Number, write and flush what may be written of ``entries`` in one write (see the module doc).
-
-        Returns the lines written, each with its size in bytes.
-        """
+    def append_many(self, entries: Sequence[Entry]) -> list[LogLine]:
+        """Number, write and flush what may be written of ``entries`` in one write (see the module doc)."""
         kept = self._keep(entries)
         if not kept:
             return []
-        lines, encoded = self._number(kept)
+        lines = [
+            LogLine(seq=self.next_seq + n, time=time, stream=stream, step=step, text=text)
+            for n, (time, stream, step, text) in enumerate(kept)
+        ]
+        pieces = _encode_lines(lines)
         try:
             file = self._open()
-            file.write(b"".join(encoded))
+            file.write(b"".join(data for _, data in pieces))
             file.flush()
         except OSError as exc:
             self._undo_partial_write()
@@ -115,34 +118,42 @@ class TaskLog:
             event(log, "task.log_write_failed", logging.ERROR, path=self.path, reason=str(exc))
             return []
         self._unreported = 0
-        for line, data in zip(lines, encoded, strict=True):
-            if line.seq % INDEX_EVERY == 1:
-                self._index[line.seq] = self.size
+        for seq, data in pieces:
+            if seq % INDEX_EVERY == 1:
+                self._index[seq] = self.size
             self.size += len(data)
         self.next_seq += len(lines)
-        return [(line, len(data)) for line, data in zip(lines, encoded, strict=True)]
+        return lines
 
     def _keep(self, entries: Sequence[Entry]) -> list[Entry]:
-        """The entries to write: output over the cap or the disk floor goes (counted)."""
+        """The entries to write: output under the disk floor or over the cap goes (counted); notes come in."""
+        kept = list(entries)
         output = sum(1 for entry in entries if entry[1] is not LogStream.SYSTEM)
         room = None if not output else self._disk_room()
         if room is not None and room < DISK_FLOOR:
             self._lose(output, f"less than {DISK_FLOOR // 1024} KiB free on the tentacle's disk")
-            return [entry for entry in entries if entry[1] is LogStream.SYSTEM]
+            kept = [entry for entry in entries if entry[1] is LogStream.SYSTEM]
+        elif self.size + sum(len(entry[3]) + _LINE_COST for entry in entries) >= self.max_bytes:
+            kept = self._under_cap(entries)
+        if self._unreported and kept:
+            lines = "1 log line was" if self._unreported == 1 else f"{self._unreported} log lines were"
+            kept.insert(0, (kept[0][0], LogStream.SYSTEM, kept[0][2], f"{lines} lost: {self.lost_reason}"))
+        return kept
+
+    def _under_cap(self, entries: Sequence[Entry]) -> list[Entry]:
+        """The entries the cap lets through (output until it is reached, system lines always), with the
+        line that says it was reached, once (at the start when the file reached it before)."""
         kept: list[Entry] = []
         size = self.size
         for entry in entries:
-            if entry[1] is LogStream.SYSTEM or size < self.max_bytes:
-                kept.append(entry)
-                size += len(entry[3]) + 64  # about its size: the cap is a bound, not a quota
-                continue
-            self.dropped += 1
-            if not self._cap_told:
+            if size >= self.max_bytes and not self._cap_told:
                 self._cap_told = True
                 kept.append((entry[0], LogStream.SYSTEM, entry[2], _capped(self)))
-        if self._unreported and kept:
-            note = f"{self._unreported} log lines were lost: {self.lost_reason}"
-            kept.insert(0, (kept[0][0], LogStream.SYSTEM, kept[0][2], note))
+            if entry[1] is not LogStream.SYSTEM and size >= self.max_bytes:
+                self.dropped += 1
+                continue
+            kept.append(entry)
+            size += len(entry[3]) + _LINE_COST  # about its size: the cap is a bound, not a quota
         return kept
 
     def _disk_room(self) -> int | None:
@@ -158,14 +169,6 @@ class TaskLog:
         self.lost += count
         self._unreported += count
         self.lost_reason = reason
-
-    def _number(self, entries: Sequence[Entry]) -> tuple[list[LogLine], list[bytes]]:
-        """The entries as numbered lines and their JSON lines."""
-        lines = [
-            LogLine(seq=self.next_seq + n, time=time, stream=stream, step=step, text=text)
-            for n, (time, stream, step, text) in enumerate(entries)
-        ]
-        return lines, [_encode(line) + b"\n" for line in lines]
 
     def _open(self) -> BinaryIO:
         """The append handle, opened on first use."""
@@ -220,6 +223,26 @@ def _capped(log_file: TaskLog) -> str:
         f"the task's log reached its cap of {log_file.max_bytes / 2**20:g} MiB:"
         " further output lines are counted, not kept"
     )
+
+
+def _encode_lines(lines: Sequence[LogLine]) -> list[tuple[int, bytes]]:
+    """The lines' JSON lines, in pieces that each start at an indexed line (seq % INDEX_EVERY == 1)
+    or at the first line: (the piece's first seq, its bytes)."""
+    first = lines[0].seq
+    cuts = [0, *range(-(first - 1) % INDEX_EVERY or INDEX_EVERY, len(lines), INDEX_EVERY), len(lines)]
+    pieces = []
+    for start, end in itertools.pairwise(sorted(set(cuts))):
+        try:
+            data = _ENCODER.encode_lines(lines[start:end])
+        except UnicodeEncodeError:
+            data = b"".join(_encode(line) + b"\n" for line in lines[start:end])
+        pieces.append((first + start, data))
+    return pieces
+
+
+def line_size(line: LogLine) -> int:
+    """The bytes a line takes in JSON, with its newline (on disk as on the wire)."""
+    return len(_encode(line)) + 1
 
 
 def _encode(line: LogLine) -> bytes:
