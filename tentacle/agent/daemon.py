@@ -117,6 +117,7 @@ class Agent:
 
     async def serve(self) -> None:
         """Run until `stop` is set."""
+        await self.packages.sweep()  # before a resumed task may download again
         await self.runner.start()  # the tasks on disk, loaded off the loop, before any request
         await self.start()
         self.started.set()
@@ -189,6 +190,12 @@ class Packages:
                 server_pins=frozenset(self.config.server.thumbprints),
             )
         return self._acquirer
+
+    async def sweep(self) -> None:
+        """Remove what interrupted downloads left in the cache (tentacle.packages.leftovers)."""
+        from tentacle.packages.leftovers import sweep_cache  # the standard library only
+
+        await asyncio.to_thread(sweep_cache, self.paths.state / "packages")
 
     async def acquire(self, plan: Plan, package: PlannedPackage) -> Path:
         """The task runner's `acquire`: the verified file of one package."""

@@ -42,6 +42,7 @@ from typing import Any
 from tentacle.agent.rpc import Service
 from tentacle.common.logs import event
 from tentacle.errors import TentacleError
+from tentacle.packages.leftovers import sweep_work
 from tentacle.protocol.plan import Plan, PlannedPackage
 from tentacle.protocol.rpc_messages import (
     TASK_CANCEL,
@@ -306,7 +307,11 @@ class TaskRunner:
 
 
 def _read_tasks(store: TaskStore, max_bytes: int) -> list[tuple[TaskRecord, TaskLog]]:
-    """Every readable task and its recovered log (blocking: the runner calls it in its writer thread)."""
+    """Every readable task and its recovered log (blocking: the runner calls it in its writer thread).
+
+    What interrupted extractions and steps left in the work folders goes first: nothing runs yet.
+    """
+    sweep_work(store.work_root)
     found = []
     for record in store.load_all():
         path = store.log_path(record.task_id)
