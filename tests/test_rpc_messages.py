@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import pytest
@@ -22,6 +22,7 @@ from tentacle.protocol.rpc_messages import (
     TASK_GATE,
     TASK_START,
     TASK_STATUS,
+    UNKNOWN_TASK,
     BadAnswer,
     Call,
     GateParams,
@@ -31,6 +32,7 @@ from tentacle.protocol.rpc_messages import (
     LogStream,
     NoParams,
     PingResult,
+    ReportedState,
     StartParams,
     StartResult,
     StatusParams,
@@ -39,6 +41,7 @@ from tentacle.protocol.rpc_messages import (
     StopResult,
     read_params,
     read_result,
+    reported,
     unknown_task_status,
 )
 from tentacle.protocol.states import GateState, TaskState
@@ -111,6 +114,12 @@ def test_params_travel_in_camel_case_with_defaults() -> None:
     request = TASK_STATUS.request("r1", StatusParams(task_id="t-1"))
     assert bytes(request.params) == b'{"taskId":"t-1","logSince":0,"version":0,"wait":0.0}'
     assert read_params(TASK_STATUS, _sent(TASK_STATUS, {"taskId": "t-1"})) == StatusParams(task_id="t-1")
+
+
+def test_reported_states_are_the_task_states_and_unknown_task() -> None:
+    """One vocabulary: a tentacle reports TaskState's values, and unknown-task for an id it does not know."""
+    assert get_args(ReportedState) == (*TaskState, UNKNOWN_TASK)
+    assert [reported(state) for state in TaskState] == [state.value for state in TaskState]
 
 
 def test_the_unknown_task_answer_is_a_status() -> None:

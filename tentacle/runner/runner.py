@@ -155,12 +155,7 @@ class TaskRunner:
         self._machine.shutdown()
         if self._loading is not None:
             await asyncio.wait({self._loading})
-        running = [(job, job.gate_job) for job in self._jobs.values() if job.gate_job is not None]
-        if running:
-            _, late = await asyncio.wait([gate_job for _, gate_job in running], timeout=grace)
-            for job, gate_job in running:
-                if gate_job in late:
-                    job.stop(STOPPED)
+        await _stop_gates(list(self._jobs.values()), grace)
         while self._background:
             await asyncio.wait(set(self._background))
         for job in list(self._jobs.values()):  # a handler may add one meanwhile
@@ -321,6 +316,16 @@ def _read_tasks(store: TaskStore, max_bytes: int) -> list[tuple[TaskRecord, Task
         except OSError as exc:
             event(log, "task.log_unreadable", logging.ERROR, task=record.task_id, reason=str(exc))
     return found
+
+
+async def _stop_gates(jobs: Sequence[Job], grace: float) -> None:
+    """Give the running gates of ``jobs`` ``grace`` seconds to end, then stop them."""
+    running = [(job, job.gate_job) for job in jobs if job.gate_job is not None]
+    if running:
+        _, late = await asyncio.wait([gate_job for _, gate_job in running], timeout=grace)
+        for job, gate_job in running:
+            if gate_job in late:
+                job.stop(STOPPED)
 
 
 def _first_error(results: Sequence[object]) -> BaseException | None:
