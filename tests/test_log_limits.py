@@ -23,6 +23,10 @@ import pytest
 from tentacle.protocol.rpc_messages import LogLine, LogStream
 from tentacle.runner.job import MAX_LOG_BYTES
 from tentacle.runner.task_log import DISK_FLOOR, MAX_BYTES, TaskLog, line_size
+from tests.conftest import LiveServer, Tentacles
+from tests.deploying import apply, deploy, release, wait_task
+from tests.deploying import step as deploy_step
+from tests.deploying import texts as server_texts
 from tests.test_tasks import EVERYTHING_READ, FINAL, Agent, gate_of, make_plan, step, texts
 
 pytestmark = pytest.mark.timeout(180)
@@ -229,6 +233,27 @@ async def test_lines_printed_while_the_disk_is_full_are_counted_and_told_once_sp
             f"step 'Flood' finished: {gate['reason']}",
         ]
         await agent.runner.shutdown(1)
+
+
+async def test_a_deployment_whose_step_lost_lines_to_a_full_disk_fails_saying_so(
+    live_server: LiveServer, tentacles: Tentacles, mode: str, tmp_path: Path
+) -> None:
+    """End to end, in both modes: a tentacle whose home is a 4 MiB tmpfs runs a step that fills it,
+    prints 1000 lines, frees it and prints one more; the server's task fails naming the lost lines,
+    and its log carries the tentacle's note."""
+    body = "head -c 8M /dev/zero > fill 2>/dev/null; seq 1 1000; sleep 1; rm fill; echo after"
+    with tmpfs(tmp_path / "tentacles" / "web-01", "4m"):
+        await tentacles.register("web-01", mode)
+        await tentacles.start("web-01")
+        await apply(live_server, {"name": "Full", "steps": [deploy_step("Fill", body)]})
+        task_id = await deploy(live_server, "Full", await release(live_server, "Full"))
+        done = await wait_task(live_server, task_id, timeout=60)
+        await tentacles.stop_all()
+    assert done["state"] == "failed", done
+    assert f"exit code 0, but 1000 lines of output lost: {FLOOR}" in done["error"]
+    shown = await server_texts(live_server, task_id)
+    assert shown[shown.index(f"1000 log lines were lost: {FLOOR}") + 1] == "after"
+    assert not [text for text in shown if text.isdigit()]  # the 1000 lines met a full disk
 
 
 def test_a_write_the_disk_refuses_is_counted_cut_and_told_later(tmp_path: Path) -> None:
