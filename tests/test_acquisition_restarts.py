@@ -31,10 +31,10 @@ from rigs.faultproxy import FaultProxy
 from tentacle.agent import agent_config as config
 from tentacle.agent import registration
 from tentacle.agent.agent_config import ListenConfig
+from tentacle.agent.listening import report_port
 from tentacle.common.paths import InstancePaths, resolve
-from tests.conftest import free_port
+from tests.conftest import run_tentacle, tentacle_context
 from tests.deploying import step
-from tests.durability_helpers import run_tentacle
 from tests.test_faults import ServerProcess
 
 pytestmark = pytest.mark.timeout(180)
@@ -95,9 +95,27 @@ class Site:
         sha512 = hashlib.sha512(self.package.read_bytes()).hexdigest()
         return self.paths.state / "packages" / "partial" / f"{sha512}.part"
 
-    def start_tentacle(self) -> None:
-        """`tentacle run` as a process of its own."""
+    async def start_tentacle(self) -> None:
+        """`tentacle run` as a process of its own; a listening one is then reached through the link."""
+        reported = (
+            self.tentacle_log.read_text().count("listening.reported") if self.tentacle_log.exists() else 0
+        )
         self.tentacle = run_tentacle(self.paths.config, self.tentacle_log)  # the home, with --home
+        if self.mode == "listening":  # it reports the port it bound; then the server is told the link's
+            log = self.tentacle_log
+            await eventually(
+                lambda: log.read_text().count("listening.reported") > reported, 30, "port reported"
+            )
+            self.link.retarget(
+                "127.0.0.1", json.loads((self.paths.state / "connection.json").read_text())["port"]
+            )
+            endpoint = await report_port(
+                self.server.url,
+                [await self.server.cli("show-thumbprint")],
+                tentacle_context(self.paths),
+                self.link.port,
+            )
+            assert endpoint == f"https://127.0.0.1:{self.link.port}"
 
     async def kill_tentacle(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the tentacle and wait for it to end."""
@@ -152,7 +170,7 @@ class Site:
 async def _register(server: ServerProcess, root: Path, mode: str, link: FaultProxy) -> InstancePaths:
     """Register the tentacle; the transfer's way between them crosses ``link``."""
     paths = resolve("tentacle", str(root / "web-01"))
-    listen = ListenConfig(host="127.0.0.1", port=link.port) if mode == "listening" else None
+    listen = ListenConfig(host="127.0.0.1", port=0) if mode == "listening" else None
     reg = registration.Registration(
         server=server.url,
         token=await server.cli("token", "create"),
@@ -163,13 +181,12 @@ async def _register(server: ServerProcess, root: Path, mode: str, link: FaultPro
         listen=listen,
     )
     await registration.register(paths, reg)
-    conf = config.load(paths)
-    if mode == "listening":  # the server pushes to the link's port; the tentacle listens behind it
-        conf = conf.with_changes(listen=dataclasses.replace(conf.listen, port=link.target[1]))
-    else:  # the tentacle fetches from the server's feed through the link
-        conf = conf.with_changes(server=dataclasses.replace(conf.server, url=f"https://{link.url_host}"))
-    config.save(paths, conf)
-    return paths
+    if mode == "polling":  # the tentacle fetches from the server's feed through the link
+        conf = config.load(paths)
+        config.save(
+            paths, conf.with_changes(server=dataclasses.replace(conf.server, url=f"https://{link.url_host}"))
+        )
+    return paths  # a listening one is put behind the link once it runs (Site.start_tentacle)
 
 
 @pytest.fixture
@@ -180,7 +197,7 @@ async def site(tmp_path: Path, mode: str) -> AsyncIterator[Site]:
     package = package_file(tmp_path)
     await server.cli("package", "push", str(package))
     await server.start()
-    link = FaultProxy("127.0.0.1", free_port() if mode == "listening" else server.api_port)
+    link = FaultProxy("127.0.0.1", server.rig.api_port)  # a listening tentacle's port comes later
     await link.start()
     link.set_rate(RATE, "up" if mode == "listening" else "down")  # the package's direction
     made = Site(tmp_path, mode, server, link, await _register(server, tmp_path, mode, link), package)
@@ -190,7 +207,7 @@ async def site(tmp_path: Path, mode: str) -> AsyncIterator[Site]:
         if made.tentacle is not None and made.tentacle.poll() is None:
             await made.kill_tentacle(signal.SIGTERM)
         await link.close()
-        if server.proc is not None and server.proc.returncode is None:
+        if server.running:
             await server.kill(signal.SIGTERM)
 
 
@@ -206,7 +223,7 @@ async def test_the_server_killed_mid_transfer_comes_back_and_the_deployment_succ
     """kill -9 of `server-shim run` while the package flows (fetched by a polling tentacle, pushed to a
     listening one): once the server is back the transfer resumes, the deployment succeeds, the step
     runs once; a polling tentacle's fetch waited on its backoff instead of failing."""
-    site.start_tentacle()
+    await site.start_tentacle()
     await eventually(site.online, 30, "the tentacle online")
     task_id = await site.deploy()
     await _until_half_way(site)
@@ -268,7 +285,7 @@ def _plant_litter(site: Site, task_id: str) -> dict[str, Path]:
 async def test_a_tentacle_killed_mid_download_resumes_and_its_leftovers_go_at_start(site: Site) -> None:
     """kill -9 of `tentacle run` mid-download: at its next start old partials, half-written validators,
     cut extractions and script files are gone, the fresh partial is resumed, the step runs once."""
-    site.start_tentacle()
+    await site.start_tentacle()
     await eventually(site.online, 30, "the tentacle online")
     task_id = await site.deploy()
     await _until_half_way(site)
@@ -276,7 +293,7 @@ async def test_a_tentacle_killed_mid_download_resumes_and_its_leftovers_go_at_st
     kept = site.partial.stat().st_size
     planted = _plant_litter(site, task_id)
     site.link.heal()
-    site.start_tentacle()
+    await site.start_tentacle()
     done = await _ended_task(site, task_id, 90)
     assert done["state"] == "success", done
     assert [name for name, path in planted.items() if path.exists()] == []
@@ -290,11 +307,11 @@ async def test_a_tentacle_killed_mid_download_resumes_and_its_leftovers_go_at_st
 async def test_leftovers_go_when_the_tentacle_starts(site: Site) -> None:
     """What interrupted downloads and steps left is gone once a restarted tentacle is up, before any
     download could have swept it (no task runs here)."""
-    site.start_tentacle()
+    await site.start_tentacle()
     await eventually(site.online, 30, "the tentacle online")
     await site.kill_tentacle()
     (site.paths.state / "packages" / "partial").mkdir(parents=True)
     planted = _plant_litter(site, "T-earlier")
-    site.start_tentacle()
+    await site.start_tentacle()
     await eventually(site.connected, 30, "the restarted tentacle connected")
     assert [name for name, path in planted.items() if path.exists()] == []

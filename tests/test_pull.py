@@ -32,7 +32,6 @@ from rigs.nginx_mirror import (  # the *_fixture imports provide the pki, mirror
     Mirrors,
     Pki,
     TcpProxy,
-    free_port,
     mirrors_fixture,  # noqa: F401
     pki_fixture,  # noqa: F401
     proxies_fixture,  # noqa: F401
@@ -192,9 +191,10 @@ async def test_a_mirror_that_is_down_from_the_start_ranks_last(
     package: FeedPackage,
     mirrors: Mirrors,
     acquirers: AcquirerFactory,
+    dead_port: int,
 ) -> None:
     """A candidate whose probe is refused is not tried before a healthy one, even if preferred."""
-    dead = f"https://127.0.0.1:{free_port()}/index.json"
+    dead = f"https://127.0.0.1:{dead_port}/index.json"
     good = mirrors.start(package.root)
     acquirer = acquirers(local={"mirrors": [dead]})
     start = time.monotonic()
@@ -326,13 +326,14 @@ def head_etag(port: int, pki: Pki, package: FeedPackage) -> str:
 async def test_a_complete_partial_is_verified_and_stored_without_network(
     package: FeedPackage,
     acquirers: AcquirerFactory,
+    dead_port: int,
 ) -> None:
     """A crash after the last byte but before the rename: the partial is checked and used."""
     acquirer = acquirers()
     partial = acquirer.cache.partial(package.planned.sha512)
     partial.path.parent.mkdir(parents=True)
     partial.path.write_bytes(package.path.read_bytes())
-    dead = f"https://127.0.0.1:{free_port()}/index.json"
+    dead = f"https://127.0.0.1:{dead_port}/index.json"
     path = await acquirer(PLAN, with_mirrors(package.planned, dead))
     assert path.read_bytes() == package.path.read_bytes()
 
@@ -409,12 +410,13 @@ async def test_a_fetch_from_the_server_is_tried_again_until_the_server_answers(
     mirrors: Mirrors,
     acquirers: AcquirerFactory,
     caplog: pytest.LogCaptureFixture,
+    dead_port: int,
 ) -> None:
     """While the server's feed cannot be reached (a restart), a pushed package's fetch is tried again
     on the backoff schedule instead of failing; once the server is back it completes. A 404 is final."""
     server_feed = mirrors.start(package.root, "server")
     pkg = msgspec.structs.replace(package.planned, acquisition="push", feed="builtin")
-    async with FaultProxy("127.0.0.1", free_port()) as front:  # nothing behind it: the server is down
+    async with FaultProxy("127.0.0.1", dead_port) as front:  # nothing behind it: the server is down
         quick = Backoff(base=0.05, cap=0.2)
         acquirer = acquirers(server=f"https://{front.url_host}/index.json", backoff=quick)
         with caplog.at_level(logging.WARNING, logger="tentacle.packages.pull"):
@@ -469,10 +471,11 @@ async def test_every_failure_is_named_with_its_mirror(
     package: FeedPackage,
     mirrors: Mirrors,
     acquirers: AcquirerFactory,
+    dead_port: int,
 ) -> None:
     """When no mirror delivers, the error lists each one tried with its own reason; it is retryable
     only when every mirror's failure may pass (a 404 will not)."""
-    dead = f"https://127.0.0.1:{free_port()}/index.json"
+    dead = f"https://127.0.0.1:{dead_port}/index.json"
     elsewhere = write_feed(tmp_path / "other", "Other.Package", "2.0.0", b"other")
     lacking = mirrors.start(elsewhere.root)
     acquirer = acquirers()
