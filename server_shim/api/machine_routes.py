@@ -119,7 +119,8 @@ async def listening_port(request: web.Request) -> web.Response:
         machine = await request.app[DB].run(machines.move_port, presented, port)
     except MachineNotFound as exc:
         raise Forbidden(exc.message, details={"presentedThumbprint": presented}) from exc
-    await request.app[FLEET].forget(machine.name)  # the link to the old port, the cached record
+    # The link to the old port and the cached record go; the machine stays, and so do its tasks.
+    await request.app[FLEET].forget(machine.name, removed=False)
     event(log, "machine.endpoint_changed", machine=machine.name, endpoint=machine.endpoint)
     return answer(EndpointMoved(name=machine.name, endpoint=machine.endpoint))
 

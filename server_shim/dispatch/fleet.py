@@ -108,11 +108,15 @@ class Fleet:
         self.touch(machine.name)
         return result
 
-    async def forget(self, name: str) -> None:
-        """A machine was removed (or replaced): drop its links at once, and tell `on_forget`."""
+    async def forget(self, name: str, *, removed: bool = True) -> None:
+        """A machine was removed (or replaced): drop its links at once, and tell `on_forget`.
+
+        ``removed=False``: the same machine moved (a new listening port); only what pointed
+        to the old place goes, and its running tasks carry on.
+        """
         self._machines.pop(name, None)
         self._forgotten += 1
-        for told in self.on_forget:
+        for told in self.on_forget if removed else ():
             told(name)
         links: list[Link | None] = [self.polling.pop(name, None), self.listening.pop(name, None)]
         for link in links:
