@@ -43,8 +43,8 @@ FLOOD_SECONDS = 30.0
 class Runner:
     """A task runner served the way both transports serve it."""
 
-    def __init__(self, state: Path, log_max_bytes: int) -> None:
-        self.runner = TaskRunner(state, log_max_bytes=log_max_bytes)
+    def __init__(self, state: Path, log_limit_bytes: int) -> None:
+        self.runner = TaskRunner(state, log_limit_bytes=log_limit_bytes)
         self.service = Service("bench-01", "polling")
         self.runner.register(self.service)
         self.calls = 0
@@ -114,7 +114,7 @@ class PeakRss:
 async def measure(root: Path, quick: bool) -> dict[str, Any]:
     """Both runs; their figures."""
     count = 500_000 if quick else 2_000_000
-    fast = Runner(root / "fast", log_max_bytes=2**40)
+    fast = Runner(root / "fast", log_limit_bytes=2**40)
     seconds, gate = await fast.run_step("t-seq", f"seq 1 {count}")
     assert gate["state"] == "success", gate
     written = lines_in(root / "fast" / "tasks" / "t-seq" / "log.jsonl")
@@ -122,7 +122,7 @@ async def measure(root: Path, quick: bool) -> dict[str, Any]:
     await fast.runner.shutdown(1)
 
     flood_mb = 50 if quick else 200
-    flood = Runner(root / "flood", log_max_bytes=MAX_BYTES)
+    flood = Runner(root / "flood", log_limit_bytes=MAX_BYTES)
     with PeakRss() as memory:
         flood_seconds, gate = await flood.run_step("t-flood", f"yes | head -c {flood_mb}M")
     assert gate["state"] == "success", gate

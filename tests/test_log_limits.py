@@ -20,6 +20,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from tentacle.agent import agent_config as config
+from tentacle.common.paths import resolve
+from tentacle.errors import ConfigError
 from tentacle.protocol.rpc_messages import LogLine, LogStream
 from tentacle.runner.job import MAX_LOG_BYTES
 from tentacle.runner.task_log import DISK_FLOOR, MAX_BYTES, TaskLog, line_size
@@ -140,7 +143,7 @@ async def test_a_flood_stops_at_the_cap_counts_every_line_and_keeps_memory_flat(
 
 async def test_a_gigabyte_without_a_newline_is_cut_into_pieces_in_bounded_memory(tmp_path: Path) -> None:
     """1 GiB without a newline: 64 KiB pieces up to the (1 MiB) cap, then counted; memory stays flat."""
-    agent = Agent(tmp_path / "state", log_max_bytes=MiB)
+    agent = Agent(tmp_path / "state", log_limit_bytes=MiB)
     with peak_rss() as peak:
         gate = await run_step(agent, "t-long", "head -c 1G /dev/zero | tr '\\0' x")
     assert gate["state"] == "success"
@@ -160,7 +163,7 @@ async def test_state_and_gates_are_answered_at_once_while_a_flood_of_long_lines_
     """With an endless flood of 60 KB lines and 32 MiB of log not yet read, task.cancel answers within a
     second and ends the step within a few; an answer from the start of the log shows the cancelled gate
     with at most 4 MiB of lines."""
-    agent = Agent(tmp_path / "state", log_max_bytes=512 * MiB)
+    agent = Agent(tmp_path / "state", log_limit_bytes=512 * MiB)
     await agent.start(
         make_plan("t-wide", [step(1, "Flood", "yes \"$(head -c 60000 /dev/zero | tr '\\0' x)\"")])
     )
@@ -182,6 +185,19 @@ async def test_state_and_gates_are_answered_at_once_while_a_flood_of_long_lines_
     assert MAX_LOG_BYTES - 64 * 1024 < sum(map(line_size, shown)) <= MAX_LOG_BYTES
     assert len(msgspec.json.encode(answer)) < MAX_LOG_BYTES + 64 * 1024
     await agent.runner.shutdown(1)
+
+
+def test_the_cap_is_set_in_tentacle_toml_and_a_bad_one_names_the_key(tmp_path: Path) -> None:
+    """[tasks] log_limit_bytes sets the cap (64 MiB when absent); one below 64 KiB is refused by name."""
+    paths = resolve("tentacle", str(tmp_path / "home"))
+    paths.config.mkdir(parents=True)
+    toml = paths.config / config.CONFIG_FILE
+    assert config.load(paths, env={}).tasks.log_limit_bytes == MAX_BYTES == 64 * MiB
+    toml.write_text("[tasks]\nlog_limit_bytes = 1048576\n")
+    assert config.load(paths, env={}).tasks.log_limit_bytes == MiB
+    toml.write_text("[tasks]\nlog_limit_bytes = 1000\n")
+    with pytest.raises(ConfigError, match=r"tasks\.log_limit_bytes: must be 65536"):
+        config.load(paths, env={})
 
 
 # --- the full disk ------------------------------------------------------------------------

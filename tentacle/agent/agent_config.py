@@ -16,7 +16,7 @@
 
     [tasks]
     stop_grace = 45                 # seconds a running step gets when the agent stops
-    log_max_bytes = 67108864        # one task's log on disk (64 MiB); output beyond is counted, not kept
+    log_limit_bytes = 67108864        # one task's log on disk (64 MiB); output beyond is counted, not kept
 
     [packages]
     parallelism = 4                 # packages acquired at once
@@ -91,14 +91,14 @@ class TasksConfig:
     """How the agent treats running steps when it stops (seconds), and how much log a task keeps (bytes)."""
 
     stop_grace: float = 45.0
-    log_max_bytes: int = 64 * 1024 * 1024
+    log_limit_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 0 <= self.stop_grace <= 3600:
             raise ValueError(f"tasks.stop_grace: must be 0-3600 seconds, not {self.stop_grace}")
-        if not 64 * 1024 <= self.log_max_bytes <= 2**40:
+        if not 64 * 1024 <= self.log_limit_bytes <= 2**40:
             raise ValueError(
-                f"tasks.log_max_bytes: must be from 65536 (64 KiB) to 2**40 bytes, not {self.log_max_bytes}"
+                f"tasks.log_limit_bytes: must be 65536 (64 KiB) to 2**40 bytes, not {self.log_limit_bytes}"
             )
 
 

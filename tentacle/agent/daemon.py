@@ -57,7 +57,7 @@ class Agent:
             self.packages.acquire,
             parallelism=self.config.packages.parallelism,
             on_end=self.packages.release,
-            log_max_bytes=self.config.tasks.log_max_bytes,
+            log_limit_bytes=self.config.tasks.log_limit_bytes,
         )
         self.runner.register(self.service)
         self.stop = asyncio.Event()

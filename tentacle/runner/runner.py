@@ -122,12 +122,12 @@ class TaskRunner:
         parallelism: int = PARALLELISM,
         keep: int = KEEP_ENDED,
         on_end: Callable[[str], None] | None = None,
-        log_max_bytes: int = LOG_MAX_BYTES,
+        log_limit_bytes: int = LOG_MAX_BYTES,
     ) -> None:
         """``keep`` ended tasks are kept (older ones go); ``on_end(task_id)``: a task ended;
-        ``log_max_bytes``: the cap of each task's log.jsonl (output beyond is counted, not kept)."""
+        ``log_limit_bytes``: the cap of each task's log.jsonl (output beyond is counted, not kept)."""
         self._store = TaskStore(state_dir)
-        self._log_max_bytes = log_max_bytes
+        self._log_limit_bytes = log_limit_bytes
         self._writer = StateWriter()
         self._machine = RunnerMachine(keep)
         self._jobs: dict[str, Job] = {}
@@ -175,7 +175,7 @@ class TaskRunner:
     async def _load(self) -> None:
         """Read every task in the writer thread, then let the machine settle what a restart left."""
         found: list[Loaded] = []
-        for record, log_file in await self._writer.run(_read_tasks, self._store, self._log_max_bytes):
+        for record, log_file in await self._writer.run(_read_tasks, self._store, self._log_limit_bytes):
             self._jobs[record.task_id] = Job(record, log_file, self._store, self._writer)
             step = None if record.current_step is None else record.plan.step(record.current_step)
             found.append(Loaded(record.entry, None if step is None else step.name))
@@ -234,7 +234,7 @@ class TaskRunner:
         actions = self._machine.start(plan.task_id, work_gates(plan))
         entry = self._machine.task(plan.task_id)
         assert entry is not None  # the machine has just added it
-        log_file = TaskLog(self._store.log_path(plan.task_id), max_bytes=self._log_max_bytes)
+        log_file = TaskLog(self._store.log_path(plan.task_id), max_bytes=self._log_limit_bytes)
         job = Job(TaskRecord(plan, entry), log_file, self._store, self._writer)
         self._jobs[plan.task_id] = job  # before any await: a concurrent repeat finds it
         folder = self._writer.submit(self._store.create, plan.task_id)  # before the first save
