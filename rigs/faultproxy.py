@@ -10,6 +10,8 @@ and apply to every connection, the open ones and the next ones:
     cut_before_last(d, size)   a message of known size arrives but for its last byte
     pause(d) / resume(d)       stop forwarding (bytes wait in the proxy) / go on
     set_latency(seconds, d)    every chunk is held that long (order and throughput kept)
+    set_rate(bytes_per_s, d)   forward at most that fast, holding at most `_RATE_BACKLOG` chunks:
+                               the sender feels it (a slow link), so a transfer can be caught mid-way
     blackhole(d)               read and discard, and pass no close on: a half-open connection
                                (``open_only``: only the connections open now)
     heal()                     no faults from now on;  reset(): reset every open connection
@@ -32,6 +34,7 @@ Direction = Literal["up", "down"]
 DIRECTIONS: Final[tuple[Direction, Direction]] = ("up", "down")
 BOTH: Final[tuple[Direction, ...]] = DIRECTIONS
 _CHUNK: Final = 64 * 1024
+_RATE_BACKLOG: Final = 4  # chunks a rate-limited direction reads ahead
 _EOF: Final = b""
 
 
@@ -61,6 +64,7 @@ class Faults:
     """The faults of one direction."""
 
     latency: float = 0.0
+    rate: float = 0.0  # bytes per second; 0: as fast as the sockets go
     blackholed: bool = False
     drops: list[Drop] = field(default_factory=list)
     flowing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -91,6 +95,7 @@ class Connection:
         self.sent: dict[str, int] = {"up": 0, "down": 0}
         self.eof: set[str] = set()
         self.blackholed: set[str] = set()  # directions black-holed on this connection only
+        self.taken = {d: asyncio.Event() for d in DIRECTIONS}  # a chunk left the queue
         self.jobs: list[asyncio.Task[None]] = []
 
     async def run(self, client: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
@@ -131,9 +136,13 @@ class Connection:
                 chunk = await source.read(_CHUNK)
             except OSError:
                 chunk = _EOF  # a reset from the source ends its stream like a close would
-            queue.put_nowait((loop.time() + self.proxy.faults[direction].latency, chunk))
+            faults = self.proxy.faults[direction]
+            queue.put_nowait((loop.time() + faults.latency, chunk))
             if not chunk:
                 return
+            while faults.rate and queue.qsize() > _RATE_BACKLOG:  # no further ahead: the sender feels it
+                self.taken[direction].clear()
+                await self.taken[direction].wait()
 
     async def _send(
         self, direction: Direction, sink: asyncio.StreamWriter, queue: asyncio.Queue[tuple[float, bytes]]
@@ -142,6 +151,7 @@ class Connection:
         loop = asyncio.get_running_loop()
         while True:
             due, chunk = await queue.get()
+            self.taken[direction].set()
             await asyncio.sleep(max(0.0, due - loop.time()))
             if not faults.flowing.is_set():  # this connection's sender stops here; all behind it wait
                 self.proxy.stats.held[direction] += 1
@@ -155,6 +165,8 @@ class Connection:
                 return
             if not await self._forward(direction, sink, chunk, faults):
                 return
+            if faults.rate:
+                await asyncio.sleep(len(chunk) / faults.rate)
 
     async def _forward(
         self, direction: Direction, sink: asyncio.StreamWriter, chunk: bytes, faults: Faults
@@ -291,6 +303,11 @@ class FaultProxy:
         for d in _directions(direction):
             self.faults[d].latency = seconds
 
+    def set_rate(self, bytes_per_second: float, direction: Direction | None = None) -> None:
+        """Forward at most ``bytes_per_second`` (0: no limit), reading only a few chunks ahead."""
+        for d in _directions(direction):
+            self.faults[d].rate = bytes_per_second
+
     def blackhole(self, direction: Direction | None = None, *, open_only: bool = False) -> None:
         """Discard everything, closes included: both sockets stay open, nothing passes.
 
@@ -307,7 +324,7 @@ class FaultProxy:
         """Clear every fault (connections a fault already broke stay broken)."""
         for d in directions:
             faults = self.faults[d]
-            faults.latency, faults.blackholed = 0.0, False
+            faults.latency, faults.rate, faults.blackholed = 0.0, 0.0, False
             faults.drops.clear()
             faults.flowing.set()
 

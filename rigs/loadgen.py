@@ -47,9 +47,10 @@ from tentacle.net.tls import pinned_connector
 from tentacle.protocol import messages
 from tentacle.protocol.backoff import Backoff
 from tentacle.protocol.messages import MessageError, Method, Request, Response
-from tentacle.protocol.plan import Plan, PlanError
+from tentacle.protocol.plan import Plan
 from tentacle.protocol.rpc_messages import (
     CALLS,
+    UNKNOWN_TASK,
     GateParams,
     GateReport,
     GateResult,
@@ -63,11 +64,11 @@ from tentacle.protocol.rpc_messages import (
     StatusResult,
     StopParams,
     StopResult,
-    TentacleTaskState,
     read_params,
+    reported,
     unknown_task_status,
 )
-from tentacle.protocol.states import GateState
+from tentacle.protocol.states import GateState, TaskState
 from tentacle.protocol.wire import Wire
 
 REPORT_EVERY = 0.25
@@ -201,7 +202,7 @@ class _Task:
     """What the runner would hold for one task: state, version, shown gates, log."""
 
     plan: Plan
-    state: TentacleTaskState = TentacleTaskState.RUNNING
+    state: TaskState = TaskState.RUNNING
     version: int = 1
     gates: dict[int, GateReport] = field(default_factory=dict)
     log: list[LogLine] = field(default_factory=list)
@@ -254,10 +255,7 @@ class FakeRunner:
 
     async def start(self, params: StartParams) -> StartResult:
         """task.start: accept the plan once; the slot is free, so it runs at once."""
-        try:
-            plan = Plan.from_json(params.plan)
-        except PlanError as exc:
-            raise TaskFailure("TaskRequestError", f"plan: {exc.message}") from exc
+        plan = params.plan
         task = self.tasks.setdefault(plan.task_id, _Task(plan))
         return StartResult(task_id=plan.task_id, state=task.state)
 
@@ -275,7 +273,7 @@ class FakeRunner:
             task.gates[index] = GateReport(
                 index=index, name=name, state=GateState.SUCCESS, reason="exit code 0"
             )
-            task.state = TentacleTaskState.DONE
+            task.state = TaskState.SUCCESS
             task.touch()
             self.stats["gates"] += 1
         return GateResult(task_id=task.plan.task_id, accepted=True)
@@ -289,7 +287,7 @@ class FakeRunner:
         await _wait_for_news(task, since, params.version, params.wait)
         return StatusResult(
             task_id=params.task_id,
-            state=task.state,
+            state=reported(task.state),
             version=task.version,
             gates=[task.gates[i] for i in sorted(task.gates)],
             log=[line for line in task.log if line.seq > since],
@@ -298,20 +296,20 @@ class FakeRunner:
 
     async def cancel(self, params: StopParams) -> StopResult:
         """task.cancel: nothing runs for long here, so only the state changes."""
-        return self._stop(params.task_id, TentacleTaskState.CANCELLED)
+        return self._stop(params.task_id, TaskState.CANCELLED)
 
     async def finish(self, params: StopParams) -> StopResult:
-        """task.finish: the server is done with the task."""
-        return self._stop(params.task_id, TentacleTaskState.DONE)
+        """task.finish: the server is done with the task (one it finishes while running is cancelled)."""
+        return self._stop(params.task_id, TaskState.CANCELLED)
 
-    def _stop(self, task_id: str, state: TentacleTaskState) -> StopResult:
+    def _stop(self, task_id: str, state: TaskState) -> StopResult:
         task = self.tasks.get(task_id)
         if task is None:
-            return StopResult(task_id=task_id, state=TentacleTaskState.UNKNOWN_TASK)
-        if task.state is TentacleTaskState.RUNNING:
+            return StopResult(task_id=task_id, state=UNKNOWN_TASK)
+        if task.state is TaskState.RUNNING:
             task.state = state
         task.touch()
-        return StopResult(task_id=task_id, state=task.state)
+        return StopResult(task_id=task_id, state=reported(task.state))
 
     def _known(self, task_id: str) -> _Task:
         task = self.tasks.get(task_id)

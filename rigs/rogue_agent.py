@@ -188,7 +188,7 @@ class RogueAgent:
         if method in ("task.cancel", "task.finish"):
             task.cancelled = task.cancelled or method == "task.cancel"
             task.version += 1
-            return {"taskId": task_id, "state": "cancelled" if task.cancelled else "done"}
+            return {"taskId": task_id, "state": "cancelled" if task.cancelled else "success"}
         if method == "task.status":
             return self._status(task_id, task, params)
         return {"taskId": task_id, "state": "running"}

@@ -300,6 +300,62 @@ def test_abandoned_partials_are_removed_fresh_ones_kept(tmp_path: Path) -> None:
     assert fresh.path.exists() and fresh.validator() == '"etag"'
 
 
+def litter(cache: PackageCache) -> dict[str, Path]:
+    """What interrupted downloads leave, planted: an old partial, a half-written validator, an
+    orphan validator, and a fresh partial (worth resuming)."""
+    old, fresh = cache.partial("a" * 128), cache.partial("b" * 128)
+    old.path.parent.mkdir(parents=True, exist_ok=True)
+    for partial in (old, fresh):
+        partial.path.write_bytes(b"half")
+        partial.save_validator('"etag"', "https://server/x")
+    stamp = time.time() - 2 * 86400
+    os.utime(old.path, (stamp, stamp))
+    cache.partial("c" * 128).temporary.write_text('{"valid')
+    cache.partial("d" * 128).meta.write_text('{"validator": "x"}')
+    return {
+        "old": old.path,
+        "old meta": old.meta,
+        "temporary": cache.partial("c" * 128).temporary,
+        "orphan meta": cache.partial("d" * 128).meta,
+    }
+
+
+def test_sweep_removes_what_interrupted_downloads_left_and_keeps_fresh_partials(tmp_path: Path) -> None:
+    """At start: old partials, half-written and orphan validators go; a fresh partial stays for resume."""
+    cache = PackageCache(tmp_path / "packages")
+    planted = litter(cache)
+    cache.sweep()
+    assert [name for name, path in planted.items() if path.exists()] == []
+    fresh = cache.partial("b" * 128)
+    assert fresh.size() == 4 and fresh.validator() == '"etag"'
+
+
+async def test_a_failed_download_removes_the_litter_and_keeps_its_own_partial(tmp_path: Path) -> None:
+    """After a download fails, the cache's litter (and its own half-written validator) is gone, while
+    the bytes it received stay for the resume."""
+    cache = PackageCache(tmp_path / "packages")
+    planted = litter(cache)
+    data = os.urandom(3 * BUFFER_SIZE)
+
+    async def cut(pkg: PlannedPackage, partial: Partial) -> Digest:
+        partial.temporary.write_text("{")  # as if the disk filled while its validator was written
+        await asyncio.to_thread(_write_half, partial.path, data)
+        raise ConnectionResetError("the server went away")
+
+    with pytest.raises(ConnectionResetError):
+        await cache.get(planned(data), cut)
+    assert [name for name, path in planted.items() if path.exists()] == []
+    own = cache.partial(planned(data).sha512)
+    assert own.size() >= BUFFER_SIZE and not own.temporary.exists()
+
+
+def _write_half(path: Path, data: bytes) -> None:
+    """Write the first half of ``data`` into a partial and stop, as a cut download does."""
+    writer = PartialWriter(path)
+    writer.write(data[: len(data) // 2])
+    writer.close()
+
+
 def test_min_free_share_must_be_a_share(tmp_path: Path) -> None:
     """A share outside [0, 1) is a configuration error naming the setting."""
     with pytest.raises(CacheError, match="min_free_share"):

@@ -210,6 +210,23 @@ async def test_latency_holds_every_chunk_and_keeps_order_and_throughput(proxy: F
     writer.close()
 
 
+async def test_a_rate_limit_paces_the_bytes(proxy: FaultProxy) -> None:
+    """At 1 MiB/s downstream, 2 MiB arrive paced over about 2 s, not at once."""
+    proxy.set_rate(1024 * 1024, "down")
+    reader, writer = await _connect(proxy)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    payload = os.urandom(2 * 1024 * 1024)
+    writer.write(payload)  # the echo server sends it back through the slow direction
+    first = await _read_exactly(reader, 256 * 1024)
+    [conn] = proxy.open
+    assert conn.sent["down"] <= 512 * 1024  # forwarded so far: not the whole echo at once
+    rest = await _read_exactly(reader, len(payload) - len(first), timeout=10)
+    assert first + rest == payload
+    assert 1.5 <= loop.time() - began < 5.0
+    writer.close()
+
+
 async def test_blackhole_forwards_nothing_and_keeps_the_connection_half_open(
     proxy: FaultProxy, echo: Echo
 ) -> None:

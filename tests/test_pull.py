@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import http.client
 import io
+import logging
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from rigs.faultproxy import FaultProxy
 from rigs.nginx_mirror import (  # the *_fixture imports provide the pki, mirrors and proxies fixtures
     FeedPackage,
     Mirrors,
@@ -41,6 +43,7 @@ from tentacle.packages.download import AcquisitionError, package_path
 from tentacle.packages.mirror_client import MirrorClient, Timeouts
 from tentacle.packages.mirror_ranking import MirrorRanker, package_base_address
 from tentacle.packages.pull import Acquirer
+from tentacle.protocol.backoff import Backoff
 from tentacle.protocol.identity import thumbprint
 from tentacle.protocol.plan import Plan, PlannedPackage
 
@@ -89,6 +92,7 @@ async def acquirers(tmp_path: Path, pki: Pki) -> AsyncIterator[AcquirerFactory]:
         server: str | None = None,
         cache: str = "cache",
         server_pins: frozenset[str] = frozenset(),
+        backoff: Backoff | None = None,
     ) -> Acquirer:
         ctx = client_context(pki.ca, pki.client_cert, pki.client_key) if cert else client_context(pki.ca)
         acquirer = Acquirer(
@@ -99,6 +103,7 @@ async def acquirers(tmp_path: Path, pki: Pki) -> AsyncIterator[AcquirerFactory]:
             ranker=patient(),
             timeouts=FAST,
             server_pins=server_pins,
+            backoff=backoff,
         )
         made.append(acquirer)
         return acquirer
@@ -400,6 +405,48 @@ async def test_push_fetches_from_the_server_feed(
     assert len(server_feed.requests(pkg.file_name, at_least=1)) == 1
 
 
+async def test_a_fetch_from_the_server_is_tried_again_until_the_server_answers(
+    package: FeedPackage,
+    mirrors: Mirrors,
+    acquirers: AcquirerFactory,
+    caplog: pytest.LogCaptureFixture,
+    dead_port: int,
+) -> None:
+    """While the server's feed cannot be reached (a restart), a pushed package's fetch is tried again
+    on the backoff schedule instead of failing; once the server is back it completes. A 404 is final."""
+    server_feed = mirrors.start(package.root, "server")
+    pkg = msgspec.structs.replace(package.planned, acquisition="push", feed="builtin")
+    async with FaultProxy("127.0.0.1", dead_port) as front:  # nothing behind it: the server is down
+        quick = Backoff(base=0.05, cap=0.2)
+        acquirer = acquirers(server=f"https://{front.url_host}/index.json", backoff=quick)
+        with caplog.at_level(logging.WARNING, logger="tentacle.packages.pull"):
+            fetching = asyncio.create_task(acquirer(PLAN, pkg))
+            await until(lambda: retries(caplog) >= 3, 10)
+            assert not fetching.done()
+            front.retarget("127.0.0.1", server_feed.port)  # the server is back
+            path = await asyncio.wait_for(fetching, 20)
+    assert path.read_bytes() == package.path.read_bytes()
+    caplog.clear()
+    elsewhere = write_feed(package.root.parent / "other", "Other.Package", "2.0.0", b"other")
+    lacking = mirrors.start(elsewhere.root, "lacking")
+    with caplog.at_level(logging.WARNING, logger="tentacle.packages.pull"), pytest.raises(AcquisitionError):
+        await acquirers(server=lacking.index_url, backoff=quick, cache="other")(PLAN, pkg)
+    assert retries(caplog) == 0
+
+
+def retries(caplog: pytest.LogCaptureFixture) -> int:
+    """How many times a fetch was put off to be tried again."""
+    return sum("package.fetch_retry" in record.getMessage() for record in caplog.records)
+
+
+async def until(check: Callable[[], bool], timeout: float) -> None:
+    """Wait (polling every 20 ms) until ``check()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        await asyncio.sleep(0.02)
+
+
 async def test_the_server_feed_is_pinned_so_another_ca_certificate_cannot_pose_as_it(
     package: FeedPackage,
     mirrors: Mirrors,
@@ -426,7 +473,8 @@ async def test_every_failure_is_named_with_its_mirror(
     acquirers: AcquirerFactory,
     dead_port: int,
 ) -> None:
-    """When no mirror delivers, the error lists each one tried with its own reason."""
+    """When no mirror delivers, the error lists each one tried with its own reason; it is retryable
+    only when every mirror's failure may pass (a 404 will not)."""
     dead = f"https://127.0.0.1:{dead_port}/index.json"
     elsewhere = write_feed(tmp_path / "other", "Other.Package", "2.0.0", b"other")
     lacking = mirrors.start(elsewhere.root)
@@ -436,8 +484,12 @@ async def test_every_failure_is_named_with_its_mirror(
     assert caught.value.message == (
         f"OctoPetShop.Web 1.0.0: {lacking.index_url}: HTTP 404 (Not Found); {dead}: connection refused"
     )
-    assert caught.value.retryable
+    assert not caught.value.retryable
     assert not acquirer.cache.partial(package.planned.sha512).path.exists()
+    with pytest.raises(AcquisitionError) as caught:
+        await acquirer(PLAN, with_mirrors(package.planned, dead))
+    assert caught.value.message == f"OctoPetShop.Web 1.0.0: {dead}: connection refused"
+    assert caught.value.retryable
 
 
 async def test_latency_is_measured_once_and_remembered(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import pytest
@@ -12,6 +12,8 @@ from tentacle.agent.rpc import Service
 from tentacle.errors import RemoteError
 from tentacle.protocol import messages
 from tentacle.protocol.messages import MessageError, Method, Request, Response
+from tentacle.protocol.plan import Plan, PlannedStep
+from tentacle.protocol.process import Script
 from tentacle.protocol.rpc_messages import (
     CALLS,
     PING,
@@ -20,6 +22,7 @@ from tentacle.protocol.rpc_messages import (
     TASK_GATE,
     TASK_START,
     TASK_STATUS,
+    UNKNOWN_TASK,
     BadAnswer,
     Call,
     GateParams,
@@ -29,19 +32,30 @@ from tentacle.protocol.rpc_messages import (
     LogStream,
     NoParams,
     PingResult,
+    ReportedState,
     StartParams,
     StartResult,
     StatusParams,
     StatusResult,
     StopParams,
     StopResult,
-    TentacleTaskState,
     read_params,
     read_result,
+    reported,
     unknown_task_status,
 )
-from tentacle.protocol.states import GateState
+from tentacle.protocol.states import GateState, TaskState
 from tentacle.protocol.wire import Wire
+
+PLAN = Plan(
+    task_id="t-1",
+    kind="deployment",
+    project_name="Shop",
+    release_version="1.0",
+    environment_name="Production",
+    machine_name="web-01",
+    steps=(PlannedStep(index=1, name="Say hi", script=Script("bash", "echo hi")),),
+)
 
 LINE = LogLine(seq=1, time=1.5, stream=LogStream.STDOUT, step="Say hi", text="hi")
 GATE = GateReport(index=2, name="step:1", state=GateState.SUCCESS, reason="exit code 0")
@@ -49,8 +63,8 @@ EXAMPLES: list[tuple[Call[Any, Any], Wire, Wire]] = [
     (PING, NoParams(), PingResult(name="web-01", mode="polling", version="1.0", time=2.5)),
     (
         TASK_START,
-        StartParams(plan={"taskId": "t-1", "steps": []}),
-        StartResult(task_id="t-1", state=TentacleTaskState.QUEUED),
+        StartParams(plan=PLAN),
+        StartResult(task_id="t-1", state=TaskState.QUEUED),
     ),
     (
         TASK_GATE,
@@ -60,12 +74,10 @@ EXAMPLES: list[tuple[Call[Any, Any], Wire, Wire]] = [
     (
         TASK_STATUS,
         StatusParams(task_id="t-1", log_since=3, version=4, wait=20),
-        StatusResult(
-            task_id="t-1", state=TentacleTaskState.DONE, version=5, gates=[GATE], log=[LINE], more=True
-        ),
+        StatusResult(task_id="t-1", state="success", version=5, gates=[GATE], log=[LINE], more=True),
     ),
-    (TASK_CANCEL, StopParams(task_id="t-1"), StopResult(task_id="t-1", state=TentacleTaskState.CANCELLED)),
-    (TASK_FINISH, StopParams(task_id="t-1"), StopResult(task_id="t-1", state=TentacleTaskState.DONE)),
+    (TASK_CANCEL, StopParams(task_id="t-1"), StopResult(task_id="t-1", state="cancelled")),
+    (TASK_FINISH, StopParams(task_id="t-1"), StopResult(task_id="t-1", state="unknown-task")),
 ]
 
 
@@ -102,6 +114,12 @@ def test_params_travel_in_camel_case_with_defaults() -> None:
     request = TASK_STATUS.request("r1", StatusParams(task_id="t-1"))
     assert bytes(request.params) == b'{"taskId":"t-1","logSince":0,"version":0,"wait":0.0}'
     assert read_params(TASK_STATUS, _sent(TASK_STATUS, {"taskId": "t-1"})) == StatusParams(task_id="t-1")
+
+
+def test_reported_states_are_the_task_states_and_unknown_task() -> None:
+    """One vocabulary: a tentacle reports TaskState's values, and unknown-task for an id it does not know."""
+    assert get_args(ReportedState) == (*TaskState, UNKNOWN_TASK)
+    assert [reported(state) for state in TaskState] == [state.value for state in TaskState]
 
 
 def test_the_unknown_task_answer_is_a_status() -> None:
@@ -144,6 +162,13 @@ GATE_OK = {"taskId": "t-1", "gateIndex": 2, "gateName": "step:1"}
         (TASK_STATUS, {"taskId": ""}, "params.taskId: expected a string matching"),
         (TASK_START, {}, "params.plan: required"),
         (TASK_START, {"plan": "x"}, "params.plan: expected an object, got a string"),
+        (TASK_START, {"plan": {**PLAN.to_json(), "kind": "x"}}, "params.plan.kind: invalid enum value 'x'"),
+        (TASK_START, {"plan": {**PLAN.to_json(), "taskId": "a/b"}}, "params.plan.taskId: must be 1-200"),
+        (
+            TASK_START,
+            {"plan": {**PLAN.to_json(), "kind": "deployment", "releaseVersion": ""}},
+            "params.plan.releaseVersion: must be a non-empty string in a deployment",
+        ),
         (TASK_CANCEL, {"taskId": "t-1", "reason": "why"}, "params.reason: unknown field"),
         (PING, {"x": 1}, "params.x: unknown field"),
         (PING, [], "params: expected an object, got a list"),
@@ -186,7 +211,7 @@ def _status(**changes: Any) -> dict[str, Any]:
             "result.gates[0].state",
             "invalid enum value 'exploded'",
         ),
-        (_status(state="success"), "result.state", "invalid enum value 'success'"),
+        (_status(state="done"), "result.state", "invalid enum value 'done'"),
         (_status(version=-1), "result.version", "expected an integer >= 0"),
         ({k: v for k, v in STATUS_OK.items() if k != "more"}, "result.more", "required"),
         ([], "result", "expected an object, got a list"),
@@ -231,48 +256,38 @@ async def test_the_service_answers_ping_with_a_typed_result() -> None:
     assert (answer.name, answer.mode) == ("web-01", "listening")
 
 
-async def test_dict_handlers_get_plain_params_and_their_answers_are_checked(
+async def test_typed_handlers_get_params_structs_and_a_crash_is_not_leaked(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A dict handler gets camelCase params with defaults; a result that breaks its type is not sent."""
-    seen: list[dict[str, Any]] = []
+    """A handler gets its params struct with defaults; a handler's bug is logged, answered generically."""
+    seen: list[StatusParams] = []
 
-    async def status(params: dict[str, Any]) -> dict[str, Any]:
+    async def status(params: StatusParams) -> StatusResult:
         seen.append(params)
-        return {**STATUS_OK, "log": [{**LINE_OK, "seq": params["logSince"] - 1}]}
+        raise RuntimeError("internal detail /var/lib/secret")
 
     service = Service("web-01", "polling")
-    service.register("task.status", status)
+    service.serve(TASK_STATUS, status)
     with caplog.at_level(logging.ERROR):
         answer = await _ask(service, "task.status", {"taskId": "t-1"})
-    assert seen == [{"taskId": "t-1", "logSince": 0, "version": 0, "wait": 0.0}]
+    assert seen == [StatusParams(task_id="t-1")]
     assert answer["error"] == {"code": "internal", "message": "the tentacle failed to handle the request"}
-    assert "task.status answered log[0].seq: expected an integer >= 0" in caplog.text
+    assert "service.handler_crashed method=task.status" in caplog.text
 
 
 async def test_the_service_refuses_bad_params_and_unserved_methods() -> None:
     """Params that break their type never reach the handler; a method nobody serves is unknown-method."""
-    called: list[dict[str, Any]] = []
+    called: list[GateParams] = []
 
-    async def gate(params: dict[str, Any]) -> dict[str, Any]:
+    async def gate(params: GateParams) -> GateResult:
         called.append(params)
-        return {"taskId": params["taskId"], "accepted": True}
+        return GateResult(task_id=params.task_id, accepted=True)
 
     service = Service("web-01", "polling")
-    service.register("task.gate", gate)
+    service.serve(TASK_GATE, gate)
     refused = await _ask(service, "task.gate", {**GATE_OK, "gateIndex": 2**70})
     assert refused["error"]["message"] == "params.gateIndex: expected an integer <= 9007199254740992"
     assert called == []
     assert (await _ask(service, "task.gate", GATE_OK))["result"] == {"taskId": "t-1", "accepted": True}
     unserved = await _ask(service, "task.cancel", {"taskId": "t-1"})
     assert unserved["error"] == {"code": "unknown-method", "message": "unknown method 'task.cancel'"}
-
-
-def test_registering_an_unknown_method_fails() -> None:
-    """A handler can only be registered for a method of the contract."""
-
-    async def handler(params: dict[str, Any]) -> dict[str, Any]:
-        return params
-
-    with pytest.raises(ValueError, match=r"task\.explode"):
-        Service("web-01", "polling").register("task.explode", handler)

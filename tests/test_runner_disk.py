@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ async def test_a_task_json_of_the_previous_version_loads_and_is_kept_in_its_form
     agent = Agent(tmp_path / "state")
     status = await agent.status("t-old")
     reason = "tentacle restarted while step 'Deploy web' was running; its result is unknown"
-    assert status["state"] == "done"
+    assert status["state"] == "failed"
     assert status["gates"] == [
         {"index": 1, "name": "acquisition", "state": "success", "reason": "1 package(s) acquired"},
         {"index": 2, "name": "step:1", "state": "unknown", "reason": reason},
@@ -70,11 +71,42 @@ async def test_a_task_json_of_the_previous_version_loads_and_is_kept_in_its_form
     assert {key: saved[key] for key in ("format", "plan", "arrival", "packages", "stop", "finished")} == {
         key: old[key] for key in ("format", "plan", "arrival", "packages", "stop", "finished")
     }
-    assert (saved["state"], saved["currentStep"], saved["logSeq"]) == ("done", None, 6)
+    assert (saved["state"], saved["currentStep"], saved["logSeq"]) == ("failed", None, 6)
     assert saved["logBytes"] == (folder / "log.jsonl").stat().st_size
     again = Agent(tmp_path / "state")
     assert await again.status("t-old") == status
     await again.runner.shutdown(1)
+
+
+async def test_tasks_the_previous_version_saved_as_done_read_as_how_they_ended(tmp_path: Path) -> None:
+    """An old task.json saying ``done`` reads success, failed or cancelled, as its gates say."""
+    gates = {
+        "t-passed": [("step:1", "success")],
+        "t-broke": [("step:1", "failed")],
+        "t-crashed": [("step:1", "unknown")],
+        "t-finished": [],
+    }
+    for arrival, (task_id, ended) in enumerate(gates.items()):
+        folder = tmp_path / "state" / "tasks" / task_id
+        folder.mkdir(parents=True)
+        record = json.loads(OLD_TASK_JSON.replace("LOG_BYTES", "0"))
+        record["plan"]["taskId"] = task_id
+        record |= {"arrival": arrival, "state": "done", "currentStep": None, "logSeq": 1}
+        record["gates"] = [
+            {"index": 2 + n, "name": name, "state": state, "reason": ""}
+            for n, (name, state) in enumerate(ended)
+        ]
+        record["plan"]["steps"][0].pop("package")
+        (folder / "task.json").write_text(json.dumps(record))
+    agent = Agent(tmp_path / "state")
+    states = {task_id: (await agent.status(task_id))["state"] for task_id in gates}
+    assert states == {
+        "t-passed": "success",
+        "t-broke": "failed",
+        "t-crashed": "failed",
+        "t-finished": "cancelled",
+    }
+    await agent.runner.shutdown(1)
 
 
 def write_old_tasks(state: Path, tasks: int, lines: int) -> None:
@@ -97,11 +129,12 @@ def write_old_tasks(state: Path, tasks: int, lines: int) -> None:
 async def test_startup_recovery_does_not_block_the_event_loop(tmp_path: Path) -> None:
     """Loading tasks whose logs must be scanned (about a second of work) runs no callback over 100 ms
     (the loop watch of tests/conftest.py fails the test otherwise)."""
-    write_old_tasks(tmp_path / "state", tasks=10, lines=10_000)
+    # Written off the loop: the test's own first step would otherwise hold the loop itself.
+    await asyncio.to_thread(write_old_tasks, tmp_path / "state", 10, 10_000)
     agent = Agent(tmp_path / "state")
     await agent.runner.start()
     status = await agent.status("t-009", 9_999)
-    assert (status["state"], [line["seq"] for line in status["log"]]) == ("done", [10_000])
+    assert (status["state"], [line["seq"] for line in status["log"]]) == ("cancelled", [10_000])
     await agent.runner.shutdown(1)
 
 
@@ -121,5 +154,5 @@ async def test_an_answer_showing_a_gate_result_holds_every_line_printed_before_i
     assert texts(seen, "stdout") == [str(n) for n in range(1, 3001)]
     assert texts(seen)[-1] == "step 'Burst' finished: exit code 0"
     assert (await agent.status("t-burst", since))["log"] == []
-    assert (await agent.status("t-burst", EVERYTHING_READ))["state"] == "done"
+    assert (await agent.status("t-burst", EVERYTHING_READ))["state"] == "success"
     await agent.runner.shutdown(1)

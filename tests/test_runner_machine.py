@@ -19,7 +19,6 @@ from tentacle.protocol.runner_machine import (
     Forget,
     Gate,
     GateRefused,
-    GateState,
     Loaded,
     Note,
     RemoveWork,
@@ -30,12 +29,12 @@ from tentacle.protocol.runner_machine import (
     StopGate,
     TaskEnded,
     TaskEntry,
-    TaskState,
     UnknownTask,
     check_gate_name,
     step_index,
     work_gates,
 )
+from tentacle.protocol.states import GateState, TaskState
 
 ONE_STEP = frozenset({"step:1"})
 GATE_INDEX = {"preAcquisition": 0, "acquisition": 1, "step:1": 2, "step:2": 3}
@@ -78,13 +77,14 @@ def running(m: RunnerMachine, task_id: str = "A", work: frozenset[str] = ONE_STE
 def on_disk(
     task_id: str,
     arrival: int,
-    state: TaskState,
-    gates: Sequence[Gate] = (),
+    state: str,
+    gates: Sequence[tuple[int, str, str]] = (),
     work: frozenset[str] = ONE_STEP,
     stop: Stop | None = None,
 ) -> TaskEntry:
-    """A task entry as task.json would give it back."""
-    return TaskEntry(task_id, arrival, work, state, {g.index: g for g in gates}, stop)
+    """A task entry as task.json would give it back; gates as (index, name, state)."""
+    found = {index: Gate(index, name, GateState(gate_state)) for index, name, gate_state in gates}
+    return TaskEntry(task_id, arrival, work, TaskState(state), found, stop)
 
 
 # --- the slot and the queue ---------------------------------------------------------------
@@ -105,10 +105,10 @@ def test_the_first_task_takes_the_free_slot_and_the_second_stays_queued() -> Non
     assert entry_of(m, "B").shown_gates() == []
 
     assert runs(m.gate("A", 2, "step:1")) == [("A", 2)]
-    after = m.gate_done("A", 2, "success", "exit code 0")
-    assert TaskEnded("A", "done") in after
+    after = m.gate_done("A", 2, GateState.SUCCESS, "exit code 0")
+    assert TaskEnded("A", TaskState.SUCCESS) in after
     assert runs(after) == [("B", 2)]
-    assert (state(m, "A"), state(m, "B"), m.holder) == ("done", "running", m.task("B"))
+    assert (state(m, "A"), state(m, "B"), m.holder) == ("success", "running", m.task("B"))
 
 
 def test_a_task_runs_its_gates_one_at_a_time_in_the_order_they_were_opened() -> None:
@@ -117,9 +117,9 @@ def test_a_task_runs_its_gates_one_at_a_time_in_the_order_they_were_opened() -> 
     assert runs(m.gate("A", 0, "preAcquisition")) == [("A", 0)]
     assert runs(m.gate("A", 3, "step:2")) == []
     assert runs(m.gate("A", 2, "step:1")) == []
-    assert runs(m.gate_done("A", 0, "success", "")) == [("A", 3)]
-    assert runs(m.gate_done("A", 3, "success", "")) == [("A", 2)]
-    assert TaskEnded("A", "done") in m.gate_done("A", 2, "success", "")
+    assert runs(m.gate_done("A", 0, GateState.SUCCESS, "")) == [("A", 3)]
+    assert runs(m.gate_done("A", 3, GateState.SUCCESS, "")) == [("A", 2)]
+    assert TaskEnded("A", TaskState.SUCCESS) in m.gate_done("A", 2, GateState.SUCCESS, "")
 
 
 def test_the_task_holds_the_slot_between_gates_and_ends_after_its_last_gate_with_work() -> None:
@@ -127,18 +127,18 @@ def test_the_task_holds_the_slot_between_gates_and_ends_after_its_last_gate_with
     m = running(RunnerMachine(), work=frozenset({"step:1", "step:2"}))
     m.start("B", ONE_STEP)
     m.gate("A", 2, "step:1")
-    assert runs(m.gate_done("A", 2, "success", "exit code 0")) == []
+    assert runs(m.gate_done("A", 2, GateState.SUCCESS, "exit code 0")) == []
     assert (state(m, "A"), state(m, "B")) == ("running", "queued")
     m.gate("A", 3, "step:2")
-    m.gate_done("A", 3, "success", "exit code 0")
-    assert (state(m, "A"), state(m, "B")) == ("done", "running")
+    m.gate_done("A", 3, GateState.SUCCESS, "exit code 0")
+    assert (state(m, "A"), state(m, "B")) == ("success", "running")
 
 
 def test_a_failed_gate_ends_the_task_and_later_gates_are_not_run() -> None:
     """A failure releases the slot; a gate opened afterwards is failed 'not run'."""
     m = running(RunnerMachine(), work=frozenset({"step:1", "step:2"}))
     m.gate("A", 2, "step:1")
-    assert TaskEnded("A", "done") in m.gate_done("A", 2, "failed", "exit code 3")
+    assert TaskEnded("A", TaskState.FAILED) in m.gate_done("A", 2, GateState.FAILED, "exit code 3")
     assert runs(m.gate("A", 3, "step:2")) == []
     assert gate(m, "A", 3) == ("failed", "not run: the task had already ended")
 
@@ -150,8 +150,8 @@ def test_gates_without_work_pass_at_once_and_a_task_without_work_ends_on_taking_
     assert gate(m, "A", 0) == ("success", NOTHING_TO_DO)
     m.start("idle", frozenset())
     m.gate("A", 2, "step:1")
-    after = m.gate_done("A", 2, "success", "")
-    assert [TaskEnded("A", "done"), TaskEnded("idle", "done")] == of(after, TaskEnded)
+    after = m.gate_done("A", 2, GateState.SUCCESS, "")
+    assert [TaskEnded("A", TaskState.SUCCESS), TaskEnded("idle", TaskState.SUCCESS)] == of(after, TaskEnded)
     assert m.holder is None
 
 
@@ -173,11 +173,11 @@ def test_repeats_are_idempotent() -> None:
     assert m.start("A", ONE_STEP) == []
     assert runs(m.gate("A", 2, "step:1")) == [("A", 2)]
     assert m.gate("A", 2, "step:1") == []
-    m.gate_done("A", 2, "success", "exit code 0")
+    m.gate_done("A", 2, GateState.SUCCESS, "exit code 0")
     assert m.gate("A", 2, "step:1") == []
-    assert m.gate_done("A", 2, "failed", "a late duplicate") == []
+    assert m.gate_done("A", 2, GateState.FAILED, "a late duplicate") == []
     assert gate(m, "A", 2) == ("success", "exit code 0")
-    assert m.gate_done("nobody", 2, "success", "") == []
+    assert m.gate_done("nobody", 2, GateState.SUCCESS, "") == []
 
 
 def test_a_gate_index_or_name_reused_differently_is_refused() -> None:
@@ -197,7 +197,7 @@ def test_gate_done_needs_a_final_state() -> None:
     m = running(RunnerMachine())
     m.gate("A", 2, "step:1")
     with pytest.raises(ValueError, match="state"):
-        m.gate_done("A", 2, "running", "")
+        m.gate_done("A", 2, GateState.RUNNING, "")
 
 
 # --- cancel and finish ------------------------------------------------------------------------
@@ -210,12 +210,12 @@ def test_cancel_of_a_queued_task_ends_it_and_its_gates_are_not_run() -> None:
     m.start("B", ONE_STEP)
     m.gate("B", 2, "step:1")
     actions = m.cancel("B")
-    assert TaskEnded("B", "cancelled") in actions
+    assert TaskEnded("B", TaskState.CANCELLED) in actions
     assert (runs(actions), of(actions, StopGate)) == ([], [])
     assert gate(m, "B", 2) == ("cancelled", "not run: the task was cancelled")
     assert (state(m, "A"), gate(m, "A", 2)) == ("running", ("running", ""))
     assert m.cancel("B") == []
-    assert runs(m.gate_done("A", 2, "success", "")) == []
+    assert runs(m.gate_done("A", 2, GateState.SUCCESS, "")) == []
 
 
 def test_cancel_of_a_running_gate_stops_it_and_the_task_ends_when_it_reports() -> None:
@@ -226,38 +226,41 @@ def test_cancel_of_a_running_gate_stops_it_and_the_task_ends_when_it_reports() -
     assert of(m.cancel("A"), StopGate) == [StopGate("A", "cancelled by the server")]
     assert state(m, "A") == "running"
     assert m.cancel("A") == []
-    after = m.gate_done("A", 2, "cancelled", "cancelled by the server")
-    assert TaskEnded("A", "cancelled") in after
+    after = m.gate_done("A", 2, GateState.CANCELLED, "cancelled by the server")
+    assert TaskEnded("A", TaskState.CANCELLED) in after
     assert (state(m, "A"), state(m, "B")) == ("cancelled", "running")
 
 
-def test_finish_during_a_gate_stops_it_ends_the_task_done_and_lets_the_work_folder_go() -> None:
-    """finish stops the running gate; once it reports, the task is done and its work folder goes."""
+def test_finish_during_a_gate_stops_it_ends_the_task_cancelled_and_lets_the_work_folder_go() -> None:
+    """finish stops the running gate; once it reports, the task is cancelled and its work folder goes."""
     m = running(RunnerMachine())
     m.gate("A", 2, "step:1")
     assert of(m.finish("A"), StopGate) == [StopGate("A", "the server finished the task")]
-    after = m.gate_done("A", 2, "cancelled", "the server finished the task")
-    assert [TaskEnded("A", "done"), RemoveWork("A")] == [*of(after, TaskEnded), *of(after, RemoveWork)]
+    after = m.gate_done("A", 2, GateState.CANCELLED, "the server finished the task")
+    assert [TaskEnded("A", TaskState.CANCELLED), RemoveWork("A")] == [
+        *of(after, TaskEnded),
+        *of(after, RemoveWork),
+    ]
 
 
 def test_finish_after_the_end_lets_the_work_folder_go_once() -> None:
     """A finished task keeps its state; the first finish removes the work, a repeat does nothing."""
     m = running(RunnerMachine())
     m.gate("A", 2, "step:1")
-    m.gate_done("A", 2, "success", "")
+    m.gate_done("A", 2, GateState.SUCCESS, "")
     assert of(m.finish("A"), RemoveWork) == [RemoveWork("A")]
-    assert state(m, "A") == "done"
+    assert state(m, "A") == "success"
     assert m.finish("A") == []
     assert m.cancel("A") == []
 
 
-def test_finish_of_a_queued_task_ends_it_done_and_a_late_gate_is_not_run() -> None:
-    """finish of a task that never ran: done, its gates cancelled 'not run'."""
+def test_finish_of_a_queued_task_ends_it_cancelled_and_a_late_gate_is_not_run() -> None:
+    """finish of a task that never ran: cancelled, its gates cancelled 'not run'."""
     m = running(RunnerMachine())
     m.start("B", ONE_STEP)
     m.gate("B", 2, "step:1")
     m.finish("B")
-    assert state(m, "B") == "done"
+    assert state(m, "B") == "cancelled"
     assert gate(m, "B", 2) == ("cancelled", "not run: the server finished the task")
     m.gate("B", 0, "preAcquisition")
     assert gate(m, "B", 0) == ("success", NOTHING_TO_DO)
@@ -277,15 +280,15 @@ def test_a_gate_of_a_cancelled_task_is_cancelled_even_without_work() -> None:
 
 
 def test_a_gate_running_at_a_crash_is_unknown_after_restart_and_never_run_again() -> None:
-    """The interrupted step's gate reads unknown (naming the step), the task is done, the slot free."""
+    """The interrupted step's gate reads unknown (naming the step), the task failed, the slot is free."""
     m = RunnerMachine()
-    entry = on_disk("A", 0, "running", [Gate(2, "step:1", "running")])
-    queued = on_disk("B", 1, "queued", [Gate(2, "step:1")])
+    entry = on_disk("A", 0, "running", [(2, "step:1", "running")])
+    queued = on_disk("B", 1, "queued", [(2, "step:1", "pending")])
     actions = m.loaded([Loaded(entry, "Deploy web"), Loaded(queued)])
     reason = "tentacle restarted while step 'Deploy web' was running; its result is unknown"
     assert gate(m, "A", 2) == ("unknown", reason)
     assert Emit("A", "Deploy web", reason) in actions
-    assert TaskEnded("A", "done") in actions
+    assert TaskEnded("A", TaskState.FAILED) in actions
     assert runs(actions) == [("B", 2)]
     assert m.gate("A", 2, "step:1") == []
     assert gate(m, "A", 2) == ("unknown", reason)
@@ -294,7 +297,7 @@ def test_a_gate_running_at_a_crash_is_unknown_after_restart_and_never_run_again(
 def test_an_interrupted_gate_without_a_known_step_names_the_gate() -> None:
     """A crash between steps names the gate; a cancel asked before the crash ends it cancelled."""
     m = RunnerMachine()
-    entry = on_disk("A", 0, "running", [Gate(0, "preAcquisition", "running")], stop="cancel")
+    entry = on_disk("A", 0, "running", [(0, "preAcquisition", "running")], stop="cancel")
     m.loaded([Loaded(entry)])
     reason = "tentacle restarted while gate 'preAcquisition' was running; its result is unknown"
     assert (state(m, "A"), gate(m, "A", 0)) == ("cancelled", ("unknown", reason))
@@ -303,18 +306,20 @@ def test_an_interrupted_gate_without_a_known_step_names_the_gate() -> None:
 def test_acquisition_running_at_a_crash_resumes_after_restart() -> None:
     """An interrupted acquisition is acquired again (partial downloads resume), not unknown."""
     m = RunnerMachine()
-    entry = on_disk("A", 0, "running", [Gate(1, "acquisition", "running")], work=frozenset({"acquisition"}))
+    entry = on_disk("A", 0, "running", [(1, "acquisition", "running")], work=frozenset({"acquisition"}))
     actions = m.loaded([Loaded(entry)])
     assert Emit("A", "", RESUMED) in actions
     assert runs(actions) == [("A", 1)]
     assert (state(m, "A"), gate(m, "A", 1)) == ("running", ("running", ""))
-    assert TaskEnded("A", "done") in m.gate_done("A", 1, "success", "1 package(s) acquired")
+    assert TaskEnded("A", TaskState.SUCCESS) in m.gate_done(
+        "A", 1, GateState.SUCCESS, "1 package(s) acquired"
+    )
 
 
 def test_acquisition_is_not_resumed_when_a_stop_was_asked() -> None:
     """A cancel recorded before the crash makes the interrupted acquisition unknown."""
     m = RunnerMachine()
-    gates = [Gate(1, "acquisition", "running")]
+    gates = [(1, "acquisition", "running")]
     m.loaded([Loaded(on_disk("A", 0, "running", gates, stop="cancel"))])
     assert (state(m, "A"), gate(m, "A", 1)[0]) == ("cancelled", "unknown")
 
@@ -334,7 +339,7 @@ def test_arrival_order_is_kept_across_restarts() -> None:
         assert holder is not None
         order.append(holder.task_id)
         m.gate(holder.task_id, 2, "step:1")
-        m.gate_done(holder.task_id, 2, "success", "")
+        m.gate_done(holder.task_id, 2, GateState.SUCCESS, "")
     assert order == ["A", "B", "C", "D"]
 
 
@@ -347,10 +352,10 @@ def test_only_the_earliest_running_task_keeps_the_slot_after_restart() -> None:
 
 
 def test_a_task_whose_work_all_passed_ends_after_restart() -> None:
-    """A holder with every gate passed but not ended (a crash between saves) ends done."""
+    """A holder with every gate passed but not ended (a crash between saves) ends in success."""
     m = RunnerMachine()
-    actions = m.loaded([Loaded(on_disk("A", 0, "running", [Gate(2, "step:1", "success")]))])
-    assert TaskEnded("A", "done") in actions
+    actions = m.loaded([Loaded(on_disk("A", 0, "running", [(2, "step:1", "success")]))])
+    assert TaskEnded("A", TaskState.SUCCESS) in actions
 
 
 # --- shutdown, discard, pruning ------------------------------------------------------------------
@@ -363,15 +368,15 @@ def test_shutdown_starts_nothing_new_but_a_gate_still_ends_its_task() -> None:
     m.start("B", ONE_STEP)
     m.gate("B", 2, "step:1")
     assert m.shutdown() == []
-    after = m.gate_done("A", 2, "cancelled", "tentacle stopped")
-    assert TaskEnded("A", "done") in after
+    after = m.gate_done("A", 2, GateState.CANCELLED, "tentacle stopped")
+    assert TaskEnded("A", TaskState.CANCELLED) in after
     assert (runs(after), state(m, "B")) == ([], "queued")
 
 
 def test_a_task_that_could_not_be_recorded_is_discarded_and_frees_the_slot() -> None:
     """discard forgets a new task; the slot goes to the next queued one."""
     m = RunnerMachine()
-    m.loaded([Loaded(on_disk("B", 4, "queued", [Gate(2, "step:1")]))])
+    m.loaded([Loaded(on_disk("B", 4, "queued", [(2, "step:1", "pending")]))])
     m.discard("B")  # B was recorded; pretend it was not, to free the slot for the test
     m.start("A", ONE_STEP)
     m.start("C", ONE_STEP)
@@ -434,7 +439,7 @@ EVENTS = st.lists(
         st.sampled_from(["start", "start", "gate", "gate", "done", "done", "cancel", "finish", "restart"]),
         st.sampled_from(TASKS),
         st.sampled_from(GATE_NAMES),
-        st.sampled_from(["success", "success", "failed", "cancelled"]),
+        st.sampled_from([GateState.SUCCESS, GateState.SUCCESS, GateState.FAILED, GateState.CANCELLED]),
     ),
     min_size=15,  # hypothesis keeps lists short otherwise (about 5): too few to fill the queue
     max_size=80,
@@ -523,8 +528,19 @@ class World:
             states = {g.state for g in entry.gates.values()}
             if entry.ended:
                 assert not states & {"pending", "running"}, "an ended task runs nothing more"
+                assert entry.state == ended_as(entry), "an ended task's state follows its gates"
             else:
                 assert states <= {"pending", "running", "success"}, "a gate that did not pass ends it"
+
+
+def ended_as(entry: TaskEntry) -> TaskState:
+    """How a task ended, by the rule: cancelled when asked; failed, success, else cancelled by its gates."""
+    if entry.stop == "cancel":
+        return TaskState.CANCELLED
+    if any(gate.state in ("failed", "unknown") for gate in entry.gates.values()):
+        return TaskState.FAILED
+    passed = {gate.name for gate in entry.gates.values() if gate.state == "success"}
+    return TaskState.SUCCESS if entry.work <= passed else TaskState.CANCELLED
 
 
 @settings(max_examples=300, deadline=None)
@@ -532,7 +548,8 @@ class World:
 def test_runner_rules_hold_for_any_event_sequence(
     work: dict[str, frozenset[str]], keep: int, events: list[tuple[str, str, str, GateState]]
 ) -> None:
-    """One slot, gates never run twice (but a resumed acquisition), slot by arrival; every task ends."""
+    """One slot, gates never run twice (but a resumed acquisition), slot by arrival; every task ends
+    in the state its gates say."""
     world = World(work, keep)
     for event in events:
         world.step(*event)
@@ -540,7 +557,7 @@ def test_runner_rules_hold_for_any_event_sequence(
     for task in TASKS:  # the server finishes every task it started; running gates report
         if world.machine.task(task) is not None:
             world.apply(world.machine.finish(task))
-        world.finish_running("cancelled")
+        world.finish_running(GateState.CANCELLED)
         world.check()
     assert all(entry.ended for entry in world.machine.tasks()), "every task ends"
     assert world.machine.holder is None

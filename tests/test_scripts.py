@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from tentacle.protocol.masking import MASK, Masker
+from tentacle.runner.script_output import LINE_LIMIT, LineSplitter
 from tentacle.runner.scripts import (
-    LINE_LIMIT,
-    LineSplitter,
     ScriptError,
     ScriptResult,
     ScriptSpec,
@@ -26,15 +25,15 @@ pytestmark = pytest.mark.timeout(20)
 
 
 class Output:
-    """The lines a script printed, as on_line received them."""
+    """The lines a script printed, as on_lines received them."""
 
     def __init__(self) -> None:
         """No lines yet."""
         self.lines: list[tuple[str, str]] = []
 
-    def __call__(self, stream: str, text: str) -> None:
-        """Record one line."""
-        self.lines.append((stream, text))
+    def __call__(self, stream: str, texts: list[str]) -> None:
+        """Record the lines of one read."""
+        self.lines += [(stream, text) for text in texts]
 
     def of(self, stream: str) -> list[str]:
         """The lines of one stream, in the order they came."""
@@ -167,14 +166,14 @@ async def test_cancel_event_delivers_sigterm_to_a_trap(tmp_path: Path) -> None:
     cancel = asyncio.Event()
     output = Output()
 
-    def on_line(stream: str, text: str) -> None:
-        output(stream, text)
-        if text == "ready":
+    def on_lines(stream: str, texts: list[str]) -> None:
+        output(stream, texts)
+        if "ready" in texts:
             cancel.set()
 
     body = "trap 'echo got TERM; exit 7' TERM; echo ready; sleep 100 & wait"
     spec = ScriptSpec("bash", body, {}, tmp_path)
-    result = await run_script(spec, on_line, Masker([]), cancel)
+    result = await run_script(spec, on_lines, Masker([]), cancel)
     assert result == ScriptResult("cancelled", 7, "terminated by SIGTERM after cancellation")
     assert output.of("stdout") == ["ready", "got TERM"]
 
@@ -204,12 +203,12 @@ async def test_asyncio_cancellation_kills_the_group(tmp_path: Path) -> None:
     output = Output()
     started = asyncio.Event()
 
-    def on_line(stream: str, text: str) -> None:
-        output(stream, text)
+    def on_lines(stream: str, texts: list[str]) -> None:
+        output(stream, texts)
         started.set()
 
     spec = ScriptSpec("bash", "sleep 100 & echo $!; wait", {}, tmp_path)
-    task = asyncio.ensure_future(run_script(spec, on_line, Masker([])))
+    task = asyncio.ensure_future(run_script(spec, on_lines, Masker([])))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -23,6 +23,7 @@ from tentacle.protocol.masking import MASK
 from tentacle.protocol.messages import Request
 from tentacle.protocol.plan import Plan, PlannedPackage, PlannedStep, ResolvedVariable
 from tentacle.protocol.process import Script
+from tentacle.protocol.rpc_messages import LogStream
 from tentacle.protocol.wire import to_builtins
 from tentacle.runner.runner import NOT_CONFIGURED, STOPPED, Acquire, TaskRunner
 from tentacle.runner.task_log import TaskLog
@@ -183,8 +184,8 @@ def write_zip(path: Path, files: dict[str, str]) -> Path:
 # --- the happy path ---------------------------------------------------------------------
 
 
-async def test_gates_run_their_steps_in_order_and_the_task_ends_done(agent: Agent) -> None:
-    """Each gate runs its steps; the task holds the slot between gates and is done after the last."""
+async def test_gates_run_their_steps_in_order_and_the_task_ends_in_success(agent: Agent) -> None:
+    """Each gate runs its steps; the task holds the slot between gates and succeeds after the last."""
     plan = make_plan(
         "t-happy",
         [
@@ -204,7 +205,7 @@ async def test_gates_run_their_steps_in_order_and_the_task_ends_done(agent: Agen
     assert (await agent.run_gate("t-happy", 2, "step:1"))["state"] == "success"
     assert (await agent.status("t-happy"))["state"] == "running"
     assert (await agent.run_gate("t-happy", 3, "step:3"))["reason"] == "exit code 0"
-    final = await agent.until("t-happy", lambda s: s["state"] == "done")
+    final = await agent.until("t-happy", lambda s: s["state"] == "success")
     assert [gate["state"] for gate in final["gates"]] == ["success"] * 4
 
     lines = await agent.log("t-happy")
@@ -219,7 +220,7 @@ async def test_gates_run_their_steps_in_order_and_the_task_ends_done(agent: Agen
 
 async def test_long_poll_wakes_when_a_line_is_printed_and_waits_otherwise(agent: Agent) -> None:
     """A status call with wait=5 returns within 0.5 s of a new line; without news it waits."""
-    await agent.start(make_plan("t-poll", [step(1, "Slow", "sleep 1; echo late")]))
+    await agent.start(make_plan("t-poll", [step(1, "Slow", "sleep 1; echo late; sleep 1")]))
     await agent.gate("t-poll", 2, "step:1")
     started = await agent.line("t-poll", "step 'Slow' started")
     version = (await agent.status("t-poll", started["seq"]))["version"]
@@ -309,13 +310,13 @@ async def test_start_and_gate_are_idempotent(agent: Agent, tmp_path: Path) -> No
     assert (await agent.status("t-idem"))["state"] == "running"
     assert runs.read_text() == "run\n"
     await agent.run_gate("t-idem", 3, "step:2")
-    assert await agent.start(plan) == "done"
+    assert await agent.start(plan) == "success"
     error = await agent.error("task.gate", taskId="t-idem", gateIndex=2, gateName="step:9")
     assert "is 'step:1'" in error["message"]
 
 
 async def test_one_task_at_a_time_in_arrival_order(agent: Agent, tmp_path: Path) -> None:
-    """A second task waits queued, with its gate remembered, until the first is done."""
+    """A second task waits queued, with its gate remembered, until the first has ended."""
     order = tmp_path / "order"
     await agent.start(make_plan("t-first", [step(1, "A", f"echo first >> {order}")]))
     assert await agent.start(make_plan("t-second", [step(1, "B", f"echo second >> {order}")])) == "queued"
@@ -326,13 +327,13 @@ async def test_one_task_at_a_time_in_arrival_order(agent: Agent, tmp_path: Path)
 
     await agent.run_gate("t-first", 2, "step:1")
     assert (await agent.finished_gate("t-second", 2))["state"] == "success"
-    assert (await agent.status("t-first"))["state"] == "done"
-    assert (await agent.status("t-second"))["state"] == "done"
+    assert (await agent.status("t-first"))["state"] == "success"
+    assert (await agent.status("t-second"))["state"] == "success"
     assert order.read_text() == "first\nsecond\n"
 
 
 async def test_a_failed_step_fails_its_gate_and_releases_the_slot(agent: Agent, tmp_path: Path) -> None:
-    """exit 3 fails the gate with its exit code; the task is done, later gates do not run."""
+    """exit 3 fails the gate with its exit code; the task failed, later gates do not run."""
     never = tmp_path / "never"
     steps = [step(1, "Break", "echo trying; exit 3"), step(2, "After", f"touch {never}")]
     await agent.start(make_plan("t-fail", steps))
@@ -344,7 +345,7 @@ async def test_a_failed_step_fails_its_gate_and_releases_the_slot(agent: Agent, 
         "reason": "exit code 3",
     }
     assert (await agent.until("t-next", lambda s: s["state"] == "running"))["state"] == "running"
-    assert (await agent.status("t-fail"))["state"] == "done"
+    assert (await agent.status("t-fail"))["state"] == "failed"
     late = await agent.run_gate("t-fail", 3, "step:2")
     assert late["state"] == "failed"
     assert late["reason"].startswith("not run")
@@ -396,32 +397,32 @@ async def test_shutdown_cancels_a_long_step_and_a_queued_gate_survives(tmp_path:
 
     again = Agent(tmp_path / "state")
     stopped = await again.status("t-stop")
-    assert (stopped["state"], gate_of(stopped, 2)) == ("done", expected)
+    assert (stopped["state"], gate_of(stopped, 2)) == ("cancelled", expected)
     assert (await again.finished_gate("t-later", 2))["state"] == "success"
     assert "later" in texts(await again.log("t-later"), "stdout")
     await again.runner.shutdown(1)
 
 
 async def test_finish_ends_the_task_and_removes_its_work_folder(agent: Agent) -> None:
-    """task.finish after the last gate keeps the task done and deletes <state>/work/<taskId>."""
+    """task.finish after the last gate keeps the task's success and deletes <state>/work/<taskId>."""
     await agent.start(make_plan("t-finish", [step(1, "Write", "echo x > file")]))
     await agent.run_gate("t-finish", 2, "step:1")
     work = agent.state_dir / "work" / "t-finish"
     assert (work / "file").is_file()
-    assert await agent.call("task.finish", taskId="t-finish") == {"taskId": "t-finish", "state": "done"}
+    assert await agent.call("task.finish", taskId="t-finish") == {"taskId": "t-finish", "state": "success"}
     assert not work.exists()
-    assert await agent.call("task.finish", taskId="t-finish") == {"taskId": "t-finish", "state": "done"}
+    assert await agent.call("task.finish", taskId="t-finish") == {"taskId": "t-finish", "state": "success"}
 
 
-async def test_finish_during_a_step_stops_it_and_ends_the_task_done(agent: Agent) -> None:
-    """task.finish while a step runs terminates it; the gate reads cancelled and the task done."""
+async def test_finish_during_a_step_stops_it_and_ends_the_task_cancelled(agent: Agent) -> None:
+    """task.finish while a step runs terminates it; the gate and the task read cancelled."""
     await agent.start(make_plan("t-cut", [step(1, "Sleep", "echo sleeping; sleep 30")]))
     await agent.gate("t-cut", 2, "step:1")
     await agent.line("t-cut", "sleeping")
     await agent.call("task.finish", taskId="t-cut")
     gate = await agent.finished_gate("t-cut", 2)
     assert (gate["state"], gate["reason"]) == ("cancelled", "the server finished the task")
-    assert (await agent.until("t-cut", lambda s: s["state"] == "done"))["state"] == "done"
+    assert (await agent.until("t-cut", lambda s: s["state"] == "cancelled"))["state"] == "cancelled"
     work = agent.state_dir / "work" / "t-cut"
     for _ in range(40):  # removed just after the gate's result is saved
         if not work.exists():
@@ -500,7 +501,7 @@ async def test_a_step_interrupted_by_a_crash_is_unknown_and_never_run_again(tmp_
         agent = Agent(state)
         status = await agent.status("t-crash")
         reason = "tentacle restarted while step 'Deploy web' was running; its result is unknown"
-        assert status["state"] == "done"
+        assert status["state"] == "failed"
         assert gate_of(status, 2) == {"index": 2, "name": "step:1", "state": "unknown", "reason": reason}
         lines = await agent.log("t-crash")
         assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
@@ -540,7 +541,7 @@ def test_a_log_cut_mid_line_by_a_crash_continues_its_numbering(tmp_path: Path) -
     path = tmp_path / "log.jsonl"
     first = TaskLog(path)
     for number in range(3):
-        first.append(float(number), "stdout", "Step", f"line {number}")
+        first.append(float(number), LogStream.STDOUT, "Step", f"line {number}")
     saved_seq, saved_size = 2, len(path.read_bytes().splitlines(keepends=True)[0])
     first.close()
     with path.open("ab") as file:
@@ -548,7 +549,7 @@ def test_a_log_cut_mid_line_by_a_crash_continues_its_numbering(tmp_path: Path) -
 
     log = TaskLog.recover(path, saved_seq, saved_size)
     assert (log.next_seq, log.size) == (4, path.stat().st_size)
-    log.append(4.0, "stdout", "Step", "after restart")
+    log.append(4.0, LogStream.STDOUT, "Step", "after restart")
     log.close()
     lines, more = log.read_after(0, 10, 1000)
     assert ([line.seq for line in lines], more) == ([1, 2, 3, 4], False)
@@ -587,7 +588,7 @@ async def test_acquisition_then_steps_use_the_extracted_package(tmp_path: Path) 
     }
     extracted = agent.state_dir / "work" / "t-pkg" / "2-package" / "readme.txt"
     assert extracted.read_text() == "hello from Db\n"
-    assert (await agent.status("t-pkg"))["state"] == "done"
+    assert (await agent.status("t-pkg"))["state"] == "success"
     await agent.runner.shutdown(1)
 
 
@@ -611,7 +612,7 @@ async def test_acquisition_failures_fail_the_gate_naming_the_package(tmp_path: P
     await failing.start(make_plan("t-fails", steps))
     gate = await failing.run_gate("t-fails", 1, "acquisition")
     assert (gate["state"], gate["reason"]) == ("failed", "package Db 1.0.0: every mirror failed")
-    assert (await failing.status("t-fails"))["state"] == "done"
+    assert (await failing.status("t-fails"))["state"] == "failed"
     await failing.runner.shutdown(1)
 
 
@@ -642,9 +643,19 @@ async def test_bad_requests_are_errors_and_unknown_tasks_are_reported(agent: Age
     """Bad plans, ids, gates and parameters get error responses; status of an unknown task is not one."""
     plan = make_plan("t-ok", [step(1, "A", "true")]).to_json()
     error = await agent.error("task.start", plan={**plan, "steps": "nope"})
-    assert (error["code"], "steps" in error["message"]) == ("TaskRequestError", True)
+    assert (error["code"], error["message"]) == (
+        "MessageError",
+        "params.plan.steps: expected a list, got a string",
+    )
     error = await agent.error("task.start", plan={**plan, "taskId": "../escape"})
-    assert "plan.taskId" in error["message"]
+    assert error["message"].startswith("params.plan.taskId: must be 1-200 letters")
+    steps = make_plan("t-ok", [step(2, "B", "true"), step(3, "A", "true")]).to_json()["steps"]
+    steps[1]["index"] = 1
+    error = await agent.error("task.start", plan={**plan, "steps": steps})
+    assert error["message"] == "params.plan.steps[1].index: must be greater than the previous step's"
+    del steps[0]["phase"]
+    error = await agent.error("task.start", plan={**plan, "steps": steps})
+    assert error["message"].startswith("params.plan.steps[0].phase: required")
     assert not (agent.state_dir / "escape").exists()
 
     error = await agent.error("task.gate", taskId="t-nobody", gateIndex=0, gateName="preAcquisition")

@@ -21,7 +21,6 @@ from tentacle.protocol.rpc_messages import (
     NoParams,
     StatusParams,
     StatusResult,
-    TentacleTaskState,
 )
 from tests.conftest import LiveServer, Tentacles, eventually, start_server, stop_server
 from tests.deploying import apply, deploy, release, step, wait_task
@@ -171,7 +170,7 @@ async def test_a_malformed_answer_fails_its_task_naming_the_machine_and_path(
         line = LogLine(seq=2**70, time=time.time(), stream=LogStream.STDOUT, step="", text="x")
         return StatusResult(
             task_id=params.task_id,
-            state=TentacleTaskState.RUNNING,
+            state="running",
             version=1,
             gates=[],
             log=[line],

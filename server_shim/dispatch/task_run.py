@@ -46,13 +46,13 @@ from tentacle.protocol.rpc_messages import (
     TASK_GATE,
     TASK_START,
     TASK_STATUS,
+    UNKNOWN_TASK,
     Call,
     GateParams,
     StartParams,
     StatusParams,
     StatusResult,
     StopParams,
-    TentacleTaskState,
 )
 from tentacle.protocol.states import GateState
 from tentacle.protocol.wire import Wire
@@ -238,7 +238,7 @@ class TaskRun:
 
     async def _follow(self, name: str) -> None:
         """Start the target, then relay its log and gate results."""
-        start = StartParams(plan=self.record.plans[name].to_json())
+        start = StartParams(plan=self.record.plans[name])
         since = await books.write(self.host.db, log_rows.last_machine_seq, self.task_id, name)
         version, started = 0, False
         while not self.finished.is_set():
@@ -250,7 +250,7 @@ class TaskRun:
             status = await self.host.call_until(self, name, TASK_STATUS, params, timeout=STATUS_WAIT + 15)
             since = await self.relay(name, status, since)
             version = status.version
-            if status.state is TentacleTaskState.UNKNOWN_TASK:
+            if status.state == UNKNOWN_TASK:
                 if self.opened[name]:
                     raise TargetGone("the tentacle has no record of this task (its state was lost)")
                 started = False

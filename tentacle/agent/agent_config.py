@@ -14,6 +14,10 @@
     host = "0.0.0.0"
     port = 10933                    # 0: a free port at each start, which the server is told
 
+    [tasks]
+    stop_grace = 45                 # seconds a running step gets when the agent stops
+    log_limit_bytes = 67108864        # one task's log on disk (64 MiB); output beyond is counted, not kept
+
     [packages]
     parallelism = 4                 # packages acquired at once
     min_free_share = 0.2            # evict cached packages below this share of free space
@@ -84,13 +88,18 @@ class HeartbeatConfig:
 
 @dataclass(frozen=True)
 class TasksConfig:
-    """How the agent treats running steps when it stops (seconds)."""
+    """How the agent treats running steps when it stops (seconds), and how much log a task keeps (bytes)."""
 
     stop_grace: float = 45.0
+    log_limit_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 0 <= self.stop_grace <= 3600:
             raise ValueError(f"tasks.stop_grace: must be 0-3600 seconds, not {self.stop_grace}")
+        if not 64 * 1024 <= self.log_limit_bytes <= 2**40:
+            raise ValueError(
+                f"tasks.log_limit_bytes: must be 65536 (64 KiB) to 2**40 bytes, not {self.log_limit_bytes}"
+            )
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ class Agent:
             self.packages.acquire,
             parallelism=self.config.packages.parallelism,
             on_end=self.packages.release,
+            log_limit_bytes=self.config.tasks.log_limit_bytes,
         )
         self.runner.register(self.service)
         self.stop = asyncio.Event()
@@ -143,6 +144,7 @@ class Agent:
 
     async def serve(self) -> None:
         """Run until `stop` is set."""
+        await self.packages.sweep()  # before a resumed task may download again
         await self.runner.start()  # the tasks on disk, loaded off the loop, before any request
         await self.start()
         self.started.set()
@@ -244,6 +246,12 @@ class Packages:
                 mirrors = self.config.packages.mirrors
                 self._acquirer = Acquirer(self.cache(), ctx, mirrors, feed, server_pins=pins)
         return self._acquirer
+
+    async def sweep(self) -> None:
+        """Remove what interrupted downloads left in the cache (tentacle.packages.leftovers)."""
+        from tentacle.packages.leftovers import sweep_cache  # the standard library only
+
+        await asyncio.to_thread(sweep_cache, self.paths.state / "packages")
 
     async def acquire(self, plan: Plan, package: PlannedPackage) -> Path:
         """The task runner's `acquire`: the verified file of one package."""

@@ -1,20 +1,13 @@
 """The tentacle's service layer: what the server can ask, whatever the transport.
 
 Both transports hand every decoded `Request` to `Service.handle` and send back the
-`Response` it returns. The service reads the params into the method's struct
-(`tentacle.protocol.rpc_messages`) and sends the handler's result struct; params that
-do not fit are an error response naming the path (``params.gateIndex: expected an
-integer``). A handler raising `TentacleError` becomes an error response with its
-message; anything else is a bug, logged with its traceback, and answered with a
-generic error so that no internals leak to the peer.
-
-Two kinds of handler::
-
-    serve(call, handler)       params struct in, result struct out
-    register(method, handler)  plain dicts in and out (the task runner's, for now): the
-                               params struct as JSON values (camelCase, defaults filled
-                               in); the dict it returns is checked against the result
-                               struct before it is sent, so the wire stays typed
+`Response` it returns. A handler is typed (`serve(call, handler)`): the service reads
+the params into the method's struct (`tentacle.protocol.rpc_messages`) and sends the
+result struct the handler returns; params that do not fit are an error response naming
+the path (``params.gateIndex: expected an integer``) and never reach the handler. A
+handler raising `TentacleError` becomes an error response with its message; anything
+else is a bug, logged with its traceback, and answered with a generic error so that no
+internals leak to the peer.
 """
 
 from __future__ import annotations
@@ -28,22 +21,17 @@ from tentacle import __version__
 from tentacle.common.logs import event
 from tentacle.errors import TentacleError
 from tentacle.protocol.messages import Method, Request, Response
-from tentacle.protocol.rpc_messages import CALLS, PING, Call, Mode, NoParams, PingResult, read_params
-from tentacle.protocol.wire import Wire, WireError, convert, to_builtins
+from tentacle.protocol.rpc_messages import PING, Call, Mode, NoParams, PingResult, read_params
+from tentacle.protocol.wire import Wire
 
 log = logging.getLogger("tentacle.agent.rpc")
-DictHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 Answer = Callable[[Request], Awaitable[Wire]]
 P = TypeVar("P", bound=Wire)
 R = TypeVar("R", bound=Wire)
 
 
-class _BadResult(Exception):
-    """A dict handler returned what its result struct refuses: a bug of this program."""
-
-
 class Service:
-    """Routes requests to handlers by method; `serve` and `register` add the methods of later layers."""
+    """Routes requests to handlers by method; `serve` adds the methods of later layers."""
 
     def __init__(self, name: str, mode: str) -> None:
         if mode not in get_args(Mode):
@@ -59,20 +47,6 @@ class Service:
 
         async def answer(request: Request) -> Wire:
             return await handler(read_params(call, request))
-
-        self._answers[call.method] = answer
-
-    def register(self, method: str, handler: DictHandler) -> None:
-        """Serve ``method`` with a handler of plain dicts (raises ValueError for an unknown method)."""
-        call = CALLS[Method(method)]
-
-        async def answer(request: Request) -> Wire:
-            result = await handler(to_builtins(read_params(call, request)))
-            try:
-                checked: Wire = convert(result, call.result, what="result")
-            except WireError as exc:
-                raise _BadResult(f"{method} answered {exc.message}") from exc
-            return checked
 
         self._answers[call.method] = answer
 

@@ -10,7 +10,9 @@ A download is written into its partial (tentacle.packages.partial: `Partial`, an
 `PartialWriter`, which hashes every byte as it is written). The fetch ends with one
 fsync; its size and SHA-512 are compared with the plan, and only then is the file renamed
 under ``sha512/`` (and the directory fsynced). A crash at any point leaves at worst a
-``.part``, which the next download resumes (and verifies) or `evict` removes once it is old.
+``.part``, which the next download resumes (and verifies); what else an interrupted
+download leaves (old partials, half-written validators) goes at the daemon's start and
+after every failed download (tentacle.packages.leftovers).
 
 `PackageCache.get` shares one download between every caller that wants the same file at
 the same time. A file's modification time is its least-recently-used record (touched on
@@ -26,7 +28,6 @@ import logging
 import os
 import re
 import shutil
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Protocol
 
 from tentacle.common.atomicfile import fsync_directory
 from tentacle.common.logs import event
+from tentacle.packages.leftovers import PARTIAL_MAX_AGE, sweep_cache
 from tentacle.packages.partial import CacheError, Digest, Partial
 from tentacle.protocol.plan import PlannedPackage
 
@@ -46,8 +48,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SHA512 = re.compile(r"[0-9a-f]{128}")
-# A partial nobody resumed for this long is abandoned.
-PARTIAL_MAX_AGE = 24 * 3600.0
 
 
 class DiskUsage(Protocol):
@@ -177,9 +177,13 @@ class PackageCache:
         """Leased and downloading SHA-512s (read on the event loop, used in a thread)."""
         return frozenset(self._leases) | frozenset(self._inflight)
 
+    def sweep(self) -> None:
+        """Remove what interrupted downloads left (not those under way; blocking: for a thread)."""
+        sweep_cache(self.root, self.partial_max_age, self._held())
+
     def _evict(self, reserve: int, held: frozenset[str]) -> list[str]:
         """`evict` with the held set taken on the event loop (this runs in a thread too)."""
-        self._remove_stale_partials(held)
+        sweep_cache(self.root, self.partial_max_age, held)
         removed: list[str] = []
         for sha512, path in self._files_oldest_first():
             if self._has_room(reserve):
@@ -204,15 +208,6 @@ class PackageCache:
                     entries.append((path.stat().st_mtime, path.name, path))
         return [(sha512, path) for _, sha512, path in sorted(entries)]
 
-    def _remove_stale_partials(self, held: frozenset[str]) -> None:
-        """Remove partials nobody downloads that were not touched for `partial_max_age`."""
-        cutoff = time.time() - self.partial_max_age
-        for path in (self.root / "partial").glob("*.part"):
-            sha512 = path.name.removesuffix(".part")
-            with contextlib.suppress(FileNotFoundError):
-                if sha512 not in held and path.stat().st_mtime < cutoff:
-                    Partial(path).discard()
-
     def _hit(self, pkg: PlannedPackage) -> Path | None:
         """The cached file if its size is right; a wrong one (tampered) is removed."""
         path = self.path_if_cached(pkg.sha512)
@@ -234,7 +229,12 @@ class PackageCache:
         await asyncio.to_thread(self._evict, pkg.size, self._held())
         partial = self.partial(pkg.sha512)
         partial.path.parent.mkdir(parents=True, exist_ok=True)
-        digest = await fetch(pkg, partial)
+        try:
+            digest = await fetch(pkg, partial)
+        except BaseException:
+            # The partial stays for a resume; what else the failure (or earlier ones) left goes.
+            await asyncio.shield(asyncio.to_thread(self._after_failure, partial, self._held() - {pkg.sha512}))
+            raise
         if digest != Digest(pkg.sha512, pkg.size):
             partial.discard()
             raise CacheError(
@@ -242,6 +242,12 @@ class PackageCache:
                 f"expected {pkg.size} bytes with sha512 {pkg.sha512[:16]}…"
             )
         return await asyncio.to_thread(self._store, partial, pkg.sha512)
+
+    def _after_failure(self, partial: Partial, held: frozenset[str]) -> None:
+        """A download failed: its half-written validator and the cache's other litter go."""
+        with contextlib.suppress(OSError):
+            partial.temporary.unlink(missing_ok=True)
+        sweep_cache(self.root, self.partial_max_age, held | {partial.path.name.removesuffix(".part")})
 
     def _store(self, partial: Partial, sha512: str) -> Path:
         """Rename a verified partial into place, durably; the file becomes read-only."""

@@ -7,7 +7,8 @@ minutes. A partial is resumed with ``Range: bytes=N-`` and ``If-Range: <validato
 bytes came with>`` on the same mirror (after a cut) or on the next; a ``200`` answer to
 that means start over. At the end, size and SHA-512 must match the plan: a mismatch
 discards the partial and demotes the mirror. When every mirror failed, `AcquisitionError`
-names each with its reason.
+names each with its reason; it is `retryable` when every mirror's last failure may pass
+(unreachable, cut, HTTP 5xx or 429), not when one refused us or served other bytes.
 
 The body is read in a worker thread straight from the TLS socket into the partial
 writer's buffers (`_Body`, `PartialWriter`): no event-loop hop and no copy per chunk.
@@ -15,7 +16,7 @@ writer's buffers (`_Body`, `PartialWriter`): no event-loop hop and no copy per c
 Errors (see tentacle.errors)::
 
     TentacleError
-    └── AcquisitionError      retryable: every source of a package failed
+    └── AcquisitionError      every source of a package failed (retryable when each may recover)
 """
 
 from __future__ import annotations
@@ -28,13 +29,21 @@ import socket
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 from tentacle.common.logs import event
 from tentacle.errors import TentacleError
 from tentacle.net.failures import CONNECTION_ERRORS, NETWORK_ERRORS
 from tentacle.net.pinned import in_thread
-from tentacle.packages.mirror_client import MirrorClient, MirrorFailure, MirrorRequest, http_reason
+from tentacle.packages.mirror_client import (
+    MirrorClient,
+    MirrorFailure,
+    MirrorRequest,
+    http_reason,
+    network_failure,
+    transient_status,
+)
 from tentacle.packages.mirror_ranking import MirrorRanker
 from tentacle.packages.partial import Digest, Partial, PartialWriter
 from tentacle.protocol.nuget_versions import InvalidVersion, NuGetVersion
@@ -44,6 +53,7 @@ __all__ = [
     "AcquisitionError",
     "Attempt",
     "DownloadReport",
+    "PushCut",
     "download",
     "package_path",
 ]
@@ -56,9 +66,20 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class AcquisitionError(TentacleError):
-    """No source could deliver a package; the message names each source and why it failed."""
+    """No source could deliver a package; the message names each source and why it failed.
 
-    retryable = True
+    ``retryable``: every source failed in a way that may pass (trying later may work).
+    """
+
+    def __init__(
+        self, message: str, *, details: dict[str, Any] | None = None, retryable: bool = False
+    ) -> None:
+        super().__init__(message, details=details)
+        self.retryable = retryable
+
+
+class PushCut(AcquisitionError):
+    """The server's push to a listening tentacle was cut; the partial keeps what came."""
 
 
 def package_path(pkg: PlannedPackage) -> str:
@@ -86,6 +107,7 @@ class Attempt:
     resumed_from: int
     received: int
     error: str | None = None
+    transient: bool = False
 
 
 @dataclass
@@ -138,26 +160,31 @@ async def _try_mirror(
 ) -> Digest | None:
     """Up to MAX_TRIES_PER_MIRROR requests to one mirror; the digest, or None to move on."""
     for _ in range(MAX_TRIES_PER_MIRROR):
-        transfer: _Transfer | None = None
         try:
             url = await ranker.base_address(client, mirror) + package_path(pkg)
-            transfer = _Transfer(pkg, url, partial, client)
+        except MirrorFailure as exc:  # what the ranker knows already: no news to tell it
+            _failed(pkg, Attempt(mirror, 0, 0, exc.reason, transient=exc.transient), attempts)
+            return None
+        transfer = _Transfer(pkg, url, partial, client)
+        try:
             digest = await in_thread(transfer.run, transfer.cancel, "tentacle-pull")
             digest = _verify(pkg, mirror, partial, digest, ranker, resumed=transfer.resumed_from > 0)
         except MirrorFailure as exc:
-            attempts.append(
-                transfer.attempt(mirror, exc.reason) if transfer else Attempt(mirror, 0, 0, exc.reason)
-            )
-            event(
-                log, "package.mirror_failed", logging.WARNING, package=pkg.id, mirror=mirror, error=exc.reason
-            )
+            _failed(pkg, transfer.attempt(mirror, exc), attempts)
             if not exc.again:
-                ranker.failed(mirror, exc.reason)
+                ranker.failed(mirror, exc.reason, transient=exc.transient)
                 return None
             continue
         attempts.append(transfer.attempt(mirror, None))
         return digest
     return None
+
+
+def _failed(pkg: PlannedPackage, attempt: Attempt, attempts: list[Attempt]) -> None:
+    """Record and log one failed attempt."""
+    attempts.append(attempt)
+    mirror, error = attempt.mirror, attempt.error
+    event(log, "package.mirror_failed", logging.WARNING, package=pkg.id, mirror=mirror, error=error)
 
 
 class _Transfer:
@@ -173,9 +200,11 @@ class _Transfer:
         self.received = 0
         self._request = MirrorRequest(client, client.timeouts.stall)
 
-    def attempt(self, mirror: str, error: str | None) -> Attempt:
-        """This transfer as a finished `Attempt`."""
-        return Attempt(mirror, self.resumed_from, self.received, error)
+    def attempt(self, mirror: str, failure: MirrorFailure | None) -> Attempt:
+        """This transfer as a finished `Attempt` (with how it failed, if it did)."""
+        if failure is None:
+            return Attempt(mirror, self.resumed_from, self.received)
+        return Attempt(mirror, self.resumed_from, self.received, failure.reason, failure.transient)
 
     def cancel(self) -> None:
         """Stop from another thread."""
@@ -190,9 +219,8 @@ class _Transfer:
             if self.received:
                 reason = f"cut after {self.received} bytes: {reason}"
             # A cut that made progress is worth resuming here; a stall is not (move on).
-            raise MirrorFailure(
-                reason, again=self.received > 0 and not isinstance(exc, TimeoutError)
-            ) from exc
+            again = self.received > 0 and not isinstance(exc, TimeoutError)
+            raise network_failure(reason, exc, again=again) from exc
         finally:
             self._request.close()
 
@@ -300,7 +328,8 @@ def _start_offset(response: http.client.HTTPResponse, pkg: PlannedPackage, offse
         if response.length is not None and response.length != pkg.size:
             raise MirrorFailure(f"serves {response.length} bytes, the package has {pkg.size}")
         return 0  # a 200 to a Range request: the file changed or ranges are not served
-    raise MirrorFailure(http_reason(response.status, response.read(64 * 1024)))
+    status = response.status
+    raise MirrorFailure(http_reason(status, response.read(64 * 1024)), transient=transient_status(status))
 
 
 def _verify(
@@ -320,10 +349,13 @@ def _verify(
 def _all_failed(pkg: PlannedPackage, attempts: list[Attempt]) -> AcquisitionError:
     """The error naming each mirror tried (in the order tried) with its last reason."""
     reasons: dict[str, str] = {}
+    transient: dict[str, bool] = {}
     for attempt in attempts:
         reasons[attempt.mirror] = attempt.error or "failed"
+        transient[attempt.mirror] = attempt.transient
     listed = "; ".join(f"{mirror}: {reason}" for mirror, reason in reasons.items())
     return AcquisitionError(
         f"{pkg.id} {pkg.version}: {listed or 'no mirror candidates'}",
         details={"package": pkg.id, "version": pkg.version, "mirrors": reasons},
+        retryable=bool(transient) and all(transient.values()),
     )

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
+from tentacle.errors import TrustError
 from tentacle.net.pinned import PinnedConnection
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "MirrorRequest",
     "Timeouts",
     "http_reason",
+    "network_failure",
+    "transient_status",
 ]
 
 MAX_REDIRECTS = 5
@@ -46,11 +49,24 @@ _ERROR_PAGE_TITLE = re.compile(rb"<title>([^<]{1,200})</title>", re.IGNORECASE)
 class MirrorFailure(Exception):
     """One mirror failed one attempt (internal: collected into AcquisitionError)."""
 
-    def __init__(self, reason: str, *, again: bool = False) -> None:
-        """`again`: trying the same mirror once more may work (a cut after progress)."""
+    def __init__(self, reason: str, *, again: bool = False, transient: bool = False) -> None:
+        """`again`: trying the same mirror once more may work at once (a cut after progress);
+        `transient`: the mirror may work later (unreachable, cut, busy: HTTP 5xx or 429),
+        unlike one that refused us or served other bytes."""
         super().__init__(reason)
         self.reason = reason
         self.again = again
+        self.transient = transient or again
+
+
+def transient_status(status: int) -> bool:
+    """Whether an HTTP status says "not now" rather than "no" (5xx, 408, 429)."""
+    return status >= 500 or status in (408, 429)
+
+
+def network_failure(reason: str, exc: BaseException, *, again: bool = False) -> MirrorFailure:
+    """The failure for a network error: transient, unless the peer was not the one pinned or trusted."""
+    return MirrorFailure(reason, again=again, transient=not isinstance(exc, TrustError))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,14 @@ from urllib.parse import urljoin
 
 from tentacle.common.logs import event
 from tentacle.net.failures import CONNECTION_ERRORS
-from tentacle.packages.mirror_client import MirrorClient, MirrorFailure, MirrorRequest, http_reason
+from tentacle.packages.mirror_client import (
+    MirrorClient,
+    MirrorFailure,
+    MirrorRequest,
+    http_reason,
+    network_failure,
+    transient_status,
+)
 
 __all__ = ["MirrorRanker", "package_base_address"]
 
@@ -50,12 +57,13 @@ def _fetch_index(client: MirrorClient, url: str) -> object:
         response = request.open(url, {})
         body = response.read(MAX_INDEX_BYTES)
         if response.status != 200:
-            raise MirrorFailure(http_reason(response.status, body))
+            status = response.status
+            raise MirrorFailure(http_reason(status, body), transient=transient_status(status))
         return json.loads(body)
     except ValueError as exc:
         raise MirrorFailure(f"service index is not JSON: {exc}") from exc
     except CONNECTION_ERRORS as exc:
-        raise MirrorFailure(request.describe(exc)) from exc
+        raise network_failure(request.describe(exc), exc) from exc
     finally:
         request.close()
 
@@ -68,6 +76,7 @@ class _Measure:
     latency: float | None = None
     base: str | None = None
     error: str | None = None
+    transient: bool = False  # the error may pass (see MirrorFailure)
 
 
 class MirrorRanker:
@@ -123,13 +132,14 @@ class MirrorRanker:
         if measure is None or not self._fresh(mirror, ttl):
             measure = await asyncio.shield(self._probe_once(client, mirror))
         if measure.base is None:
-            raise MirrorFailure(measure.error or "no service index")
+            raise MirrorFailure(measure.error or "no service index", transient=measure.transient)
         return measure.base
 
-    def failed(self, mirror: str, reason: str) -> None:
+    def failed(self, mirror: str, reason: str, *, transient: bool = False) -> None:
         """Rank `mirror` behind the healthy ones until it is measured again."""
         known = self._measures.get(mirror)
-        self._measures[mirror] = _Measure(self._clock(), base=known.base if known else None, error=reason)
+        base = known.base if known else None
+        self._measures[mirror] = _Measure(self._clock(), base=base, error=reason, transient=transient)
 
     def demote(self, mirror: str, reason: str) -> None:
         """`mirror` served bytes that do not match: rank it last for `ttl`."""
@@ -171,7 +181,7 @@ class MirrorRanker:
             base = package_base_address(mirror, document)
             measure = _Measure(self._clock(), self._clock() - start, base)
         except MirrorFailure as exc:
-            measure = _Measure(self._clock(), error=exc.reason)
+            measure = _Measure(self._clock(), error=exc.reason, transient=exc.transient)
             event(log, "package.mirror_probe_failed", logging.INFO, mirror=mirror, error=exc.reason)
         self._measures[mirror] = measure
         return measure

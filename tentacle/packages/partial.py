@@ -62,6 +62,7 @@ class Partial:
         """The partial at `path`; its validator lives beside it in ``<path>.json``."""
         self.path = path
         self.meta = path.with_name(path.name + ".json")
+        self.temporary = self.meta.with_name(self.meta.name + ".tmp")  # the validator being written
 
     def size(self) -> int:
         """Bytes already in the partial (0 when there is none)."""
@@ -84,12 +85,13 @@ class Partial:
             self.meta.unlink(missing_ok=True)
             return
         body = json.dumps({"validator": validator, "url": url})
-        temporary = self.meta.with_name(self.meta.name + ".tmp")
         try:
             # Renamed into place, not fsynced: a lost validator only costs a fresh start.
-            temporary.write_text(body)
-            os.replace(temporary, self.meta)
+            self.temporary.write_text(body)
+            os.replace(self.temporary, self.meta)
         except OSError as exc:
+            with contextlib.suppress(OSError):  # a full disk leaves a half-written one
+                self.temporary.unlink(missing_ok=True)
             raise CacheError(f"{self.meta}: cannot write: {exc.strerror or exc}") from exc
 
     def discard(self) -> None:

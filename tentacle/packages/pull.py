@@ -3,6 +3,11 @@
 How it works. `Acquirer` is what the task runner calls per package: a cached file costs
 no network; "pull" tries the tentacle's own mirrors for the feed, then the plan's; "push"
 fetches from the server's built-in feed (the same protocol, over the same mutual TLS).
+A fetch from the server that fails in a way that may pass (the server restarting, the
+connection cut, HTTP 5xx) is tried again, with the polling connection's backoff (1, 2,
+4 ... 60 s, jittered), for as long as the task wants the package (its cancellation
+stops it), resuming the partial each time; so is a push cut under it. Mirrors are failed
+over fast instead, and the last failure fails the acquisition.
 The pieces it drives:
 
 - tentacle.packages.mirror_ranking: `MirrorRanker` orders the mirror candidates (URLs
@@ -18,11 +23,12 @@ The pieces it drives:
 Errors (see tentacle.errors; this one is defined in tentacle.packages.download)::
 
     TentacleError
-    └── AcquisitionError      retryable: every source of a package failed
+    └── AcquisitionError      every source of a package failed (retryable when each may recover)
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Mapping, Sequence
@@ -36,6 +42,7 @@ from tentacle.packages.download import AcquisitionError, DownloadReport, downloa
 from tentacle.packages.mirror_client import MirrorClient, Timeouts
 from tentacle.packages.mirror_ranking import MirrorRanker
 from tentacle.packages.partial import CacheError, Digest, Partial
+from tentacle.protocol.backoff import Backoff
 from tentacle.protocol.plan import Plan, PlannedPackage
 
 __all__ = ["Acquirer"]
@@ -60,8 +67,10 @@ class Acquirer:
         server_pins: frozenset[str] = frozenset(),
         ranker: MirrorRanker | None = None,
         timeouts: Timeouts = Timeouts(),  # noqa: B008 - frozen (immutable): one shared default is safe
+        backoff: Backoff | None = None,
     ) -> None:
-        """`local_mirrors`: the tentacle's own mirrors per feed name, tried before the plan's."""
+        """`local_mirrors`: the tentacle's own mirrors per feed name, tried before the plan's;
+        ``backoff``: the schedule of a fetch from the server tried again (a fresh one per package)."""
         self.cache = cache
         pins = {}
         if server_feed_url and server_pins:
@@ -72,6 +81,7 @@ class Acquirer:
         self.ranker = ranker or MirrorRanker()
         self.reports: dict[str, DownloadReport] = {}
         self._leases: dict[str, ExitStack] = {}
+        self._backoff = backoff
 
     async def __call__(self, plan: Plan, pkg: PlannedPackage) -> Path:
         """The verified file of `pkg`, leased for `plan`'s task; AcquisitionError if none came.
@@ -81,7 +91,32 @@ class Acquirer:
         leases = self._leases.setdefault(plan.task_id, ExitStack())
         try:
             leases.enter_context(self.cache.lease(pkg.sha512))
-            return await self.cache.get(pkg, self._fetch, fresh=bool(plan.force_package_redeployment))
+        except CacheError as exc:
+            raise AcquisitionError(f"{pkg.id} {pkg.version}: {exc.message}") from exc
+        backoff = self._backoff or Backoff()
+        fresh = bool(plan.force_package_redeployment)
+        while True:
+            try:
+                return await self._get(pkg, fresh)
+            except AcquisitionError as exc:
+                if pkg.acquisition != "push" or not exc.retryable:
+                    raise
+                delay = backoff.next_delay()
+                event(
+                    log,
+                    "package.fetch_retry",
+                    logging.WARNING,
+                    package=pkg.id,
+                    version=pkg.version,
+                    retry_in=f"{delay:.1f}",
+                    reason=exc.message,
+                )
+                await asyncio.sleep(delay)
+
+    async def _get(self, pkg: PlannedPackage, fresh: bool) -> Path:
+        """One try: the cached file (unless `fresh`), a download under way (a push), or a new fetch."""
+        try:
+            return await self.cache.get(pkg, self._fetch, fresh=fresh)
         except CacheError as exc:
             raise AcquisitionError(f"{pkg.id} {pkg.version}: {exc.message}") from exc
 

@@ -19,7 +19,8 @@ The package must be one of the task's plan (the task was started first), so the 
 gives its size and hash and nothing else can be written. The bytes go through the same
 `PackageCache.get` as a pull: into the partial, hashed as they are written, verified,
 fsynced, renamed. A cut keeps the partial, and the server's next PUT resumes it. If the
-push never arrives, the acquisition falls back to fetching from the server's feed.
+push never arrives, the acquisition falls back to fetching from the server's feed; one
+that waited for a push that was cut (`PushCut`, retryable) fetches, with its backoff.
 
 Why a header of our own rather than Content-Encoding: aiohttp decodes request bodies by
 Content-Encoding itself and, on Python 3.11, has no zstd; the body here is ours to decode,
@@ -115,6 +116,7 @@ class PackageReceiver:
 
     async def put(self, request: web.Request) -> web.Response:
         """Receive (the rest of) a package into the cache."""
+        from tentacle.packages.download import AcquisitionError, PushCut
         from tentacle.packages.partial import CacheError
 
         pkg = self._package(request)
@@ -136,14 +138,21 @@ class PackageReceiver:
             return _problem(400, "bad-offset", f"{OFFSET}: must be 0-{pkg.size}")
 
         async def fetch(planned: PlannedPackage, partial: Partial) -> Digest:
-            return await _receive(request, planned, partial, offset, encoding == "zstd")
+            try:
+                return await _receive(request, planned, partial, offset, encoding == "zstd")
+            except CUT as exc:  # whoever waits for this download (an acquisition) hears it may retry
+                raise PushCut(
+                    f"the server's push was cut: {exc or type(exc).__name__}", retryable=True
+                ) from exc
 
         try:
             path = await self.cache.get(pkg, fetch)
-        except CUT as exc:
+        except PushCut as exc:
             kept = self.cache.partial(pkg.sha512).size()
-            event(log, "package.push_cut", logging.WARNING, package=pkg.id, kept=kept, reason=str(exc))
-            return _problem(400, "cut", f"the body was cut: {exc}", kept)
+            event(log, "package.push_cut", logging.WARNING, package=pkg.id, kept=kept, reason=exc.message)
+            return _problem(400, "cut", exc.message, kept)
+        except AcquisitionError as exc:  # the download this push joined (a fetch from the feed) failed
+            return _problem(503, "unavailable", exc.message)
         except _BadBody as exc:
             return _problem(422, "bad-body", str(exc))
         except CacheError as exc:

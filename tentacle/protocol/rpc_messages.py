@@ -9,8 +9,11 @@ The methods (camelCase on the wire; ``?`` marks a field with a default)::
     task.cancel  {taskId}                              -> {taskId, state}
     task.finish  {taskId}                              -> {taskId, state}
 
-A task the tentacle does not know reads ``unknown-task`` in task.status, task.cancel and
-task.finish (`unknown_task_status`); task.gate answers it with an error.
+A task's state is `tentacle.protocol.states.TaskState`, the one vocabulary of the server,
+the API and the tentacle; a task the tentacle does not know reads ``unknown-task`` (and
+only that) in task.status, task.cancel and task.finish (`unknown_task_status`); task.gate
+answers it with an error. task.start's plan is a `Plan`: decoding checks its shape, and
+`read_params` then its rules (`check_start`), so a handler only ever sees a valid plan.
 
 Bounds live in the types: counters (``seq``, ``index``, ``version``) are integers from
 0 to 2**53, the largest every JSON reader keeps exact, so a rogue peer's ``seq = 2**70``
@@ -22,6 +25,8 @@ the raw bodies of the envelope (`tentacle.protocol.messages`) into them. Pure.
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Final, Generic, Literal, TypeVar
@@ -30,8 +35,9 @@ import msgspec
 
 from tentacle.errors import RemoteError
 from tentacle.protocol.messages import MessageError, Method, Request, Response, parse
+from tentacle.protocol.plan import Plan, PlanError
 from tentacle.protocol.process import MAX_STEPS
-from tentacle.protocol.states import ACQUISITION, PRE_ACQUISITION, GateState
+from tentacle.protocol.states import ACQUISITION, PRE_ACQUISITION, GateState, TaskState
 from tentacle.protocol.wire import Wire
 
 MAX_SAFE_INTEGER: Final = 2**53
@@ -43,8 +49,10 @@ MAX_GATES: Final = MAX_STEPS + 2  # a step gate per step, preAcquisition and acq
 MAX_TEXT: Final = 1024 * 1024
 MAX_NAME: Final = 4096  # a step's name is at most 200 characters, before masking
 
+# A task id names folders on the tentacle: one plain path component, never "." or "..".
+TASK_ID: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INTEGER)]
-TaskId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")]
+TaskId = Annotated[str, msgspec.Meta(pattern=TASK_ID)]
 GateName = Annotated[
     str, msgspec.Meta(pattern=rf"^({PRE_ACQUISITION}|{ACQUISITION}|step:(0|[1-9][0-9]{{0,5}}))$")
 ]
@@ -55,19 +63,11 @@ P = TypeVar("P", bound=Wire)
 R = TypeVar("R", bound=Wire)
 
 
-class TentacleTaskState(StrEnum):
-    """A task's state as the tentacle running it reports it.
-
-    Not `tentacle.protocol.states.TaskState`: a tentacle's task ends ``done`` (it holds no
-    slot any more) whatever its gates did, since success or failure is the server's call,
-    made from the gates; and ``unknown-task`` answers for a task it has no record of.
-    """
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    CANCELLED = "cancelled"
-    UNKNOWN_TASK = "unknown-task"
+UNKNOWN_TASK: Final = "unknown-task"
+# What task.status, task.cancel and task.finish answer: a `TaskState`, or UNKNOWN_TASK for
+# an id the tentacle has no record of. Spelled out because msgspec takes one string-like
+# type per field (not an enum and a Literal together); a test keeps it in step with TaskState.
+ReportedState = Literal["queued", "running", "success", "failed", "cancelled", "unknown-task"]
 
 
 class LogStream(StrEnum):
@@ -92,16 +92,16 @@ class PingResult(Wire, frozen=True):
 
 
 class StartParams(Wire, frozen=True):
-    """task.start: the target's plan, as the JSON object `Plan.from_json` reads."""
+    """task.start: the target's plan (its rules checked by `check_start` as it is read)."""
 
-    plan: dict[str, Any]
+    plan: Plan
 
 
 class StartResult(Wire, frozen=True):
     """task.start: the task's state now (a repeat answers the current state)."""
 
     task_id: TaskId
-    state: TentacleTaskState
+    state: TaskState
 
 
 class GateParams(Wire, frozen=True):
@@ -151,7 +151,7 @@ class StatusResult(Wire, frozen=True):
     """task.status: the task's state, its started gates, and log lines; ``more``: lines are waiting."""
 
     task_id: TaskId
-    state: TentacleTaskState
+    state: ReportedState
     version: Count
     gates: Annotated[list[GateReport], msgspec.Meta(max_length=MAX_GATES)]
     log: Annotated[list[LogLine], msgspec.Meta(max_length=MAX_LOG_LINES)]
@@ -168,14 +168,17 @@ class StopResult(Wire, frozen=True):
     """task.cancel and task.finish: the task's state now, or ``unknown-task``."""
 
     task_id: TaskId
-    state: TentacleTaskState
+    state: ReportedState
+
+
+def reported(state: TaskState) -> ReportedState:
+    """A known task's state as task.status, task.cancel and task.finish report it."""
+    return state.value
 
 
 def unknown_task_status(task_id: str) -> StatusResult:
     """The task.status answer for a task this tentacle has no record of."""
-    return StatusResult(
-        task_id=task_id, state=TentacleTaskState.UNKNOWN_TASK, version=0, gates=[], log=[], more=False
-    )
+    return StatusResult(task_id=task_id, state=UNKNOWN_TASK, version=0, gates=[], log=[], more=False)
 
 
 class BadAnswer(RemoteError):
@@ -193,19 +196,40 @@ class BadAnswer(RemoteError):
 
 @dataclass(frozen=True)
 class Call(Generic[P, R]):
-    """A method with the types of its params and of its result."""
+    """A method with the types of its params and of its result.
+
+    ``check(params, raw)``, when given, checks what the types cannot say once the params
+    decoded (``raw`` is their JSON), raising `MessageError` naming the path.
+    """
 
     method: Method
     params: type[P]
     result: type[R]
+    check: Callable[[P, msgspec.Raw], None] | None = None
 
     def request(self, request_id: str, params: P) -> Request:
         """The request envelope of this call."""
         return Request.of(request_id, self.method, params)
 
 
+def check_start(params: StartParams, raw: msgspec.Raw) -> None:
+    """task.start's plan: its rules, every field spelled out, a task id fit to name a folder."""
+    try:
+        Plan.from_json(msgspec.json.decode(raw).get("plan"))  # the same plan, checked as the disk reads it
+    except PlanError as exc:
+        path = f"params.plan.{exc.problems[0][0]}" if exc.problems else "params.plan"
+        problems = "; ".join(f"params.plan.{where}: {what}" for where, what in exc.problems[:20])
+        raise MessageError(problems or f"params.plan: {exc.message}", details={"path": path}) from exc
+    if not re.match(TASK_ID, params.plan.task_id):
+        raise MessageError(
+            "params.plan.taskId: must be 1-200 letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit",
+            details={"path": "params.plan.taskId"},
+        )
+
+
 PING: Final = Call(Method.PING, NoParams, PingResult)
-TASK_START: Final = Call(Method.TASK_START, StartParams, StartResult)
+TASK_START: Final = Call(Method.TASK_START, StartParams, StartResult, check_start)
 TASK_GATE: Final = Call(Method.TASK_GATE, GateParams, GateResult)
 TASK_STATUS: Final = Call(Method.TASK_STATUS, StatusParams, StatusResult)
 TASK_CANCEL: Final = Call(Method.TASK_CANCEL, StopParams, StopResult)
@@ -224,6 +248,8 @@ def _decoder(kind: type[Wire]) -> msgspec.json.Decoder[Any]:
 def read_params(call: Call[P, Any], request: Request) -> P:
     """The request's params as the call's params struct; `MessageError` names ``params.<path>``."""
     decoded: P = parse(request.params, _decoder(call.params), "params")
+    if call.check is not None:
+        call.check(decoded, request.params)
     return decoded
 
 

@@ -15,25 +15,24 @@ work), `Emit` (a system line in the task's log), `TaskEnded`, `RemoveWork` (the 
 task's work folder may go), `Forget` (an old ended task leaves memory and disk), `Note`
 (something worth a log event). Every change of a task yields one `Save` per event.
 
-Task states::
+Task states (`tentacle.protocol.states.TaskState`, the server's vocabulary too)::
 
-    start() ──▶ queued ──the slot is free (earliest first)──▶ running ──▶ done | cancelled
-                  │                                                     (see the table)
-                  └──cancel()──▶ cancelled     finish()──▶ done
+    start() ──▶ queued ──the slot is free (earliest first)──▶ running ──▶ success | failed | cancelled
 
-    event                              from            to              actions
-    start()                            -               queued          Save
-    the slot is free                   queued          running         Save
-    cancel()/finish() while a gate     running         running         StopGate, Save
-      runs
-    cancel(), no gate running          queued/running  cancelled       TaskEnded, Save
-    finish(), no gate running          queued/running  done            TaskEnded, Save, RemoveWork
-    gate_done() after cancel()         running         cancelled       TaskEnded, Save
-    gate_done() after finish(), or a   running         done            TaskEnded, Save
-      gate that did not succeed, or                                    (RemoveWork if finished)
-      all its work passed (or none)
-    loaded(), a gate was running       any             done/cancelled  Emit, TaskEnded, Save
-      (not a resumable acquisition)
+    event                                            from            to        actions
+    start()                                          -               queued    Save
+    the slot is free                                 queued          running   Save
+    cancel()/finish() while a gate runs              running         running   StopGate, Save
+    cancel()/finish() with no gate running;          queued/running  ended     TaskEnded, Save
+      gate_done() after either, or of a gate that                              (RemoveWork once
+      did not succeed, or of the task's last work;                             finished)
+      loaded() with a gate running (not a resumable
+      acquisition)
+
+An ended task is (`ended_state`) ``cancelled`` when the server cancelled it; else
+``failed`` when a gate failed or its result is unknown; else ``success`` when every gate
+it has work in succeeded; else ``cancelled`` (finished by the server, or stopped by a
+shutdown, first). An older tentacle's task.json saying ``done`` reads the same way.
 
 The slot goes to the earliest queued task (arrival order, kept across restarts); a
 second task stays queued, its gates remembered as ``pending``. After `shutdown` no task
@@ -69,17 +68,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from tentacle.protocol.coordinator import ACQUISITION, PRE_ACQUISITION
 from tentacle.protocol.plan import Plan
+from tentacle.protocol.states import ACQUISITION, PRE_ACQUISITION, GateState, TaskState
 
-GateState = Literal["pending", "running", "success", "failed", "unknown", "cancelled"]
-TaskState = Literal["queued", "running", "done", "cancelled"]
 Stop = Literal["cancel", "finish"]
 
-GATE_STATES: Final = ("pending", "running", "success", "failed", "unknown", "cancelled")
-TASK_STATES: Final = ("queued", "running", "done", "cancelled")
-GATE_RESULTS: Final = ("success", "failed", "unknown", "cancelled")
-ENDED: Final = ("done", "cancelled")
+GATE_RESULTS: Final = (GateState.SUCCESS, GateState.FAILED, GateState.UNKNOWN, GateState.CANCELLED)
 STOPS: Final = ("cancel", "finish")
 KEEP_ENDED: Final = 100
 NOTHING_TO_DO: Final = "nothing to do on this target"
@@ -105,12 +99,12 @@ class Gate:
 
     index: int
     name: str
-    state: GateState = "pending"
+    state: GateState = GateState.PENDING
     reason: str = ""
 
     def to_json(self) -> dict[str, object]:
-        """The wire and disk form."""
-        return {"index": self.index, "name": self.name, "state": self.state, "reason": self.reason}
+        """The disk form (task.json)."""
+        return {"index": self.index, "name": self.name, "state": self.state.value, "reason": self.reason}
 
 
 @dataclass(eq=False)
@@ -120,24 +114,25 @@ class TaskEntry:
     task_id: str
     arrival: int
     work: frozenset[str]  # the gates this target has work in
-    state: TaskState = "queued"
+    state: TaskState = TaskState.QUEUED
     gates: dict[int, Gate] = field(default_factory=dict)  # in the order they were opened
     stop: Stop | None = None
     finished: bool = False
 
     @property
     def ended(self) -> bool:
-        """Whether the task released the slot for good (done or cancelled)."""
-        return self.state in ENDED
+        """Whether the task released the slot for good (success, failed or cancelled)."""
+        return self.state.final
 
     @property
     def running_gate(self) -> Gate | None:
         """The gate whose work is under way, if any."""
-        return next((gate for gate in self.gates.values() if gate.state == "running"), None)
+        return next((gate for gate in self.gates.values() if gate.state is GateState.RUNNING), None)
 
     def shown_gates(self) -> list[Gate]:
         """The gates the server sees (pending ones are not shown), by index."""
-        return sorted((g for g in self.gates.values() if g.state != "pending"), key=lambda g: g.index)
+        shown = (gate for gate in self.gates.values() if gate.state is not GateState.PENDING)
+        return sorted(shown, key=lambda gate: gate.index)
 
 
 @dataclass(frozen=True)
@@ -255,7 +250,7 @@ class RunnerMachine:
     @property
     def holder(self) -> TaskEntry | None:
         """The task holding the slot, if any."""
-        return next((entry for entry in self._tasks.values() if entry.state == "running"), None)
+        return next((entry for entry in self._tasks.values() if entry.state is TaskState.RUNNING), None)
 
     @property
     def stopping(self) -> bool:
@@ -271,16 +266,16 @@ class RunnerMachine:
             entry = item.entry
             self._tasks[entry.task_id] = entry
             self._next_arrival = max(self._next_arrival, entry.arrival + 1)
-            running = [gate for gate in entry.gates.values() if gate.state == "running"]
+            running = [gate for gate in entry.gates.values() if gate.state is GateState.RUNNING]
             if len(running) == 1 and running[0].name == ACQUISITION and entry.stop is None:
-                running[0].state = "pending"
+                running[0].state = GateState.PENDING
                 out.add(Emit(entry.task_id, "", RESUMED))
                 out.add(Note("task.acquisition_resumed", entry.task_id, warning=True))
                 out.save(entry)
             elif running:
                 _interrupted(entry, running, item.running_step, out)
-        for entry in [entry for entry in self._tasks.values() if entry.state == "running"][1:]:
-            entry.state = "queued"  # only the earliest holds the slot (a hand edit may say more)
+        for entry in [entry for entry in self._tasks.values() if entry.state is TaskState.RUNNING][1:]:
+            entry.state = TaskState.QUEUED  # only the earliest holds the slot (a hand edit may say more)
             out.save(entry)
         return self._settle(out)
 
@@ -308,10 +303,10 @@ class RunnerMachine:
         if other is not None:
             raise GateRefused(f"gate {name!r} was already opened as gate {other.index}")
         gate = Gate(index, name)
-        if entry.state == "cancelled" or (entry.ended and name in entry.work):
+        if entry.ended and (entry.stop == "cancel" or name in entry.work):
             gate.state, gate.reason = _not_run(entry)
         elif name not in entry.work:
-            gate.state, gate.reason = "success", NOTHING_TO_DO
+            gate.state, gate.reason = GateState.SUCCESS, NOTHING_TO_DO
         entry.gates[index] = gate
         out = _Out()
         out.add(Note("gate.accepted", task_id, (("gate", name), ("state", gate.state))))
@@ -332,14 +327,12 @@ class RunnerMachine:
             raise ValueError(f"state: must be one of {', '.join(GATE_RESULTS)}")
         entry = self._tasks.get(task_id)
         gate = None if entry is None else entry.gates.get(index)
-        if entry is None or gate is None or gate.state != "running":
+        if entry is None or gate is None or gate.state is not GateState.RUNNING:
             return []
-        gate.state, gate.reason = state, reason
+        gate.state, gate.reason = GateState(state), reason
         out = _Out()
-        if entry.stop == "cancel":
-            _end(entry, "cancelled", out)
-        elif entry.stop == "finish" or state != "success" or _complete(entry):
-            _end(entry, "done", out)
+        if entry.stop is not None or gate.state is not GateState.SUCCESS or _complete(entry):
+            _end(entry, out)
         out.save(entry)
         if entry.ended and entry.finished:
             out.add(RemoveWork(task_id))
@@ -377,7 +370,7 @@ class RunnerMachine:
             if entry.running_gate is not None:
                 out.add(StopGate(task_id, STOP_REASONS[kind]))  # the gate ends the task
             else:
-                _end(entry, "cancelled" if kind == "cancel" else "done", out)
+                _end(entry, out)
         if not changed:
             return []
         out.save(entry)
@@ -400,18 +393,18 @@ class RunnerMachine:
         holder = self.holder
         while holder is None or (holder.running_gate is None and _complete(holder)):
             if holder is not None:  # all its work is done (or it has none)
-                _end(holder, "done", out)
-            holder = next((entry for entry in self._tasks.values() if entry.state == "queued"), None)
+                _end(holder, out)
+            holder = next((entry for entry in self._tasks.values() if entry.state is TaskState.QUEUED), None)
             if holder is None:
                 return
-            holder.state = "running"
+            holder.state = TaskState.RUNNING
             out.add(Note("task.running", holder.task_id))
             out.save(holder)
         if holder.running_gate is not None:
             return
-        gate = next((gate for gate in holder.gates.values() if gate.state == "pending"), None)
+        gate = next((gate for gate in holder.gates.values() if gate.state is GateState.PENDING), None)
         if gate is not None:
-            gate.state = "running"
+            gate.state = GateState.RUNNING
             out.save(holder)
             out.add(RunGate(holder.task_id, gate.index, gate.name))
 
@@ -423,22 +416,22 @@ def _interrupted(entry: TaskEntry, running: list[Gate], step: str | None, out: _
     """The process died during these gates: their results are unknown; the task is over."""
     for gate in running:
         what = f"step '{step}'" if step is not None else f"gate '{gate.name}'"
-        gate.state = "unknown"
+        gate.state = GateState.UNKNOWN
         gate.reason = f"tentacle restarted while {what} was running; its result is unknown"
         out.add(Emit(entry.task_id, step or "", gate.reason))
         out.add(Note("task.interrupted", entry.task_id, (("gate", gate.name),), warning=True))
     if not entry.ended:
-        _end(entry, "cancelled" if entry.stop == "cancel" else "done", out)
+        _end(entry, out)
     out.save(entry)
 
 
-def _end(entry: TaskEntry, state: TaskState, out: _Out) -> None:
-    """Release the slot for good; gates that never started will not run."""
-    entry.state = state
+def _end(entry: TaskEntry, out: _Out) -> None:
+    """Release the slot for good, in the state its gates say; gates that never started will not run."""
+    entry.state = ended_state(entry)
     for gate in entry.gates.values():
-        if gate.state == "pending":
+        if gate.state is GateState.PENDING:
             gate.state, gate.reason = _not_run(entry)
-    out.add(TaskEnded(entry.task_id, state))
+    out.add(TaskEnded(entry.task_id, entry.state))
     out.save(entry)
 
 
@@ -472,15 +465,26 @@ def step_index(name: str) -> int:
     return int(match.group(1))
 
 
+def ended_state(entry: TaskEntry) -> TaskState:
+    """How a task that ends now ended (see the module docstring), from its stop and its gates."""
+    if entry.stop == "cancel":
+        return TaskState.CANCELLED
+    if any(gate.state in (GateState.FAILED, GateState.UNKNOWN) for gate in entry.gates.values()):
+        return TaskState.FAILED
+    return TaskState.SUCCESS if _complete(entry) else TaskState.CANCELLED
+
+
 def _complete(entry: TaskEntry) -> bool:
     """Whether every gate the task has work in succeeded."""
-    return entry.work <= {gate.name for gate in entry.gates.values() if gate.state == "success"}
+    return entry.work <= {gate.name for gate in entry.gates.values() if gate.state is GateState.SUCCESS}
 
 
 def _not_run(entry: TaskEntry) -> tuple[GateState, str]:
     """The state of a gate that will never run because its task ended."""
-    if entry.state == "cancelled":
-        return "cancelled", "not run: the task was cancelled"
+    if entry.stop == "cancel":
+        return GateState.CANCELLED, "not run: the task was cancelled"
     if entry.stop == "finish":
-        return "cancelled", "not run: the server finished the task"
-    return "failed", "not run: the task had already ended"
+        return GateState.CANCELLED, "not run: the server finished the task"
+    if entry.state is TaskState.CANCELLED:
+        return GateState.CANCELLED, "not run: the task was stopped"
+    return GateState.FAILED, "not run: the task had already ended"

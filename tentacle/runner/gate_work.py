@@ -10,6 +10,12 @@ How it works::
       step:<index>     that step: save it as the current step (before its script spawns),
                        extract its package into the work folder, run its script
 
+A step whose output lines could not all be kept says so in its log: lines over the
+log's cap (a policy) in one system line, and lines the disk did not take (the disk is
+full) likewise; the second also fails the step, even after exit code 0, with a reason
+that gives both (``exit code 0, but 1234 lines of output lost: ...``): its log has
+a gap, and the host needs attention before anything more runs there.
+
 A gate's outcome is ``success``, ``failed`` or ``cancelled`` with a reason; the runner
 hands it to the machine as `gate_done`. A crash of the work itself (a bug, an unwritable
 state folder) fails the gate instead of leaving it running forever.
@@ -25,9 +31,10 @@ from typing import Any, Final, TypeVar
 
 from tentacle.common.logs import event
 from tentacle.errors import TentacleError
-from tentacle.protocol.coordinator import ACQUISITION, PRE_ACQUISITION
 from tentacle.protocol.plan import Plan, PlannedPackage, PlannedStep, script_environment
-from tentacle.protocol.runner_machine import NOTHING_TO_DO, Gate, GateState, step_index
+from tentacle.protocol.rpc_messages import LogStream
+from tentacle.protocol.runner_machine import NOTHING_TO_DO, Gate, step_index
+from tentacle.protocol.states import ACQUISITION, PRE_ACQUISITION, GateState
 from tentacle.runner.job import Job
 from tentacle.runner.scripts import ScriptError, ScriptResult, ScriptSpec, run_script
 from tentacle.runner.task_store import TaskStore
@@ -72,7 +79,7 @@ class GateWork:
         except Exception as exc:
             # A bug or an unwritable state folder must not leave the gate running forever.
             log.exception("gate.crashed task=%s gate=%s", job.task_id, gate.name)
-            outcome = "failed", describe(exc)
+            outcome = GateState.FAILED, describe(exc)
         job.record.current_step = None
         event(log, "gate.finished", task=job.task_id, gate=gate.name, state=outcome[0])
         return outcome
@@ -89,24 +96,24 @@ class GateWork:
     def _stopped(self, job: Job) -> Outcome | None:
         """Why nothing more may start in this job, or None."""
         if job.cancel.is_set():
-            return "cancelled", job.stop_reason or STOPPED
+            return GateState.CANCELLED, job.stop_reason or STOPPED
         if self._stopping():
-            return "cancelled", STOPPED
+            return GateState.CANCELLED, STOPPED
         return None
 
     # --- steps --------------------------------------------------------------------------
 
     async def _run_steps(self, job: Job, steps: Sequence[PlannedStep]) -> Outcome:
         """Run steps in order until one does not succeed."""
-        outcome: Outcome = ("success", NOTHING_TO_DO)
+        outcome: Outcome = (GateState.SUCCESS, NOTHING_TO_DO)
         for step in steps:
             outcome = self._stopped(job) or await self._run_step(job, step)
             state, reason = outcome
-            if state == "cancelled":
+            if state is GateState.CANCELLED:
                 return state, job.stop_reason or STOPPED
-            if state != "success":
+            if state is not GateState.SUCCESS:
                 return state, reason if len(steps) == 1 else f"step '{step.name}': {reason}"
-        return outcome if len(steps) <= 1 else ("success", f"{len(steps)} steps succeeded")
+        return outcome if len(steps) <= 1 else (GateState.SUCCESS, f"{len(steps)} steps succeeded")
 
     async def _run_step(self, job: Job, step: PlannedStep) -> Outcome:
         """One step, framed by system lines."""
@@ -114,7 +121,10 @@ class GateWork:
         await job.changed()  # on disk before anything runs: after a crash it reads "unknown"
         event(log, "step.started", task=job.task_id, step=step.name)
         job.system(step.name, f"step '{step.name}' started")
-        state, reason = await self._step_work(job, step)
+        dropped, lost = job.log.dropped, job.log.lost
+        outcome = await self._step_work(job, step)
+        await job.log.settled()  # every line of the step is written, dropped or lost by now
+        state, reason = _kept_output(job, step, outcome, job.log.dropped - dropped, job.log.lost - lost)
         job.system(step.name, f"step '{step.name}' finished: {reason}")
         event(log, "step.finished", task=job.task_id, step=step.name, state=state)
         return state, reason
@@ -124,23 +134,23 @@ class GateWork:
         try:
             workdir = await asyncio.to_thread(self._store.make_work_dir, job.task_id)
         except OSError as exc:
-            return "failed", f"cannot create the work folder: {exc}"
+            return GateState.FAILED, f"cannot create the work folder: {exc}"
         try:
             package_dir = None if step.package is None else await self._extract(job, step, workdir)
             if step.script is None:
-                return "success", "package extracted"
+                return GateState.SUCCESS, "package extracted"
             env = script_environment(job.plan, step, package_dir)
             spec = ScriptSpec(step.script.syntax, step.script.body, env, workdir, step.timeout_seconds)
             label = job.masker.mask(step.name)  # a step name may quote a secret too
 
-            def on_line(stream: str, text: str) -> None:
-                job.log.emit(stream, label, text)  # run_script has masked the line
+            def on_lines(stream: LogStream, texts: list[str]) -> None:
+                job.log.emit_many(stream, label, texts)  # run_script has masked the lines
 
-            result = await run_script(spec, on_line, job.masker, job.cancel)
+            result = await run_script(spec, on_lines, job.masker, job.cancel, job.log)
         except _StepFailed as exc:
-            return "failed", exc.reason
+            return GateState.FAILED, exc.reason
         except ScriptError as exc:
-            return "failed", exc.message
+            return GateState.FAILED, exc.message
         return _script_outcome(result)
 
     async def _extract(self, job: Job, step: PlannedStep, workdir: Path) -> str:
@@ -162,12 +172,12 @@ class GateWork:
         """Acquire every package of the plan; cancellation stops the downloads."""
         packages = job.plan.packages()
         if not packages:
-            return "success", NOTHING_TO_DO
+            return GateState.SUCCESS, NOTHING_TO_DO
         if self._acquire is None:
             job.system("", NOT_CONFIGURED)
-            return "failed", NOT_CONFIGURED
+            return GateState.FAILED, NOT_CONFIGURED
         outcome = await _unless_set(job.cancel, self._acquire_all(job, packages, self._acquire))
-        return outcome if outcome is not None else ("cancelled", job.stop_reason or STOPPED)
+        return outcome if outcome is not None else (GateState.CANCELLED, job.stop_reason or STOPPED)
 
     async def _acquire_all(self, job: Job, packages: Sequence[PlannedPackage], acquire: Acquire) -> Outcome:
         """At most `parallelism` acquisitions at once; the first failure stops the others."""
@@ -182,10 +192,10 @@ class GateWork:
         for package, done in zip(packages, jobs, strict=True):
             error = None if done.cancelled() else done.exception()
             if error is not None:
-                return "failed", f"package {package.id} {package.version}: {describe(error)}"
+                return GateState.FAILED, f"package {package.id} {package.version}: {describe(error)}"
         for package, done in zip(packages, jobs, strict=True):
             job.record.packages[package_key(package)] = str(done.result())
-        return "success", f"{len(packages)} package(s) acquired"
+        return GateState.SUCCESS, f"{len(packages)} package(s) acquired"
 
 
 async def _acquire_one(job: Job, package: PlannedPackage, acquire: Acquire, limit: asyncio.Semaphore) -> Path:
@@ -229,8 +239,28 @@ def _unpack(source: Path, dest: Path, file_name: str) -> str | None:
 def _script_outcome(result: ScriptResult) -> Outcome:
     """A gate state from a script's result (a timeout is a failure)."""
     if result.outcome in ("success", "cancelled"):
-        return "success" if result.outcome == "success" else "cancelled", result.reason
-    return "failed", result.reason
+        return GateState(result.outcome), result.reason
+    return GateState.FAILED, result.reason
+
+
+def _kept_output(job: Job, step: PlannedStep, outcome: Outcome, dropped: int, lost: int) -> Outcome:
+    """The step's outcome once its log said what it did not keep; lost lines fail it."""
+    state, reason = outcome
+    if dropped:
+        cap = f"{job.log.file.max_bytes / 2**20:g} MiB"
+        job.system(step.name, f"{_lines(dropped)} of output dropped: the task's log reached its cap of {cap}")
+    if not lost:
+        return outcome
+    loss = f"{_lines(lost)} of output lost: {job.log.file.lost_reason}"
+    event(log, "step.output_lost", logging.WARNING, task=job.task_id, step=step.name, lines=lost)
+    if state is GateState.SUCCESS:
+        return GateState.FAILED, f"{reason}, but {loss}"
+    return state, f"{reason}; {loss}"
+
+
+def _lines(count: int) -> str:
+    """``1 line``, ``2 lines``."""
+    return f"{count} line" if count == 1 else f"{count} lines"
 
 
 async def _unless_set(stop: asyncio.Event, work: Coroutine[Any, Any, _T]) -> _T | None:

@@ -22,8 +22,8 @@ from tentacle.common.logs import event
 from tentacle.errors import TentacleError
 from tentacle.protocol.masking import Masker
 from tentacle.protocol.plan import Plan
+from tentacle.protocol.rpc_messages import MAX_LOG_LINES, GateReport, LogStream, StatusResult, reported
 from tentacle.protocol.runner_machine import TaskEntry
-from tentacle.runner import rpc_params
 from tentacle.runner.log_feed import LogFeed
 from tentacle.runner.state_writer import StateWriter
 from tentacle.runner.task_log import TaskLog
@@ -31,8 +31,9 @@ from tentacle.runner.task_store import TaskRecord, TaskStore, encode
 
 log = logging.getLogger("tentacle.runner.runner")
 
-MAX_LOG_LINES: Final = 1000
-MAX_LOG_TEXT: Final = 4 * 1024 * 1024  # keeps an answer well under the 16 MiB message limit
+# The log lines of one answer, as JSON: well under the 16 MiB message limit, whatever
+# the lines hold (a line escaped or lengthened by masking counts at its encoded size).
+MAX_LOG_BYTES: Final = 4 * 1024 * 1024
 
 
 class Job:
@@ -106,7 +107,7 @@ class Job:
 
     def system(self, step: str, text: str) -> None:
         """A line the runner itself writes, masked like script output."""
-        self.log.emit("system", self.masker.mask(step), self.masker.mask(text))
+        self.log.emit(LogStream.SYSTEM, self.masker.mask(step), self.masker.mask(text))
 
     def stop(self, reason: str) -> None:
         """Stop the running gate's work; the first reason given is the one it reports."""
@@ -120,14 +121,19 @@ class Job:
 
     # --- task.status --------------------------------------------------------------------------
 
-    async def status(self, since: int, version: int, wait: float) -> dict[str, Any]:
+    async def status(self, since: int, version: int, wait: float) -> StatusResult:
         """task.status: wait up to ``wait`` s for news, then the state and the lines after ``since``."""
         await self._news(since, version, wait)
         state, shown = self.entry.state, self.record.version
-        gates = [gate.to_json() for gate in self.entry.shown_gates()]
+        gates = [
+            GateReport(index=gate.index, name=gate.name, state=gate.state, reason=gate.reason)
+            for gate in self.entry.shown_gates()
+        ]
         await self.log.settled(self._lines_before_change)  # lines that came before this state
-        lines, more = await self.log.lines_after(since, MAX_LOG_LINES, MAX_LOG_TEXT)
-        return rpc_params.status_answer(self.task_id, state, shown, gates, [x.to_json() for x in lines], more)
+        lines, more = await self.log.lines_after(since, MAX_LOG_LINES, MAX_LOG_BYTES)
+        return StatusResult(
+            task_id=self.task_id, state=reported(state), version=shown, gates=gates, log=lines, more=more
+        )
 
     async def _news(self, since: int, version: int, wait: float) -> None:
         """Return when the version passed ``version``, a line after ``since`` is visible, or in time."""

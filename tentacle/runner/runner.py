@@ -2,9 +2,9 @@
 
 How it works::
 
-    RPC handler ──params──▶ rpc_params (decode) ──event──▶ RunnerMachine ──actions──▶ _execute
-                                                     (pure rules:            Save, RunGate,
-                                                      slot, queue, gates)    StopGate, Emit, ...
+    RPC handler ──params struct──▶ event ──▶ RunnerMachine ──actions──▶ _execute
+    (typed: rpc_messages)                    (pure rules:            Save, RunGate,
+                                              slot, queue, gates)    StopGate, Emit, ...
     Job (one per task: record, log, masker, cancel) ◀── actions carried out ──┘
     GateWork (runs a gate as an asyncio task) ──outcome──▶ RunnerMachine.gate_done
 
@@ -17,8 +17,14 @@ handler answers at once: a gate runs as an asyncio task the runner owns. Long po
 Durability (see tentacle.runner.task_store and tentacle.runner.job): every change a
 handler makes is saved before it answers, and a step's start is saved before its
 script spawns. After a crash, a gate that reads ``running`` was interrupted: it becomes
-``unknown``, is never run again, and its task is done (an interrupted acquisition is
+``unknown``, is never run again, and its task has failed (an interrupted acquisition is
 safely acquired again instead).
+
+The handlers are typed (`tentacle.agent.rpc.Service.serve`): params arrive as the
+structs of `tentacle.protocol.rpc_messages`, already checked (task.start's plan too),
+and the answers are its result structs. A task this tentacle does not know answers
+``unknown-task`` in task.status, task.cancel and task.finish; task.gate refuses it
+(`UnknownTaskError`).
 
 Nothing here blocks the event loop: `start` loads every task from disk in the state
 writer thread (tentacle.runner.state_writer), which also does every save and log write.
@@ -35,7 +41,27 @@ from typing import Any
 
 from tentacle.agent.rpc import Service
 from tentacle.common.logs import event
+from tentacle.errors import TentacleError
+from tentacle.packages.leftovers import sweep_work
 from tentacle.protocol.plan import Plan, PlannedPackage
+from tentacle.protocol.rpc_messages import (
+    TASK_CANCEL,
+    TASK_FINISH,
+    TASK_GATE,
+    TASK_START,
+    TASK_STATUS,
+    UNKNOWN_TASK,
+    GateParams,
+    GateResult,
+    StartParams,
+    StartResult,
+    StatusParams,
+    StatusResult,
+    StopParams,
+    StopResult,
+    reported,
+    unknown_task_status,
+)
 from tentacle.protocol.runner_machine import (
     KEEP_ENDED,
     Action,
@@ -53,26 +79,31 @@ from tentacle.protocol.runner_machine import (
     check_gate_name,
     work_gates,
 )
-from tentacle.runner import rpc_params
 from tentacle.runner.gate_work import NOT_CONFIGURED, PARALLELISM, STOPPED, Acquire, GateWork
 from tentacle.runner.job import Job
-from tentacle.runner.rpc_params import UNKNOWN_TASK, TaskRequestError, UnknownTaskError, unknown_task_status
 from tentacle.runner.state_writer import StateWriter
+from tentacle.runner.task_log import MAX_BYTES as LOG_MAX_BYTES
 from tentacle.runner.task_log import TaskLog
 from tentacle.runner.task_store import TaskRecord, TaskStore
 
 __all__ = [
     "NOT_CONFIGURED",
     "STOPPED",
-    "UNKNOWN_TASK",
     "Acquire",
     "TaskRequestError",
     "TaskRunner",
     "UnknownTaskError",
-    "unknown_task_status",
 ]
 
 log = logging.getLogger("tentacle.runner.runner")
+
+
+class TaskRequestError(TentacleError):
+    """A task request the runner cannot act on: a gate that contradicts the task's."""
+
+
+class UnknownTaskError(TaskRequestError):
+    """The request names a task this tentacle does not know."""
 
 
 class TaskRunner:
@@ -91,9 +122,12 @@ class TaskRunner:
         parallelism: int = PARALLELISM,
         keep: int = KEEP_ENDED,
         on_end: Callable[[str], None] | None = None,
+        log_limit_bytes: int = LOG_MAX_BYTES,
     ) -> None:
-        """``keep`` ended tasks are kept (older ones go); ``on_end(task_id)``: a task ended."""
+        """``keep`` ended tasks are kept (older ones go); ``on_end(task_id)``: a task ended;
+        ``log_limit_bytes``: the cap of each task's log.jsonl (output beyond is counted, not kept)."""
         self._store = TaskStore(state_dir)
+        self._log_limit_bytes = log_limit_bytes
         self._writer = StateWriter()
         self._machine = RunnerMachine(keep)
         self._jobs: dict[str, Job] = {}
@@ -104,11 +138,11 @@ class TaskRunner:
 
     def register(self, service: Service) -> None:
         """Serve task.start, task.gate, task.status, task.cancel and task.finish."""
-        service.register("task.start", self._handle_start)
-        service.register("task.gate", self._handle_gate)
-        service.register("task.status", self._handle_status)
-        service.register("task.cancel", functools.partial(self._stop, self._machine.cancel))
-        service.register("task.finish", functools.partial(self._stop, self._machine.finish))
+        service.serve(TASK_START, self._handle_start)
+        service.serve(TASK_GATE, self._handle_gate)
+        service.serve(TASK_STATUS, self._handle_status)
+        service.serve(TASK_CANCEL, functools.partial(self._stop, self._machine.cancel))
+        service.serve(TASK_FINISH, functools.partial(self._stop, self._machine.finish))
 
     async def start(self) -> None:
         """Load every task from disk and run what may run (once; later calls wait for it)."""
@@ -121,12 +155,7 @@ class TaskRunner:
         self._machine.shutdown()
         if self._loading is not None:
             await asyncio.wait({self._loading})
-        running = [(job, job.gate_job) for job in self._jobs.values() if job.gate_job is not None]
-        if running:
-            _, late = await asyncio.wait([gate_job for _, gate_job in running], timeout=grace)
-            for job, gate_job in running:
-                if gate_job in late:
-                    job.stop(STOPPED)
+        await _stop_gates(list(self._jobs.values()), grace)
         while self._background:
             await asyncio.wait(set(self._background))
         for job in list(self._jobs.values()):  # a handler may add one meanwhile
@@ -146,7 +175,7 @@ class TaskRunner:
     async def _load(self) -> None:
         """Read every task in the writer thread, then let the machine settle what a restart left."""
         found: list[Loaded] = []
-        for record, log_file in await self._writer.run(_read_tasks, self._store):
+        for record, log_file in await self._writer.run(_read_tasks, self._store, self._log_limit_bytes):
             self._jobs[record.task_id] = Job(record, log_file, self._store, self._writer)
             step = None if record.current_step is None else record.plan.step(record.current_step)
             found.append(Loaded(record.entry, None if step is None else step.name))
@@ -155,19 +184,18 @@ class TaskRunner:
 
     # --- handlers -------------------------------------------------------------------------
 
-    async def _handle_start(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def _handle_start(self, params: StartParams) -> StartResult:
         """task.start: accept a plan once; a repeat answers the current state."""
-        plan = rpc_params.read_start(params)
+        plan = params.plan
         await self.start()
         job = self._jobs.get(plan.task_id)
         if job is None:
             job = await self._create(plan)
         await job.saved()
-        return rpc_params.start_answer(plan.task_id, job.entry.state)
+        return StartResult(task_id=plan.task_id, state=job.entry.state)
 
-    async def _handle_gate(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def _handle_gate(self, request: GateParams) -> GateResult:
         """task.gate: remember a gate once; it runs when its task may run it."""
-        request = rpc_params.read_gate(params)
         await self.start()
         job = self._jobs.get(request.task_id)
         if job is None:
@@ -179,35 +207,34 @@ class TaskRunner:
             raise TaskRequestError(str(exc)) from exc
         await self._apply(actions)
         await job.saved()
-        return rpc_params.gate_answer(request.task_id)
+        return GateResult(task_id=request.task_id, accepted=True)
 
-    async def _handle_status(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def _handle_status(self, request: StatusParams) -> StatusResult:
         """task.status: a long poll for state changes and log lines."""
-        request = rpc_params.read_status(params)
         await self.start()
         job = self._jobs.get(request.task_id)
         if job is None:
             return unknown_task_status(request.task_id)
         return await job.status(request.log_since, request.version, request.wait)
 
-    async def _stop(self, stop: Callable[[str], list[Action]], params: dict[str, Any]) -> dict[str, Any]:
+    async def _stop(self, stop: Callable[[str], list[Action]], params: StopParams) -> StopResult:
         """task.cancel (a running script is terminated) or task.finish (the task is over
         everywhere: the slot is released, the work folder goes); repeats change nothing."""
-        task_id = rpc_params.read_task_id(params)
+        task_id = params.task_id
         await self.start()
         job = self._jobs.get(task_id)
         if job is None:
-            return rpc_params.stop_answer(task_id, UNKNOWN_TASK)
+            return StopResult(task_id=task_id, state=UNKNOWN_TASK)
         await self._apply(stop(task_id))
         await job.saved()
-        return rpc_params.stop_answer(task_id, job.entry.state)
+        return StopResult(task_id=task_id, state=reported(job.entry.state))
 
     async def _create(self, plan: Plan) -> Job:
         """A new task, its folder made and its record saved before it is acknowledged."""
         actions = self._machine.start(plan.task_id, work_gates(plan))
         entry = self._machine.task(plan.task_id)
         assert entry is not None  # the machine has just added it
-        log_file = TaskLog(self._store.log_path(plan.task_id))
+        log_file = TaskLog(self._store.log_path(plan.task_id), max_bytes=self._log_limit_bytes)
         job = Job(TaskRecord(plan, entry), log_file, self._store, self._writer)
         self._jobs[plan.task_id] = job  # before any await: a concurrent repeat finds it
         folder = self._writer.submit(self._store.create, plan.task_id)  # before the first save
@@ -274,16 +301,31 @@ class TaskRunner:
         return job
 
 
-def _read_tasks(store: TaskStore) -> list[tuple[TaskRecord, TaskLog]]:
-    """Every readable task and its recovered log (blocking: the runner calls it in its writer thread)."""
+def _read_tasks(store: TaskStore, max_bytes: int) -> list[tuple[TaskRecord, TaskLog]]:
+    """Every readable task and its recovered log (blocking: the runner calls it in its writer thread).
+
+    What interrupted extractions and steps left in the work folders goes first: nothing runs yet.
+    """
+    sweep_work(store.work_root)
     found = []
     for record in store.load_all():
         path = store.log_path(record.task_id)
         try:
-            found.append((record, TaskLog.recover(path, record.log_seq, record.log_bytes)))
+            log_file = TaskLog.recover(path, record.log_seq, record.log_bytes, max_bytes=max_bytes)
+            found.append((record, log_file))
         except OSError as exc:
             event(log, "task.log_unreadable", logging.ERROR, task=record.task_id, reason=str(exc))
     return found
+
+
+async def _stop_gates(jobs: Sequence[Job], grace: float) -> None:
+    """Give the running gates of ``jobs`` ``grace`` seconds to end, then stop them."""
+    running = [(job, job.gate_job) for job in jobs if job.gate_job is not None]
+    if running:
+        _, late = await asyncio.wait([gate_job for _, gate_job in running], timeout=grace)
+        for job, gate_job in running:
+            if gate_job in late:
+                job.stop(STOPPED)
 
 
 def _first_error(results: Sequence[object]) -> BaseException | None:

@@ -4,7 +4,7 @@ How it works::
 
     write body to workdir/.tentacle-script-XXXX (0o700)
     spawn interpreter in a new session (own process group), stdin /dev/null,
-      stdout/stderr on pipes we own ──▶ each chunk split into lines ──▶ mask ──▶ on_line
+      stdout/stderr on pipes we own ──▶ each chunk split into lines ──▶ mask ──▶ on_lines
     wait for: exit | timeout | cancel event
       exit            ──▶ drain the pipes for at most DRAIN_AFTER_EXIT, then stop reading
       timeout/cancel  ──▶ SIGTERM to the group, wait `grace` for the group to empty,
@@ -16,9 +16,7 @@ waiting for it (or killing it: starting one may be the point of the step). A dae
 keeps writing to the inherited stdout after the step gets EPIPE: daemons should redirect
 their output.
 
-A line is at most `LINE_LIMIT` bytes: a longer one is split (on a UTF-8 boundary), so
-memory stays bounded whatever the script prints. A secret that straddles such a split
-is not masked; no real secret is 64 KiB from the start of a line.
+Reading the pipes (lines, masking, flow control) is tentacle.runner.script_output's.
 """
 
 from __future__ import annotations
@@ -29,21 +27,17 @@ import secrets
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from tentacle.errors import TentacleError
 from tentacle.protocol.masking import Masker
+from tentacle.protocol.rpc_messages import LogStream
+from tentacle.runner.script_output import POLL, OnLines, OutputPipe, OutputSink, ScriptOutput, drain
 
-LINE_LIMIT = 64 * 1024
-DRAIN_AFTER_EXIT = 0.5
-_POLL = 0.05
 _INHERITED = ("PATH", "HOME", "LANG")
 _SUFFIX = {"bash": ".sh", "sh": ".sh", "python3": ".py"}
-
-OnLine = Callable[[str, str], None]
 
 
 class ScriptError(TentacleError):
@@ -77,22 +71,24 @@ class ScriptResult:
 
 async def run_script(
     spec: ScriptSpec,
-    on_line: OnLine,
+    on_lines: OnLines,
     masker: Masker,
     cancel: asyncio.Event | None = None,
+    sink: OutputSink | None = None,
 ) -> ScriptResult:
-    """Run one script to its end, calling ``on_line(stream, text)`` for each masked line.
+    """Run one script to its end, calling ``on_lines(stream, texts)`` with the masked lines of each read.
 
-    `stream` is "stdout" or "stderr"; lines of one stream arrive in order. `on_line` is
-    called from the event loop and must not block. Raises `ScriptError` before anything
-    runs when the syntax is unknown or the script cannot be started.
+    `stream` is stdout or stderr; lines of one stream arrive in order. `on_lines` is
+    called from the event loop and must not block; ``sink``, when given, paces the
+    reading (see the module doc). Raises `ScriptError` before anything runs when the
+    syntax is unknown or the script cannot be started.
     """
     argv = _interpreter(spec.syntax)
     if cancel is not None and cancel.is_set():
         return ScriptResult("cancelled", None, "cancelled before the script started")
     path = await asyncio.to_thread(_write_script, spec)
     try:
-        return await _run([*argv, str(path)], spec, on_line, masker, cancel)
+        return await _run([*argv, str(path)], spec, ScriptOutput(on_lines, masker, sink), cancel)
     finally:
         await asyncio.to_thread(path.unlink, missing_ok=True)
 
@@ -146,17 +142,13 @@ def _environment(given: Mapping[str, str]) -> dict[str, str]:
 
 
 async def _run(
-    argv: list[str],
-    spec: ScriptSpec,
-    on_line: OnLine,
-    masker: Masker,
-    cancel: asyncio.Event | None,
+    argv: list[str], spec: ScriptSpec, output: ScriptOutput, cancel: asyncio.Event | None
 ) -> ScriptResult:
     """Spawn the script with our own output pipes and see it through to a result."""
-    pipes: list[_OutputPipe] = []
+    pipes: list[OutputPipe] = []
     try:
-        for name in ("stdout", "stderr"):
-            pipes.append(await _OutputPipe.open(name, on_line, masker))
+        for stream in (LogStream.STDOUT, LogStream.STDERR):
+            pipes.append(await OutputPipe.open(stream, output))
         proc = await _spawn(argv, spec, pipes[0].write_fd, pipes[1].write_fd)
     except BaseException:
         for pipe in pipes:
@@ -172,7 +164,7 @@ async def _run(
         _signal_group(proc.pid, signal.SIGKILL)
         raise
     finally:
-        await _drain(pipes)
+        await drain(pipes)
     return result
 
 
@@ -246,7 +238,7 @@ async def _stop_group(proc: asyncio.subprocess.Process, grace: float) -> bool:
         if loop.time() >= deadline:
             killed = _signal_group(proc.pid, signal.SIGKILL)
             break
-        await asyncio.sleep(_POLL)
+        await asyncio.sleep(POLL)
     await proc.wait()
     return killed
 
@@ -283,128 +275,3 @@ def _member_runs(entry: Path, pgid: int) -> bool:
     # The command name may hold spaces and parentheses: fields start after the last ')'.
     fields = stat[stat.rfind(")") + 2 :].split()
     return len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X")
-
-
-async def _drain(pipes: list[_OutputPipe]) -> None:
-    """Let the pipes deliver what is left, for at most DRAIN_AFTER_EXIT, then close them."""
-    await asyncio.wait([pipe.closed for pipe in pipes], timeout=DRAIN_AFTER_EXIT)
-    for pipe in pipes:
-        pipe.close()
-    await asyncio.gather(*(pipe.closed for pipe in pipes))
-
-
-class _OutputPipe(asyncio.Protocol):
-    """One output pipe of the script: bytes in, masked lines out to `on_line`."""
-
-    def __init__(self, stream: str, on_line: OnLine, masker: Masker) -> None:
-        """A pipe for `stream` ("stdout" or "stderr"); `open` creates the real one."""
-        self.stream = stream
-        self.write_fd = -1
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._on_line = on_line
-        self._masker = masker
-        self._splitter = LineSplitter()
-        self._transport: asyncio.BaseTransport | None = None
-
-    @classmethod
-    async def open(cls, stream: str, on_line: OnLine, masker: Masker) -> _OutputPipe:
-        """Create the OS pipe and start reading its read end on the event loop."""
-        pipe = cls(stream, on_line, masker)
-        read_fd, pipe.write_fd = os.pipe()  # both ends close-on-exec (PEP 446)
-        reader = _reader(read_fd)
-        try:
-            await asyncio.get_running_loop().connect_read_pipe(lambda: pipe, reader)
-        except BaseException:
-            reader.close()
-            pipe.close_write_end()
-            raise
-        return pipe
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Keep the transport so that we can stop reading."""
-        self._transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        """Split into lines and hand each one on, masked."""
-        for line in self._splitter.feed(data):
-            self._emit(line)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Hand on a last line without a newline, then tell `_drain` we are done."""
-        rest = self._splitter.flush()
-        if rest is not None:
-            self._emit(rest)
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def close_write_end(self) -> None:
-        """Close our copy of the write end: the child holds its own."""
-        if self.write_fd >= 0:
-            os.close(self.write_fd)
-            self.write_fd = -1
-
-    def close(self) -> None:
-        """Stop reading (the read end is closed; a writer still there gets EPIPE)."""
-        self.close_write_end()
-        if self._transport is not None:
-            self._transport.close()
-
-    def _emit(self, line: bytes) -> None:
-        """Decode, mask, deliver."""
-        text = line.decode("utf-8", errors="replace")
-        self._on_line(self.stream, self._masker.mask(text))
-
-
-def _reader(fd: int) -> BinaryIO:
-    """A file object for a pipe's read end, as connect_read_pipe wants one."""
-    return os.fdopen(fd, "rb", buffering=0)
-
-
-class LineSplitter:
-    """Splits a byte stream into lines of at most `limit` bytes (without line endings).
-
-    A longer line is cut into pieces, each cut moved back to a UTF-8 character boundary
-    so that no character is broken in two. A trailing CR before LF is dropped.
-    """
-
-    def __init__(self, limit: int = LINE_LIMIT) -> None:
-        """An empty splitter."""
-        self._limit = limit
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Take more bytes; return the lines they completed."""
-        buffer, limit = self._buffer, self._limit
-        buffer += data
-        lines: list[bytes] = []
-        start = 0  # consume by index and delete once: deleting per line is quadratic
-        while True:
-            newline = buffer.find(b"\n", start, start + limit + 1)
-            if newline >= 0:
-                end = newline - 1 if newline > start and buffer[newline - 1] == 0x0D else newline
-                lines.append(bytes(buffer[start:end]))
-                start = newline + 1
-            elif len(buffer) - start > limit:
-                cut = _utf8_boundary(buffer, start + limit, start)
-                lines.append(bytes(buffer[start:cut]))
-                start = cut
-            else:
-                break
-        del buffer[:start]
-        return lines
-
-    def flush(self) -> bytes | None:
-        """What is left at the end of the stream, if anything."""
-        if not self._buffer:
-            return None
-        rest = bytes(self._buffer)
-        self._buffer.clear()
-        return rest
-
-
-def _utf8_boundary(buffer: bytearray, cut: int, start: int) -> int:
-    """Move a cut back (at most 3 bytes) so it does not fall inside a UTF-8 character."""
-    lowest = max(start + 1, cut - 3)
-    while cut > lowest and buffer[cut] & 0xC0 == 0x80:
-        cut -= 1
-    return cut

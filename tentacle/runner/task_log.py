@@ -4,7 +4,16 @@ How it works::
 
     append_many   numbers a batch of lines, writes them in one write and flushes; the
                   runner calls it from its state writer thread only, and shows the lines
-                  to nobody before it returned (tentacle.runner.log_feed)
+                  to nobody before it returned (tentacle.runner.log_feed). On the way:
+                  - output lines (stdout, stderr) past the cap (``max_bytes`` of file) are
+                    counted as dropped, not written; the first of them becomes one system
+                    line saying so. System lines always go in.
+                  - output lines that would leave the disk with less than `DISK_FLOOR`
+                    free are counted as lost, so that the task's own flood never takes
+                    the last bytes its state (task.json) and its notes need; a batch the
+                    disk refuses (ENOSPC, EIO) is lost whole, counted, and cut off again
+                  - the first batch written after a loss starts with a system line saying
+                    how many lines were lost and why
     recover       after a crash, counts the lines written after task.json's last save
                   (from its remembered byte offset) and cuts a half-written last line,
                   so numbering continues without a gap or a repeat
@@ -12,99 +21,154 @@ How it works::
                   line of a sparse index (every `INDEX_EVERY`-th line's byte offset) so
                   that catching up is not quadratic
 
+Lines are `tentacle.protocol.rpc_messages.LogLine` structs, on disk as on the wire.
 This module does blocking file I/O and nothing else; the event loop never calls it.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import BinaryIO, Final
+
+import msgspec
 
 from tentacle.common.logs import event
+from tentacle.protocol.rpc_messages import LogLine, LogStream
 
 log = logging.getLogger("tentacle.runner.runner")
 
 INDEX_EVERY: Final = 1000
+MAX_BYTES: Final = 64 * 1024 * 1024  # the default cap of one task's log.jsonl
+DISK_FLOOR: Final = 1024 * 1024  # free bytes output lines never take
+_LINE_COST: Final = 90  # about what a line takes besides its text, in JSON
+_ENCODER: Final = msgspec.json.Encoder()
+_DECODER: Final = msgspec.json.Decoder(LogLine)
 
 # What a line is before the log numbers it: (time, stream, step, text).
-Entry = tuple[float, str, str, str]
-
-
-@dataclass(frozen=True)
-class LogLine:
-    """One numbered log line of a task."""
-
-    seq: int
-    time: float
-    stream: str
-    step: str
-    text: str
-
-    def to_json(self) -> dict[str, Any]:
-        """The wire and disk form."""
-        return {
-            "seq": self.seq,
-            "time": self.time,
-            "stream": self.stream,
-            "step": self.step,
-            "text": self.text,
-        }
+Entry = tuple[float, LogStream, str, str]
 
 
 class TaskLog:
-    """The append-only, numbered log file of one task (blocking: call it off the event loop)."""
+    """The append-only, numbered log file of one task (blocking: call it off the event loop).
 
-    def __init__(self, path: Path, next_seq: int = 1, size: int = 0) -> None:
+    ``dropped`` counts output lines over the cap, ``lost`` lines the disk could not take
+    (``lost_reason`` says why); the loop reads them between batches.
+    """
+
+    def __init__(self, path: Path, next_seq: int = 1, size: int = 0, *, max_bytes: int = MAX_BYTES) -> None:
         """A log whose next line is ``next_seq`` and whose file holds ``size`` bytes."""
         self.path = path
         self.next_seq = next_seq
         self.size = size
+        self.max_bytes = max_bytes
+        self.dropped = 0
+        self.lost = 0
+        self.lost_reason = ""
+        self._unreported = 0  # lost lines no line of the log has told of yet
+        self._cap_told = self.capped  # a log recovered at its cap has said so already
         self._file: BinaryIO | None = None
         self._index: dict[int, int] = {}  # seq of every INDEX_EVERY-th line -> its byte offset
 
+    @property
+    def capped(self) -> bool:
+        """Whether output lines are dropped from now on (the file reached its cap)."""
+        return self.size >= self.max_bytes
+
     @classmethod
-    def recover(cls, path: Path, next_seq: int, size: int) -> TaskLog:
+    def recover(cls, path: Path, next_seq: int, size: int, *, max_bytes: int = MAX_BYTES) -> TaskLog:
         """Open an existing log, counting lines written after task.json was last saved."""
         try:
             actual = path.stat().st_size
         except FileNotFoundError:
-            return cls(path, next_seq, 0)
+            return cls(path, next_seq, 0, max_bytes=max_bytes)
         if actual == size:
-            return cls(path, next_seq, size)
+            return cls(path, next_seq, size, max_bytes=max_bytes)
         start = size if actual > size else 0  # shorter than recorded: someone edited it
         last_seq, good_end = _scan_tail(path, start)
         if good_end < actual:
             os.truncate(path, good_end)  # a half-written last line from the crash
-        return cls(path, max(next_seq, last_seq + 1), good_end)
+        return cls(path, max(next_seq, last_seq + 1), good_end, max_bytes=max_bytes)
 
-    def append(self, time: float, stream: str, step: str, text: str) -> LogLine | None:
-        """Number, write and flush one line; None when the disk refused it (logged)."""
+    def append(self, time: float, stream: LogStream, step: str, text: str) -> LogLine | None:
+        """Number, write and flush one line; None when it was dropped or lost."""
         lines = self.append_many([(time, stream, step, text)])
-        return lines[0] if lines else None
+        return lines[-1] if lines else None
 
     def append_many(self, entries: Sequence[Entry]) -> list[LogLine]:
-        """Number, write and flush lines in one write; none when the disk refused them (logged)."""
-        lines = [LogLine(self.next_seq + n, *entry) for n, entry in enumerate(entries)]
-        encoded = [json.dumps(line.to_json()).encode() + b"\n" for line in lines]  # ASCII-only
+        """Number, write and flush what may be written of ``entries`` in one write (see the module doc)."""
+        kept = self._keep(entries)
+        if not kept:
+            return []
+        lines = [
+            LogLine(seq=self.next_seq + n, time=time, stream=stream, step=step, text=text)
+            for n, (time, stream, step, text) in enumerate(kept)
+        ]
+        pieces = _encode_lines(lines)
         try:
             file = self._open()
-            file.write(b"".join(encoded))
+            file.write(b"".join(data for _, data in pieces))
             file.flush()
         except OSError as exc:
             self._undo_partial_write()
+            self._lose(len(kept), exc.strerror or str(exc))
             event(log, "task.log_write_failed", logging.ERROR, path=self.path, reason=str(exc))
             return []
-        for line, data in zip(lines, encoded, strict=True):
-            if line.seq % INDEX_EVERY == 1:
-                self._index[line.seq] = self.size
+        self._unreported = 0
+        for seq, data in pieces:
+            if seq % INDEX_EVERY == 1:
+                self._index[seq] = self.size
             self.size += len(data)
         self.next_seq += len(lines)
         return lines
+
+    def _keep(self, entries: Sequence[Entry]) -> list[Entry]:
+        """The entries to write: output under the disk floor or over the cap goes (counted); notes come in."""
+        kept = list(entries)
+        output = sum(1 for entry in entries if entry[1] is not LogStream.SYSTEM)
+        room = None if not output else self._disk_room()
+        if room is not None and room < DISK_FLOOR:
+            self._lose(output, f"less than {DISK_FLOOR // 1024} KiB free on the tentacle's disk")
+            kept = [entry for entry in entries if entry[1] is LogStream.SYSTEM]
+        elif self.size + sum(len(entry[3]) + _LINE_COST for entry in entries) >= self.max_bytes:
+            kept = self._under_cap(entries)
+        if self._unreported and kept:
+            lines = "1 log line was" if self._unreported == 1 else f"{self._unreported} log lines were"
+            kept.insert(0, (kept[0][0], LogStream.SYSTEM, kept[0][2], f"{lines} lost: {self.lost_reason}"))
+        return kept
+
+    def _under_cap(self, entries: Sequence[Entry]) -> list[Entry]:
+        """The entries the cap lets through (output until it is reached, system lines always), with the
+        line that says it was reached, once (at the start when the file reached it before)."""
+        kept: list[Entry] = []
+        size = self.size
+        for entry in entries:
+            if size >= self.max_bytes and not self._cap_told:
+                self._cap_told = True
+                kept.append((entry[0], LogStream.SYSTEM, entry[2], _capped(self)))
+            if entry[1] is not LogStream.SYSTEM and size >= self.max_bytes:
+                self.dropped += 1
+                continue
+            kept.append(entry)
+            size += len(entry[3]) + _LINE_COST  # about its size: the cap is a bound, not a quota
+        return kept
+
+    def _disk_room(self) -> int | None:
+        """Free bytes on the log's filesystem (None when it cannot be asked)."""
+        try:
+            stat = os.statvfs(self.path.parent)
+        except OSError:
+            return None
+        return stat.f_bavail * stat.f_frsize
+
+    def _lose(self, count: int, reason: str) -> None:
+        """Count lines the disk did not take."""
+        self.lost += count
+        self._unreported += count
+        self.lost_reason = reason
 
     def _open(self) -> BinaryIO:
         """The append handle, opened on first use."""
@@ -145,51 +209,86 @@ class TaskLog:
         except FileNotFoundError:
             return [], False
 
-    def _indexed(self, lines: Iterator[tuple[int, LogLine]]) -> Iterator[LogLine]:
-        """Pass lines through, noting the offsets the index wants."""
-        for offset, line in lines:
+    def _indexed(self, lines: Iterator[tuple[int, LogLine, int]]) -> Iterator[tuple[LogLine, int]]:
+        """Pass lines (with their sizes) through, noting the offsets the index wants."""
+        for offset, line, size in lines:
             if line.seq % INDEX_EVERY == 1:
                 self._index.setdefault(line.seq, offset)
-            yield line
+            yield line, size
+
+
+def _capped(log_file: TaskLog) -> str:
+    """The system line that replaces the first output line over the cap."""
+    return (
+        f"the task's log reached its cap of {log_file.max_bytes / 2**20:g} MiB:"
+        " further output lines are counted, not kept"
+    )
+
+
+def _encode_lines(lines: Sequence[LogLine]) -> list[tuple[int, bytes]]:
+    """The lines' JSON lines, in pieces that each start at an indexed line (seq % INDEX_EVERY == 1)
+    or at the first line: (the piece's first seq, its bytes)."""
+    first = lines[0].seq
+    cuts = [0, *range(-(first - 1) % INDEX_EVERY or INDEX_EVERY, len(lines), INDEX_EVERY), len(lines)]
+    pieces = []
+    for start, end in itertools.pairwise(sorted(set(cuts))):
+        try:
+            data = _ENCODER.encode_lines(lines[start:end])
+        except UnicodeEncodeError:
+            data = b"".join(_encode(line) + b"\n" for line in lines[start:end])
+        pieces.append((first + start, data))
+    return pieces
+
+
+def line_size(line: LogLine) -> int:
+    """The bytes a line takes in JSON, with its newline (on disk as on the wire)."""
+    return len(_encode(line)) + 1
+
+
+def _encode(line: LogLine) -> bytes:
+    """A line's JSON; text no encoder can write (a lone surrogate from a file name) is replaced."""
+    try:
+        return _ENCODER.encode(line)
+    except UnicodeEncodeError:
+        step, text = (value.encode("utf-8", "replace").decode() for value in (line.step, line.text))
+        return _ENCODER.encode(msgspec.structs.replace(line, step=step, text=text))
 
 
 def collect_lines(
-    lines: Iterable[LogLine], since: int, upto: int, limit: int, max_bytes: int
+    lines: Iterable[tuple[LogLine, int]], since: int, upto: int, limit: int, max_bytes: int
 ) -> tuple[list[LogLine], bool]:
-    """Up to ``limit`` lines (and about ``max_bytes`` of text) with since < seq < upto."""
+    """Up to ``limit`` lines (and ``max_bytes`` of their JSON, at least one line) with since < seq < upto."""
     taken: list[LogLine] = []
     used = 0
-    for line in lines:
+    for line, size in lines:
         if line.seq <= since:
             continue
         if line.seq >= upto:
             break
-        if len(taken) >= limit or (taken and used + len(line.text) > max_bytes):
+        if len(taken) >= limit or (taken and used + size > max_bytes):
             return taken, True
         taken.append(line)
-        used += len(line.text)
+        used += size
     return taken, False
 
 
-def _parse_lines(file: BinaryIO, offset: int) -> Iterator[tuple[int, LogLine]]:
-    """Each complete, readable line from ``offset`` on, with its byte offset."""
+def _parse_lines(file: BinaryIO, offset: int) -> Iterator[tuple[int, LogLine, int]]:
+    """Each complete, readable line from ``offset`` on, with its byte offset and size."""
     for raw in file:
         here, offset = offset, offset + len(raw)
         if not raw.endswith(b"\n"):
             return  # being written right now, or cut by a crash
         line = _parse(raw)
         if line is not None:
-            yield here, line
+            yield here, line, len(raw)
 
 
 def _parse(raw: bytes) -> LogLine | None:
     """One log.jsonl line, or None when it is not one (a hand edit)."""
     try:
-        body = json.loads(raw)
-        line = LogLine(body["seq"], body["time"], body["stream"], body["step"], body["text"])
-    except (ValueError, KeyError, TypeError):
+        return _DECODER.decode(raw)
+    except msgspec.DecodeError:
         return None
-    return line if isinstance(line.seq, int) and isinstance(line.text, str) else None
 
 
 def _scan_tail(path: Path, start: int) -> tuple[int, int]:

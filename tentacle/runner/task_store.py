@@ -10,6 +10,8 @@ How it works::
 
 The format is ``"format": 1`` and stays readable: a tentacle upgraded in place loads
 the task.json files its previous version wrote (tests/test_runner_disk.py keeps one).
+Those said ``done`` for every task that ended but was not cancelled; such a task reads
+as the machine would end it now (`ended_state`: success, failed or cancelled by its gates).
 
 This module does blocking file I/O: the runner calls it from its state writer thread
 (tentacle.runner.state_writer) or another worker thread, never on the event loop.
@@ -30,20 +32,13 @@ from tentacle.common.atomicfile import write_private
 from tentacle.common.logs import event
 from tentacle.errors import TentacleError
 from tentacle.protocol.plan import Plan
-from tentacle.protocol.runner_machine import (
-    GATE_STATES,
-    STOPS,
-    TASK_STATES,
-    Gate,
-    GateState,
-    TaskEntry,
-    TaskState,
-    work_gates,
-)
+from tentacle.protocol.runner_machine import STOPS, Gate, TaskEntry, ended_state, work_gates
+from tentacle.protocol.states import GateState, TaskState
 
 log = logging.getLogger("tentacle.runner.runner")
 
 FORMAT: Final = 1
+LEGACY_ENDED: Final = "done"  # how task.json said "ended" before the one vocabulary of states
 TASK_FILE: Final = "task.json"
 LOG_FILE: Final = "log.jsonl"
 
@@ -87,7 +82,7 @@ class TaskRecord:
             "format": FORMAT,
             "plan": self.plan_json,
             "arrival": entry.arrival,
-            "state": entry.state,
+            "state": entry.state.value,
             "gates": [gate.to_json() for gate in entry.gates.values()],
             "version": self.version,
             "logSeq": self.log_seq,
@@ -119,11 +114,12 @@ class TaskRecord:
             task_id=plan.task_id,
             arrival=_get(body, "arrival", int),
             work=work_gates(plan),
-            state=cast(TaskState, _choice(body, "state", TASK_STATES)),
             gates={gate.index: gate for gate in gates},
             stop=stop,
             finished=_get(body, "finished", bool),
         )
+        state = _choice(body, "state", (*TaskState, LEGACY_ENDED))
+        entry.state = ended_state(entry) if state == LEGACY_ENDED else TaskState(state)
         return cls(
             plan=plan,
             entry=entry,
@@ -138,10 +134,8 @@ class TaskRecord:
 def _read_gate(obj: object) -> Gate:
     """A gate of task.json; raises `StateError`."""
     gate = _mapping(obj, "gates[]")
-    state = _choice(gate, "state", GATE_STATES)
-    return Gate(
-        _get(gate, "index", int), _get(gate, "name", str), cast(GateState, state), _get(gate, "reason", str)
-    )
+    state = GateState(_choice(gate, "state", tuple(GateState)))
+    return Gate(_get(gate, "index", int), _get(gate, "name", str), state, _get(gate, "reason", str))
 
 
 def _mapping(value: object, path: str) -> Mapping[str, object]:
