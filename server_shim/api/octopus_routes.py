@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import msgspec
 from aiohttp import web
+from multidict import CIMultiDict
 
 from server_shim.api import octopus_answers as shapes_out
 from server_shim.api import project_routes, task_routes, tenant_routes
@@ -72,7 +73,9 @@ async def octopus_keys(request: web.Request, handler: Handler) -> web.StreamResp
         key = token.strip()
     if not key:
         return await handler(request)
-    return await handler(request.clone(headers={**request.headers, "X-Api-Key": key}))
+    headers = CIMultiDict(request.headers)
+    headers["X-Api-Key"] = key
+    return await handler(request.clone(headers=headers))
 
 
 @web.middleware
