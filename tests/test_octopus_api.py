@@ -264,3 +264,32 @@ def test_client_error_names_the_operation() -> None:
     """A failed operation's exception says which one and what the client reported."""
     error = ClientError("deploy", {"ErrorMessage": "no"})
     assert "deploy" in str(error) and error.error == {"ErrorMessage": "no"}
+
+
+async def test_tasks_are_read_by_id_with_or_without_the_space_and_listed(shop: LiveServer) -> None:
+    """One task by id (with the space, or without as Octopus allows), by a list of ids, and paged."""
+    ids = []
+    for _ in range(3):
+        status, answer = await _send(
+            shop, "POST", "/api/Default/deployments/create/untenanted/v1", DEPLOY, _key(shop)
+        )
+        assert status == 201, answer
+        ids.append(answer["DeploymentServerTasks"][0]["ServerTaskId"])
+    status, one = await _send(shop, "GET", f"/api/tasks/{ids[0]}", None, _key(shop))
+    assert status == 200 and one["Id"] == ids[0] and one["SpaceId"] == "Spaces-1" and one["Name"] == "Deploy"
+    status, listed = await _send(
+        shop, "GET", f"/api/Spaces-1/tasks?ids={ids[0]},T-000000000000,{ids[2]}", None, _key(shop)
+    )
+    assert status == 200 and sorted(t["Id"] for t in listed["Items"]) == sorted([ids[0], ids[2]])
+    assert listed["TotalResults"] == 2 and listed["ItemType"] == "Task"
+    status, paged = await _send(shop, "GET", "/api/Default/tasks?skip=1&take=1", None, _key(shop))
+    assert status == 200 and paged["TotalResults"] == 3 and [t["Id"] for t in paged["Items"]] == [ids[1]]
+    status, details = await _send(shop, "GET", f"/api/tasks/{ids[1]}/details", None, _key(shop))
+    assert status == 200 and details["Task"]["Id"] == ids[1]
+    assert [child["Name"] for child in details["ActivityLogs"][0]["Children"]] == ["web-01"]
+    status, raw = await _send(shop, "GET", f"/api/Default/tasks/{ids[1]}/raw", None, _key(shop))
+    assert status == 200 and raw.startswith(f"Task ID:        {ids[1]}\n")
+    status, error = await _send(shop, "GET", "/api/Default/tasks?states=Queued", None, _key(shop))
+    assert status == 400 and error["ErrorMessage"].startswith("states: this query parameter is not supported")
+    status, error = await _send(shop, "GET", f"/api/Ops/tasks/{ids[0]}", None, _key(shop))
+    assert status == 404 and error["ErrorMessage"] == "space 'Ops' does not exist"

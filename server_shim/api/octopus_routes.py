@@ -8,7 +8,9 @@ untouched (the bytes read are left for it, `middleware.RAW_BODY`). An Octopus co
 becomes our own request body, is carried out by the very functions our routes call
 (`task_routes.start_deployment` and the others), and the result goes back in Octopus's
 shape. The URL names the space by name or by id (``Spaces-1``, what Octopus's clients put
-there).
+there). One difference shows: a deployment to several environments is one task here (its
+gates hold across all of them), where Octopus makes one per environment; the answer lists
+the tasks there are.
 
 GET  /api                                            the root document: Version, InstallationId
 GET  /api/spaces?partialName&ids&skip&take           {TotalResults, Items: [{Id, Name, ...}]}
