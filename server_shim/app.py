@@ -20,6 +20,7 @@ from aiohttp import web
 from server_shim import server_config as cfg
 from server_shim.api import feed_routes as feed_api
 from server_shim.api import machine_routes as api
+from server_shim.api import octopus_lookups as octopus_lookups_api
 from server_shim.api import octopus_routes as octopus_api
 from server_shim.api import octopus_tasks as octopus_tasks_api
 from server_shim.api import polling_site as polling
@@ -98,6 +99,7 @@ class Server:
         tenants_api.add_routes(app)
         octopus_api.add_routes(app)  # after ours: Octopus's paths that look like ours are ours
         octopus_tasks_api.add_routes(app)
+        octopus_lookups_api.add_routes(app)
         return app
 
     def settings(self) -> api.ApiSettings:

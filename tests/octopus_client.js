@@ -42,6 +42,12 @@ function operations(client) {
     details: (args) => new octopus.SpaceServerTaskRepository(client, space).getDetails(args.id),
     raw: (args) => new octopus.SpaceServerTaskRepository(client, space).getRaw(args.id),
     cancel: (args) => new octopus.ServerTaskRepository(client).cancel(args.id),
+    // The lookups Octopus's deploy and runbook actions make once their tasks are queued.
+    deployments: (args) => new octopus.DeploymentRepository(client, space).list(args),
+    runbookRuns: (args) => new octopus.RunbookRunRepository(client, space).list(args),
+    environments: (args) => new octopus.EnvironmentRepository(client, space).list(args),
+    environmentsV2: (args) => new octopus.EnvironmentV2Repository(client, space).list(args),
+    tenants: (args) => new octopus.TenantRepository(client, space).list(args),
     // Waits as Octopus's await-task action does; `seen` is every state the polls reported.
     wait: async (args) => {
       const seen = [];

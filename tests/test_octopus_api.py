@@ -293,3 +293,41 @@ async def test_tasks_are_read_by_id_with_or_without_the_space_and_listed(shop: L
     assert status == 400 and error["ErrorMessage"].startswith("states: this query parameter is not supported")
     status, error = await _send(shop, "GET", f"/api/Ops/tasks/{ids[0]}", None, _key(shop))
     assert status == 404 and error["ErrorMessage"] == "space 'Ops' does not exist"
+
+
+async def test_the_lookups_octopus_actions_make_after_creating(shop: LiveServer) -> None:
+    """Deployments and runbook runs by id; environments and tenants by id or partial name."""
+    await _ok(shop, "PUT", "/api/Default/tagsets/Region/v1", {"tags": ["EU"]})
+    await _ok(
+        shop, "PUT", "/api/Default/tenants/Acme/v1", {"tags": ["Region/EU"], "projects": {"Shop": ["Test"]}}
+    )
+    status, made = await _send(
+        shop, "POST", "/api/Default/deployments/create/untenanted/v1", DEPLOY, _key(shop)
+    )
+    (deployment,) = made["DeploymentServerTasks"]
+    run = {"ProjectName": "Shop", "RunbookName": "Restart", "EnvironmentNames": ["Dev"]}
+    status, ran = await _send(shop, "POST", "/api/Default/runbook-runs/create/v1", run, _key(shop))
+    (runbook_run,) = ran["RunbookRunServerTasks"]
+    both = f"{deployment['DeploymentId']},{runbook_run['RunbookRunId']}"
+    status, found = await _send(shop, "GET", f"/api/Spaces-1/deployments?ids={both}&take=2", None, _key(shop))
+    assert status == 200 and [d["TaskId"] for d in found["Items"]] == [deployment["ServerTaskId"]]
+    (item,) = found["Items"]
+    assert item["ReleaseId"].startswith("Releases-") and item["TenantId"] is None
+    status, runs = await _send(shop, "GET", f"/api/Spaces-1/runbookRuns?ids={both}", None, _key(shop))
+    assert [r["TaskId"] for r in runs["Items"]] == [runbook_run["ServerTaskId"]]
+    status, environments = await _send(shop, "GET", "/api/Default/environments", None, _key(shop))
+    by_name = {e["Name"]: e["Id"] for e in environments["Items"]}
+    assert sorted(by_name) == ["Dev", "Test"] and by_name["Dev"] == item["EnvironmentId"]
+    status, v2 = await _send(
+        shop, "GET", "/api/Default/environments/v2?partialName=te&type=Static", None, _key(shop)
+    )
+    assert [e["Name"] for e in v2["Items"]] == ["Test"]
+    status, tenants = await _send(shop, "GET", "/api/Default/tenants?partialName=AC", None, _key(shop))
+    (acme,) = tenants["Items"]
+    assert acme["Name"] == "Acme" and acme["TenantTags"] == ["Region/EU"]
+    assert list(acme["ProjectEnvironments"].values()) == [[by_name["Test"]]]
+    status, by_id = await _send(shop, "GET", f"/api/Default/tenants?ids={acme['Id']}", None, _key(shop))
+    assert [t["Name"] for t in by_id["Items"]] == ["Acme"]
+    for path in ("/api/Default/deployments?projects=Projects-1", "/api/Default/environments?type=Static"):
+        status, error = await _send(shop, "GET", path, None, _key(shop))
+        assert status == 400 and "this query parameter is not supported" in error["ErrorMessage"], path

@@ -108,6 +108,22 @@ async def _wait(octopus: OctopusClient, *ids: str) -> list[dict[str, Any]]:
     return [tasks[task_id] for task_id in ids]
 
 
+async def _where(octopus: OctopusClient, kind: str, execution_id: str) -> tuple[str, str, str | None]:
+    """(task, environment, tenant) of a deployment or runbook run, looked up as Octopus's actions do."""
+    (found,) = (await octopus.call(kind, ids=[execution_id], take=1))["Items"]
+    environments = set()
+    for lookup in ("environments", "environmentsV2"):
+        listed = await octopus.call(lookup, ids=[found["EnvironmentId"]], skip=0, take=1)
+        environments.update(env["Name"] for env in listed["Items"])
+    (environment,) = environments
+    tenant = None
+    if found["TenantId"]:
+        (tenant,) = [
+            t["Name"] for t in (await octopus.call("tenants", ids=[found["TenantId"]], take=1))["Items"]
+        ]
+    return found["TaskId"], environment, tenant
+
+
 async def test_release_deploy_tenanted_and_runbook(fleet: LiveServer, octopus: OctopusClient) -> None:
     """Release with versions and a channel, deploy untenanted and tenanted, run a runbook: each Success."""
     assert octopus.info["version"] == "2022.3.5512" and octopus.info["installationId"]
@@ -157,6 +173,13 @@ async def test_release_deploy_tenanted_and_runbook(fleet: LiveServer, octopus: O
     (restart,) = ran["RunbookRunServerTasks"]
     assert restart["RunbookRunId"].startswith("RunbookRuns-")
 
+    assert await _where(octopus, "deployments", one["DeploymentId"]) == (one["ServerTaskId"], "Dev", None)
+    assert await _where(octopus, "deployments", acme["DeploymentId"]) == (acme["ServerTaskId"], "Dev", "Acme")
+    assert await _where(octopus, "runbookRuns", restart["RunbookRunId"]) == (
+        restart["ServerTaskId"],
+        "Dev",
+        None,
+    )
     ids = [one["ServerTaskId"], acme["ServerTaskId"], restart["ServerTaskId"]]
     for task in await _wait(octopus, *ids):
         assert task["State"] == "Success" and task["IsCompleted"] and task["FinishedSuccessfully"], task

@@ -2,8 +2,10 @@
 
 Pure: records in, structs out. Ids Octopus gives its resources are derived from ours, so
 that nothing new is stored: a server task's id is our task id (``T-1a2b...``), its
-deployment ``Deployments-1a2b...`` (``RunbookRuns-`` for a runbook run), a release's
-``Releases-`` and a hash of its space, project and version.
+deployment ``Deployments-1a2b...`` (``RunbookRuns-`` for a runbook run); a release,
+project, environment or tenant is ``Releases-``, ``Projects-``... and a hash of its space
+and names (`named_id`). The resources Octopus's actions read after creating are in
+octopus_lookups.
 
 Task states, ours to Octopus's::
 
@@ -201,10 +203,15 @@ def installation_id(ca_thumbprint: str) -> str:
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 
 
+def named_id(kind: str, space: Space, *names: str) -> str:
+    """The stable id Octopus's clients see for a thing this server names (``Projects-1a2b3c...``)."""
+    digest = hashlib.sha256("\0".join((kind, space.space_id, *names)).encode()).hexdigest()
+    return f"{kind}-{digest[:12]}"
+
+
 def release_id(space: Space, project: str, version: str) -> str:
     """The stable id of a release (a release is named by space, project and version here)."""
-    digest = hashlib.sha256(f"{space.space_id}\0{project}\0{version}".encode()).hexdigest()
-    return f"Releases-{digest[:12]}"
+    return named_id("Releases", space, project, version)
 
 
 def execution_id(record: TaskRecord) -> str:
