@@ -20,6 +20,7 @@ import pytest
 from rigs.instances import Server as ServerProcess
 from server_shim import server_config
 from tentacle.net.tls import client_context
+from tests import octopus_tools
 from tests.conftest import LiveServer, Tentacles
 from tests.deploying import step
 from tests.octopus_tools import ClientError, OctopusClient
@@ -331,3 +332,17 @@ async def test_the_lookups_octopus_actions_make_after_creating(shop: LiveServer)
     for path in ("/api/Default/deployments?projects=Projects-1", "/api/Default/environments?type=Static"):
         status, error = await _send(shop, "GET", path, None, _key(shop))
         assert status == 400 and "this query parameter is not supported" in error["ErrorMessage"], path
+
+
+def test_a_missing_client_fails_the_test_saying_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without the client where the tests look, a test that needs it fails (never skips), naming make."""
+    monkeypatch.setattr(octopus_tools, "PACKAGE", tmp_path / "missing" / "package.json")
+    with pytest.raises(pytest.fail.Exception, match=r"not installed .*make octopus-client"):
+        octopus_tools.node()
+    wrong = tmp_path / "package.json"
+    wrong.write_text(json.dumps({"version": "3.0.0"}))
+    monkeypatch.setattr(octopus_tools, "PACKAGE", wrong)
+    with pytest.raises(pytest.fail.Exception, match=r"3\.0\.0 is installed, not 3\.11\.0"):
+        octopus_tools.node()
