@@ -111,7 +111,7 @@ async def _wait(octopus: OctopusClient, *ids: str) -> list[dict[str, Any]]:
 async def _where(octopus: OctopusClient, kind: str, execution_id: str) -> tuple[str, str, str | None]:
     """(task, environment, tenant) of a deployment or runbook run, looked up as Octopus's actions do."""
     (found,) = (await octopus.call(kind, ids=[execution_id], take=1))["Items"]
-    environments = set()
+    environments: set[str] = set()
     for lookup in ("environments", "environmentsV2"):
         listed = await octopus.call(lookup, ids=[found["EnvironmentId"]], skip=0, take=1)
         environments.update(env["Name"] for env in listed["Items"])
