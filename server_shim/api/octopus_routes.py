@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -61,6 +61,7 @@ from tentacle.protocol.process import Process
 
 log = logging.getLogger("server_shim.api.octopus_routes")
 OctopusHandler = Callable[[web.Request, Space, dict[str, Any]], Awaitable[web.Response]]
+C = TypeVar("C", bound=Command)
 MAX_TAKE: Final = 2**31 - 1  # what the clients ask for when they want everything
 
 
@@ -100,7 +101,7 @@ def _octopus_keys(raw: bytes) -> bool:
     return is_octopus_shaped(keys)
 
 
-def _command(document: dict[str, Any], kind: type[Command], space: Space) -> Any:
+def _command(document: dict[str, Any], kind: type[C], space: Space) -> C:
     """The command, checked: its space is the URL's, and it asks for nothing unsupported."""
     command = decode_command(document, kind)
     command.check_space(space.name, space.space_id)
@@ -112,7 +113,7 @@ def _command(document: dict[str, Any], kind: type[Command], space: Space) -> Any
 
 async def create_release(request: web.Request, space: Space, document: dict[str, Any]) -> web.Response:
     """Octopus's create-release: our release, or with IgnoreIfAlreadyExists the one already made."""
-    command: CreateRelease = _command(document, CreateRelease, space)
+    command = _command(document, CreateRelease, space)
     version = command.version() if command.ignore_if_already_exists else None
     process, existing = await request.app[DB].run(
         _project_and_release, space.name, command.project_name, version
@@ -155,7 +156,7 @@ def _project_and_release(
 
 async def deploy_untenanted(request: web.Request, space: Space, document: dict[str, Any]) -> web.Response:
     """Octopus's untenanted deployment: one task."""
-    command: CreateDeploymentUntenanted = _command(document, CreateDeploymentUntenanted, space)
+    command = _command(document, CreateDeploymentUntenanted, space)
     ours = command.ours()
     ours.check()
     record = await task_routes.start_deployment(request, space.name, ours)
@@ -164,7 +165,7 @@ async def deploy_untenanted(request: web.Request, space: Space, document: dict[s
 
 async def deploy_tenanted(request: web.Request, space: Space, document: dict[str, Any]) -> web.Response:
     """Octopus's tenanted deployment: one task per tenant."""
-    command: CreateDeploymentTenanted = _command(document, CreateDeploymentTenanted, space)
+    command = _command(document, CreateDeploymentTenanted, space)
     ours = command.ours()
     ours.check()
     records = await tenant_routes.start_tenanted(request, space.name, ours)
@@ -181,7 +182,7 @@ def _deployments(records: list[TaskRecord]) -> shapes_out.DeploymentsCreated:
 
 async def run_runbook(request: web.Request, space: Space, document: dict[str, Any]) -> web.Response:
     """Octopus's runbook run: one task."""
-    command: CreateRunbookRun = _command(document, CreateRunbookRun, space)
+    command = _command(document, CreateRunbookRun, space)
     ours = command.ours()
     ours.check()
     record = await task_routes.start_runbook_run(request, space.name, ours)
