@@ -5,10 +5,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NUGET_EXE := .tools/node_modules/nuget-exe/nuget-5.8.0.exe
+OCTOPUS_CLIENT := .tools/octopus/node_modules/@octopusdeploy/api-client/package.json
 # nginx and debootstrap live in /usr/sbin, which a non-root user's PATH often lacks.
 export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: test system-deps lint typecheck unit demo demo-stop bench clean
+.PHONY: test system-deps lint typecheck unit octopus-client demo demo-stop bench clean
 
 $(STAMP): pyproject.toml
 	PYTHON=$(PYTHON) tools/system-deps.sh build
@@ -29,7 +30,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) system-deps $(NUGET_EXE)
+unit: $(STAMP) system-deps $(NUGET_EXE) $(OCTOPUS_CLIENT)
 	$(BIN)/pytest -q
 
 # NuGet.exe 5.8 for tests/test_nuget_clients.py and tests/test_nuget_packs.py, from the npm
@@ -37,6 +38,15 @@ unit: $(STAMP) system-deps $(NUGET_EXE)
 # tools/system-deps.sh.
 $(NUGET_EXE): | system-deps
 	npm install --prefix .tools --no-audit --no-fund --no-save nuget-exe@5.8.0
+	test -f $@ && touch $@
+
+# Octopus Deploy's official TypeScript API client for tests/test_octopus_*.py, from the npm
+# registry into .tools/octopus/ (git-ignored; its own prefix, so that neither install removes the
+# other's packages); Node and npm come from tools/system-deps.sh.
+octopus-client: $(OCTOPUS_CLIENT)
+
+$(OCTOPUS_CLIENT): | system-deps
+	npm install --prefix .tools/octopus --no-audit --no-fund --no-save @octopusdeploy/api-client@3.11.0
 	test -f $@ && touch $@
 
 demo: $(STAMP)

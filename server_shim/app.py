@@ -20,6 +20,9 @@ from aiohttp import web
 from server_shim import server_config as cfg
 from server_shim.api import feed_routes as feed_api
 from server_shim.api import machine_routes as api
+from server_shim.api import octopus_lookups as octopus_lookups_api
+from server_shim.api import octopus_routes as octopus_api
+from server_shim.api import octopus_tasks as octopus_tasks_api
 from server_shim.api import polling_site as polling
 from server_shim.api import project_routes as projects_api
 from server_shim.api import space_routes as spaces_api
@@ -82,7 +85,8 @@ class Server:
 
     def api_app(self) -> web.Application:
         """The API application."""
-        app = web.Application(middlewares=[errors, api_key], client_max_size=2 * 1024 * 1024)
+        middlewares = [errors, octopus_api.octopus_keys, api_key, octopus_api.octopus_bodies]
+        app = web.Application(middlewares=middlewares, client_max_size=2 * 1024 * 1024)
         app[DB] = self.db
         app[api.FLEET] = self.fleet
         app[api.AUTHORITY] = Authority(self.paths.config)
@@ -93,6 +97,9 @@ class Server:
         app[tasks_api.DISPATCHER] = self.dispatcher
         tasks_api.add_routes(app)
         tenants_api.add_routes(app)
+        octopus_api.add_routes(app)  # after ours: Octopus's paths that look like ours are ours
+        octopus_tasks_api.add_routes(app)
+        octopus_lookups_api.add_routes(app)
         return app
 
     def settings(self) -> api.ApiSettings:

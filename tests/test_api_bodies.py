@@ -238,7 +238,11 @@ async def test_a_valid_pair_passes_the_surrogate_check(live: LiveServer) -> None
 
 def test_an_answer_with_a_lone_surrogate_is_sent_escaped() -> None:
     """An answer echoing a lone surrogate (no UTF-8 form) goes out escaped, not as a failure."""
-    response = answer(ErrorBody(error=ErrorDetail(code="not-found", message="no task '\ud800'")), 404)
+    message = "no task '\ud800'"
+    response = answer(
+        ErrorBody(error=ErrorDetail(code="not-found", message=message), error_message=message), 404
+    )
     assert response.status == 404 and response.content_type == "application/json"
     assert isinstance(response.body, bytes)
-    assert json.loads(response.body)["error"]["message"] == "no task '\\ud800'"
+    sent = json.loads(response.body)
+    assert sent["error"]["message"] == sent["ErrorMessage"] == "no task '\\ud800'"

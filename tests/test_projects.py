@@ -119,10 +119,11 @@ async def released(shim: Shim) -> Shim:
 
 def error_of(answer: Any) -> str:
     """The message of an error body (asserting its shape)."""
-    assert set(answer) == {"error"}
+    assert set(answer) == {"error", "ErrorMessage", "Errors"}
     assert set(answer["error"]) == {"code", "message", "details"}
     message = answer["error"]["message"]
-    assert isinstance(message, str)
+    assert isinstance(message, str) and answer["ErrorMessage"] == message
+    assert all(isinstance(problem, str) for problem in answer["Errors"])
     assert message
     return message
 

@@ -260,8 +260,8 @@ class TenantedCreated(Wire, frozen=True):
     deployments: list[TenantTask]
 
 
-class RunbookRunRequest(Body, frozen=True):
-    """``POST /api/{space}/runbook-runs/create/v1``."""
+class RunbookRunRequest(DeploymentOptions, frozen=True, kw_only=True):
+    """``POST /api/{space}/runbook-runs/create/v1``; it takes the deployments' options too."""
 
     project_name: Name
     runbook_name: Name
@@ -384,6 +384,12 @@ class ErrorDetail(Wire, frozen=True):
 
 
 class ErrorBody(Wire, frozen=True):
-    """Every error answer: ``{"error": {"code", "message", "details"}}``."""
+    """Every error answer: ``{"error": {"code", "message", "details"}, "ErrorMessage", "Errors"}``.
+
+    ``ErrorMessage`` and ``Errors`` are what Octopus's own clients show of an error (and all
+    they show): the same message, and the separate problems when there are several.
+    """
 
     error: ErrorDetail
+    error_message: str = msgspec.field(name="ErrorMessage")
+    errors: list[str] = msgspec.field(default_factory=list, name="Errors")

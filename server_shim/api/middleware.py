@@ -46,6 +46,9 @@ _LONE_SURROGATE = re.compile(
     rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})"
 )
 B = TypeVar("B", bound=Body)
+# The body's bytes once read: a route that looked at them first (the Octopus adapter tells the
+# two shapes of a shared path apart) leaves them here for the handler that reads them next.
+RAW_BODY = web.RequestKey("raw_body", bytes)
 
 
 def error_response(
@@ -57,12 +60,27 @@ def error_response(
     headers: dict[str, str] | None = None,
     reason: str | None = None,
 ) -> web.Response:
-    """The JSON error body of design.md; `reason` replaces the status line's phrase (NuGet shows it)."""
-    response = answer(ErrorBody(error=ErrorDetail(code=code, message=message, details=details or {})), status)
+    """The JSON error body of design.md; `reason` replaces the status line's phrase (NuGet shows it).
+
+    When ``details["problems"]`` lists several (texts, or ``{path, message}``), each is one of
+    Octopus's ``Errors`` (its clients show the message, then each of them on a line).
+    """
+    details = details or {}
+    problems = details.get("problems")
+    errors = [_problem_text(p) for p in problems] if isinstance(problems, list) and len(problems) > 1 else []
+    detail = ErrorDetail(code=code, message=message, details=details)
+    response = answer(ErrorBody(error=detail, error_message=message, errors=errors), status)
     response.headers.update(headers or {})
     if reason is not None:
         response.set_status(status, reason)
     return response
+
+
+def _problem_text(problem: Any) -> str:
+    if isinstance(problem, dict) and "message" in problem:
+        path = problem.get("path")
+        return f"{path}: {problem['message']}" if path else str(problem["message"])
+    return str(problem)
 
 
 def answer(body: Any, status: int = 200) -> web.Response:
@@ -104,9 +122,17 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(500, "internal", "internal server error (logged on the server)")
 
 
+async def read_raw(request: web.Request) -> bytes:
+    """The request's body (at most 2 MiB, 413 beyond), read once: later calls get the same bytes."""
+    raw = request.get(RAW_BODY)
+    if raw is None:
+        raw = request[RAW_BODY] = await _read(request)
+    return raw
+
+
 async def read_body(request: web.Request, kind: type[B]) -> B:
     """The request's body as `kind`, strictly: a 400 naming the path of what is wrong."""
-    body = _decode(await _read(request), kind)
+    body = _decode(await read_raw(request), kind)
     _check_tree(body, MAX_JSON_DEPTH)
     body.check()
     return body
@@ -114,7 +140,7 @@ async def read_body(request: web.Request, kind: type[B]) -> B:
 
 async def read_document(request: web.Request) -> dict[str, Any]:
     """The request's body as a JSON object whose rules live elsewhere (the process document)."""
-    document = _decode(await _read(request), dict[str, Any])
+    document = _decode(await read_raw(request), dict[str, Any])
     _check_tree(document, MAX_JSON_DEPTH)
     return document
 

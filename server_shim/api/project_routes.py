@@ -62,6 +62,18 @@ async def create_release(request: web.Request) -> web.Response:
     """Snapshot a project's process and package versions as a release."""
     space = await space_of(request)
     body = await read_body(request, ReleaseRequest)
+    release = await make_release(request, space, body)
+    created = ReleaseCreated(
+        project_name=body.project_name,
+        release_version=release.version,
+        package_versions={package_id: ref.version for package_id, ref in release.packages.items()},
+        channel_name=release.channel,
+    )
+    return answer(created, 201)
+
+
+async def make_release(request: web.Request, space: str, body: ReleaseRequest) -> projects.Release:
+    """Store a release (the route's work, whatever the body's shape)."""
     release = await request.app[DB].run(
         projects.create_release,
         space,
@@ -79,13 +91,7 @@ async def create_release(request: web.Request) -> web.Response:
         version=release.version,
         channel=release.channel,
     )
-    created = ReleaseCreated(
-        project_name=body.project_name,
-        release_version=release.version,
-        package_versions={package_id: ref.version for package_id, ref in release.packages.items()},
-        channel_name=release.channel,
-    )
-    return answer(created, 201)
+    return release
 
 
 def add_routes(app: web.Application) -> None:

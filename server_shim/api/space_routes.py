@@ -3,8 +3,9 @@
 POST /api/spaces/v1     {name} -> 201 {name, id}
 GET  /api/spaces/v1     {items: [{name, id}]}
 
-`space_of` gives a route's space when it exists (404 naming it otherwise). Spaces are
-never deleted, so a space once found is remembered for the life of the process: the
+`space_of` gives a route's space when it exists (404 naming it otherwise); the URL may
+name it or give its id (``/api/Spaces-1/...``, as Octopus's clients do). Spaces are never
+deleted nor renamed, so a space once found is remembered for the life of the process: the
 common case costs no trip to the database thread.
 """
 
@@ -20,17 +21,28 @@ from server_shim.store import spaces
 from tentacle.common.logs import event
 
 log = logging.getLogger("server_shim.api.space_routes")
-KNOWN = web.AppKey("known_spaces", set)
+KNOWN = web.AppKey("known_spaces", dict[str, spaces.Space])
 
 
 async def space_of(request: web.Request) -> str:
-    """The route's space, which must exist."""
-    space = request.match_info["space"]
-    known: set[str] = request.app.get(KNOWN, set())
-    if space not in known:
-        await request.app[DB].run(spaces.require, space)
-        known.add(space)
-    return space
+    """The name of the route's space (given by name or id), which must exist."""
+    return (await route_space(request)).name
+
+
+async def route_space(request: web.Request) -> spaces.Space:
+    """The route's space (given by name or id), which must exist."""
+    return await find_space(request, request.match_info["space"])
+
+
+async def find_space(request: web.Request, given: str) -> spaces.Space:
+    """The space of that name or id, which must exist."""
+    known = request.app.get(KNOWN)
+    found = None if known is None else known.get(given)
+    if found is None:
+        found = await request.app[DB].run(spaces.resolve, given)
+        if known is not None:
+            known[given] = found
+    return found
 
 
 async def create_space(request: web.Request) -> web.Response:
@@ -49,6 +61,6 @@ async def list_spaces(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Mount this module's routes."""
-    app[KNOWN] = set()
+    app[KNOWN] = {}
     app.router.add_post("/api/spaces/v1", create_space)
     app.router.add_get("/api/spaces/v1", list_spaces)

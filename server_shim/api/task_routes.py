@@ -3,7 +3,7 @@
 POST /api/{space}/deployments/create/untenanted/v1  {projectName, releaseVersion, environmentNames,
                                                      machineNames?, and the options below}
 POST /api/{space}/runbook-runs/create/v1            {projectName, runbookName, environmentNames,
-                                                     machineNames?}
+                                                     machineNames?, and the options below}
 GET  /api/{space}/tasks/{taskId}/v1                 state, targets, error
 GET  /api/{space}/tasks/{taskId}/log/v1?since=SEQ   log lines after SEQ (and the task state)
 POST /api/{space}/tasks/{taskId}/cancel/v1
@@ -12,7 +12,9 @@ Each create is one request that returns ``{taskId}``: the task is resolved and s
 in one transaction (nothing is stored when anything is wrong), then queued. A deployment
 also takes ``specificMachineNames`` (``machineNames`` is the older name for it),
 ``excludedMachineNames``, ``skipStepNames``, ``forcePackageRedeployment``, ``runAt`` and
-``noRunAfter`` (see `options`); the tenanted route is in tenant_routes.
+``noRunAfter`` (see `options`), and so does a runbook run; the tenanted route is in
+tenant_routes. The Octopus-shaped bodies of the same paths are octopus_routes' (it calls
+`start_deployment` and `start_runbook_run`, the work of these routes).
 """
 
 from __future__ import annotations
@@ -49,16 +51,21 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 MAX_LOG_PAGE = 1000
 
 
-async def _create(request: web.Request, req: deployments.Request) -> web.Response:
+async def _create(request: web.Request, req: deployments.Request) -> tasks.TaskRecord:
     record = await request.app[DB].run(deployments.create, req)
     await request.app[DISPATCHER].submit(record)
-    return answer(TaskCreated(task_id=record.task_id), 201)
+    return record
 
 
 async def create_deployment(request: web.Request) -> web.Response:
     """Deploy a release to environments: one request, one task."""
     space = await space_of(request)
-    body = await read_body(request, DeploymentRequest)
+    record = await start_deployment(request, space, await read_body(request, DeploymentRequest))
+    return answer(TaskCreated(task_id=record.task_id), 201)
+
+
+async def start_deployment(request: web.Request, space: str, body: DeploymentRequest) -> tasks.TaskRecord:
+    """Store and queue the task of an untenanted deployment (the route's work, whatever the body's shape)."""
     opts = options(body, body.machine_names)
     req = deployments.Request(
         space=space,
@@ -89,7 +96,13 @@ def options(body: DeploymentOptions, machine_names: tuple[str, ...] = ()) -> dep
 async def create_runbook_run(request: web.Request) -> web.Response:
     """Run a project's runbook in environments: one request, one task."""
     space = await space_of(request)
-    body = await read_body(request, RunbookRunRequest)
+    record = await start_runbook_run(request, space, await read_body(request, RunbookRunRequest))
+    return answer(TaskCreated(task_id=record.task_id), 201)
+
+
+async def start_runbook_run(request: web.Request, space: str, body: RunbookRunRequest) -> tasks.TaskRecord:
+    """Store and queue the task of a runbook run (the route's work, whatever the body's shape)."""
+    opts = options(body, body.machine_names)
     req = deployments.Request(
         space=space,
         kind="runbook",
@@ -97,7 +110,8 @@ async def create_runbook_run(request: web.Request) -> web.Response:
         release_version="",
         runbook=body.runbook_name,
         environments=_distinct(body.environment_names),
-        machine_names=_distinct(body.machine_names),
+        machine_names=opts.specific_machines,
+        options=opts,
     )
     return await _create(request, req)
 
@@ -133,13 +147,19 @@ def task_view(record: tasks.TaskRecord, coordinator: TaskCoordinator | None) -> 
 
 
 async def _record(request: web.Request) -> tasks.TaskRecord:
-    """The task as stored, or as this server holds it when it ended and the disk refused its state."""
-    space = await space_of(request)
-    record = await request.app[DB].run(
-        functools.partial(tasks.get, with_plans=False), request.match_info["taskId"]
-    )
-    if record.space != space:
+    return await stored_task(request, request.match_info["taskId"], await space_of(request))
+
+
+async def stored_task(request: web.Request, task_id: str, space: str | None) -> tasks.TaskRecord:
+    """The task (in `space`, or in any when None), as `as_held` gives it."""
+    record = await request.app[DB].run(functools.partial(tasks.get, with_plans=False), task_id)
+    if space is not None and record.space != space:
         raise NotFound(f"task {record.task_id!r} does not exist in space {space!r}")
+    return as_held(request, record)
+
+
+def as_held(request: web.Request, record: tasks.TaskRecord) -> tasks.TaskRecord:
+    """The task as stored, or as this server holds it when it ended and the disk refused its state."""
     run = request.app[DISPATCHER].live(record.task_id)
     if run is not None and run.unsaved:
         coordinator = run.coordinator
@@ -190,9 +210,14 @@ async def cancel_task(request: web.Request) -> web.Response:
     record = await _record(request)
     if record.state in tasks.FINAL_STATES:
         raise Conflict(f"task {record.task_id} already finished ({record.state})")
-    name = request.get(API_KEY_NAME, "an operator")
-    state = await request.app[DISPATCHER].cancel(record.task_id, f"cancelled by {name}")
+    state = await cancel_running(request, record)
     return answer(CancelAnswer(task_id=record.task_id, state=state), 202)
+
+
+async def cancel_running(request: web.Request, record: tasks.TaskRecord) -> str:
+    """Cancel a task that has not ended, in the caller's name; the state it is in now."""
+    name = request.get(API_KEY_NAME, "an operator")
+    return await request.app[DISPATCHER].cancel(record.task_id, f"cancelled by {name}")
 
 
 def add_routes(app: web.Application) -> None:

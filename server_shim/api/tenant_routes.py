@@ -32,6 +32,7 @@ from server_shim.api.middleware import DB, answer, read_body, read_document
 from server_shim.api.space_routes import space_of
 from server_shim.api.task_routes import DISPATCHER, options
 from server_shim.store import deployments, tenants
+from server_shim.store.task_rows import TaskRecord
 from tentacle.common.logs import event
 from tentacle.protocol.documents import NAME_MAX, text_problem
 
@@ -95,7 +96,15 @@ async def get_tenant(request: web.Request) -> web.Response:
 async def create_tenanted_deployment(request: web.Request) -> web.Response:
     """Deploy a release to tenants: one request, one task per tenant, all or none."""
     space = await space_of(request)
-    body = await read_body(request, TenantedDeploymentRequest)
+    records = await start_tenanted(request, space, await read_body(request, TenantedDeploymentRequest))
+    created = [TenantTask(tenant_name=str(r.tenant), task_id=r.task_id) for r in records]
+    return answer(TenantedCreated(deployments=created), 201)
+
+
+async def start_tenanted(
+    request: web.Request, space: str, body: TenantedDeploymentRequest
+) -> list[TaskRecord]:
+    """Store and queue one task per tenant (the route's work, whatever the body's shape)."""
     req = deployments.TenantedRequest(
         space=space,
         project=body.project_name,
@@ -108,8 +117,7 @@ async def create_tenanted_deployment(request: web.Request) -> web.Response:
     records = await request.app[DB].run(deployments.create_tenanted, req)
     await request.app[DISPATCHER].submit(*records)
     event(log, "deployment.tenanted", space=space, project=req.project, tasks=len(records))
-    created = [TenantTask(tenant_name=str(r.tenant), task_id=r.task_id) for r in records]
-    return answer(TenantedCreated(deployments=created), 201)
+    return records
 
 
 def add_routes(app: web.Application) -> None:

@@ -145,7 +145,10 @@ def create_release(
     document, process = _project_document(conn, space, project)
     chosen = channels.channel_of(process, channel)
     if given is not None and _release_row(conn, space, project, given) is not None:
-        raise ReleaseExists(f"releaseVersion: release {given!r} of project {project!r} already exists")
+        raise ReleaseExists(
+            f"releaseVersion: release {given!r} of project {project!r} already exists",
+            details={"path": "releaseVersion", "releaseVersion": given},
+        )
     wanted = _wanted_versions(process.package_ids(), package_versions or {})
     packages = channels.resolve_packages(conn, chosen, wanted, ignore_channel_rules)
     normalized = given or channels.next_version(conn, space, process, chosen, packages)
@@ -153,7 +156,8 @@ def create_release(
         raise ReleaseExists(
             f"releaseVersion: release {normalized!r} of project {project!r} already exists (made from"
             f" {'the versionTemplate' if process.version_template else 'the newest package version'});"
-            " give releaseVersion"
+            " give releaseVersion",
+            details={"path": "releaseVersion", "releaseVersion": normalized},
         )
     release = Release(project, normalized, process, packages, chosen.name)
     conn.execute(

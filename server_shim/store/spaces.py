@@ -3,8 +3,10 @@
 Projects, releases, tenants, tag sets, machines, tasks and mirror feeds each belong to one
 space, and every query of them names it, so nothing of one space is visible from another
 (the same machine name in two spaces is two machines). A space has a name (what routes
-and commands take) and a stable id, ``Spaces-N`` (what Octopus's own clients carry); ids
-are never reused. ``Default`` (``Spaces-1``) exists from the start. Spaces are not deleted.
+and commands take) and a stable id, ``Spaces-N`` (what Octopus's own clients carry, and what
+`resolve` takes as well as the name); ids are never reused, and no name has an id's shape,
+so the two never mean different spaces. ``Default`` (``Spaces-1``) exists from the start.
+Spaces are not deleted.
 
 Errors::
 
@@ -26,6 +28,7 @@ DEFAULT_SPACE = "Default"
 MAX_SPACE_NAME = 100
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 _ID = re.compile(r"^Spaces-([0-9]+)\Z")
+_ID_SHAPED = re.compile(r"^spaces-[0-9]+\Z", re.IGNORECASE)
 
 
 class SpaceNotFound(NotFound):
@@ -62,6 +65,12 @@ def check_space_name(name: str) -> str:
             " starting with a letter or digit",
             details={"path": "name"},
         )
+    if _ID_SHAPED.match(name):
+        raise SpaceNameError(
+            f"name: {shown(name)} has the shape of a space id (Spaces-N), which routes take as well"
+            " as names: choose another name",
+            details={"path": "name"},
+        )
     return name
 
 
@@ -96,6 +105,23 @@ def exists(conn: sqlite3.Connection, name: str) -> bool:
     if not _NAME.match(name):
         return False
     return conn.execute("SELECT 1 FROM spaces WHERE name = ?", (name,)).fetchone() is not None
+
+
+def resolve(conn: sqlite3.Connection, name_or_id: str) -> Space:
+    """The space of that name, else of that id (``Spaces-2``); SpaceNotFound naming it otherwise.
+
+    The name is tried first: a space named like an id before names of that shape were
+    refused keeps the meaning its name had.
+    """
+    if _NAME.match(name_or_id):
+        query = "SELECT name, space_id, created_at FROM spaces WHERE "
+        row = conn.execute(query + "name = ?", (name_or_id,)).fetchone()
+        if row is None and _ID.match(name_or_id):
+            row = conn.execute(query + "space_id = ?", (name_or_id,)).fetchone()
+        if row is not None:
+            return Space(row["name"], row["space_id"], row["created_at"])
+    shown_name = shown(name_or_id)
+    raise SpaceNotFound(f"space {shown_name} does not exist", details={"space": shown_name})
 
 
 def require(conn: sqlite3.Connection, name: str) -> str:

@@ -14,6 +14,7 @@ import functools
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,10 +95,12 @@ def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
 
 
 # Every column but the plans: what reading a task needs (5,000 plans take 0.2 s to parse).
-_GET_HEADER = (
+_HEADER = (
     "SELECT task_id, space, kind, project, release_version, runbook, environment, state, error,"
-    " created_at, finished_at, coordinator, tenant, run_at, no_run_after FROM tasks WHERE task_id = ?"
+    " created_at, finished_at, coordinator, tenant, run_at, no_run_after FROM tasks"
 )
+_GET_HEADER = _HEADER + " WHERE task_id = ?"
+MAX_TASK_IDS = 1000
 
 
 def get(conn: sqlite3.Connection, task_id: str, *, with_plans: bool = True) -> TaskRecord:
@@ -145,3 +148,29 @@ def read_log(conn: sqlite3.Connection, task_id: str, since: int, limit: int = 10
         }
         for r in rows
     ]
+
+
+def get_many(conn: sqlite3.Connection, space: str, task_ids: Sequence[str]) -> list[TaskRecord]:
+    """The tasks of `space` among `task_ids` (at most `MAX_TASK_IDS`), without plans, newest first.
+
+    Ids of no task, or of another space's, are left out: the caller tells which are missing.
+    """
+    wanted = list(dict.fromkeys(task_ids))[:MAX_TASK_IDS]
+    if not wanted:
+        return []
+    marks = ", ".join("?" * len(wanted))
+    rows = conn.execute(
+        f"{_HEADER} WHERE space = ? AND task_id IN ({marks}) ORDER BY created_at DESC, task_id",
+        (space, *wanted),
+    )
+    return [TaskRecord.from_row(row) for row in rows]
+
+
+def page(conn: sqlite3.Connection, space: str, skip: int, take: int) -> tuple[int, list[TaskRecord]]:
+    """(how many tasks `space` has, the `take` newest after skipping `skip`), without plans."""
+    total = conn.execute("SELECT COUNT(*) FROM tasks WHERE space = ?", (space,)).fetchone()[0]
+    rows = conn.execute(
+        f"{_HEADER} WHERE space = ? ORDER BY created_at DESC, task_id LIMIT ? OFFSET ?",
+        (space, take, skip),
+    )
+    return int(total), [TaskRecord.from_row(row) for row in rows]

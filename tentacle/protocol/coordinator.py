@@ -176,6 +176,11 @@ class TaskCoordinator:
         return self._error
 
     @property
+    def cancelling(self) -> bool:
+        """Whether a cancel was asked for and the task has not ended yet (it still reads running)."""
+        return self._cancel_reason is not None and not self._state.final
+
+    @property
     def current_gate(self) -> int:
         """The index of the gate the targets are in."""
         return self._current
