@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from tentacle.agent.agent_config import HeartbeatConfig, ListenConfig
 from tentacle.agent.daemon import Agent
 from tentacle.common.paths import InstancePaths, resolve
 from tentacle.net.tls import client_context
+from tests.real_fleet import RealFleet
 
 
 def free_port() -> int:
@@ -197,3 +198,14 @@ async def tentacles(live_server: LiveServer, tmp_path: Path) -> AsyncIterator[Te
 def mode(request: pytest.FixtureRequest) -> str:
     """Every transport test runs in both modes."""
     return str(request.param)
+
+
+@pytest.fixture
+def real_fleet(tmp_path: Path) -> Iterator[RealFleet]:
+    """A `server-shim run` process, and tentacle processes to register; all stopped at the end."""
+    fleet = RealFleet(tmp_path)
+    fleet.start_server()
+    try:
+        yield fleet
+    finally:
+        fleet.close()

@@ -114,6 +114,22 @@ class MachineList(Wire, frozen=True):
     items: list[MachineView]
 
 
+class ReplacementRequest(Body, frozen=True):
+    """``POST /api/{space}/machines/{name}/replace/v1``: how long the replacement token lives."""
+
+    expires: Annotated[str, Meta(min_length=1, max_length=20)] = "1h"
+
+
+class ReplacementToken(Wire, frozen=True):
+    """A one-use token that may replace one machine (``register --force``), within its claims."""
+
+    machine_name: str
+    token: str
+    expires_at: str
+    environments: tuple[str, ...]
+    roles: tuple[str, ...]
+
+
 class MachineRemoved(Wire, frozen=True):
     """``DELETE /api/{space}/machines/{name}/v1``: the machine and the certificate revoked."""
 

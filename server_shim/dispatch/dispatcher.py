@@ -142,6 +142,12 @@ class TaskRun:
         still get by itself (a package it was not pushed, it fetches from the feed).
         """
         await self.started[name].wait()
+        try:  # a machine replaced since the task began gets none of its packages either
+            await self.d._machine(name, self.record.created_at)
+        except TargetGone as exc:
+            reason = str(exc)
+            await self.event(lambda c: c.target_lost(name, reason))
+            return
         for hook in self.d.gate_hooks:
             try:
                 await self._unless_halted(name, hook(self.record.plans[name], gate_name))
@@ -285,7 +291,7 @@ class Dispatcher:
         first_failure: float | None = None
         while True:
             try:
-                machine = await self._machine(name)
+                machine = await self._machine(name, run.record.created_at)
                 return await self.fleet.call(machine, call, params, timeout)
             except TentacleError as exc:
                 if not exc.retryable:
@@ -301,10 +307,20 @@ class Dispatcher:
                 raise TargetGone("the task has finished")
             await asyncio.sleep(RETRY_DELAY)
 
-    async def _machine(self, name: str) -> Machine:
+    async def _machine(self, name: str, task_created: float) -> Machine:
+        """The machine a task created at ``task_created`` may call by this name.
+
+        A machine registered after the task was created is another machine under the old
+        name (``register --force``): the task's plan, secrets and all, is not for it.
+        """
         found = await self.fleet.machine(name)
         if found is None:
             raise TargetGone(f"machine {name!r} was removed")
+        if found.registered_at > task_created:
+            raise TargetGone(
+                f"machine {name!r} was replaced by a new registration (certificate {found.thumbprint})"
+                " after this task was created; its part of the task is not handed to the new machine"
+            )
         return found
 
     async def finished(self, run: TaskRun) -> None:
@@ -317,7 +333,7 @@ class Dispatcher:
         await asyncio.gather(*(self._drain(run, name) for name in run.record.plans))
         self.runs.pop(run.task_id, None)
         for name in run.record.plans:
-            self._background(self._finish(run.task_id, name))
+            self._background(self._finish(run.task_id, name, run.record.created_at))
         await self.schedule()
 
     def _background(self, coro: Any) -> None:
@@ -328,17 +344,18 @@ class Dispatcher:
     async def _drain(self, run: TaskRun, name: str) -> None:
         """Store the target's last log lines (best effort: one try)."""
         with contextlib.suppress(TentacleError, TargetGone):
-            machine = await self._machine(name)
+            machine = await self._machine(name, run.record.created_at)
             since = await self.db.run(tasks.last_machine_seq, run.task_id, name)
             params = StatusParams(task_id=run.task_id, log_since=since)
             await run._store_log(name, await self.fleet.call(machine, TASK_STATUS, params, 10), since)
 
-    async def _finish(self, task_id: str, name: str) -> None:
-        """Deliver task.finish to one target, however long it takes (until it is removed)."""
+    async def _finish(self, task_id: str, name: str, task_created: float) -> None:
+        """Deliver task.finish to one target, however long it takes (until it is removed or replaced)."""
         delay = RETRY_DELAY
         while True:
             try:
-                await self.fleet.call(await self._machine(name), TASK_FINISH, StopParams(task_id=task_id), 10)
+                machine = await self._machine(name, task_created)
+                await self.fleet.call(machine, TASK_FINISH, StopParams(task_id=task_id), 10)
                 return
             except TargetGone:
                 return  # it is gone for good

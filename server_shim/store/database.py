@@ -105,6 +105,11 @@ MIGRATIONS: list[str] = [
         stable1 INTEGER NOT NULL, any1 INTEGER NOT NULL,
         stable2 INTEGER NOT NULL, any2 INTEGER NOT NULL);
     """,
+    # Issue 15: a token made for one machine by name (NULL: any new name). Only such a
+    # token may replace the machine of that name; tokens made before register new names only.
+    """
+    ALTER TABLE tokens ADD COLUMN machine TEXT;
+    """,
 ]
 
 

@@ -55,7 +55,12 @@ def _register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     mode.add_argument("--listen", metavar="HOST:PORT", help="listening mode: the server connects here")
     mode.add_argument("--polling", action="store_true", help="polling mode: this agent connects out")
     reg.add_argument("--public-hostname", help="the host name the server should use (listening)")
-    reg.add_argument("--force", action="store_true", help="replace a machine of the same name")
+    reg.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the machine of the same name; needs a token made for it"
+        " (`server-shim machines replace NAME` or `token create --machine NAME`)",
+    )
 
 
 def _service_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
