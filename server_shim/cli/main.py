@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from server_shim.cli import (
     access_commands,
     feed_commands,
+    login_commands,
     project_commands,
     server_commands,
     task_commands,
@@ -26,6 +27,7 @@ from tentacle.errors import TentacleError
 COMMANDS: list[Command] = [
     *server_commands.COMMANDS,
     *access_commands.COMMANDS,
+    *login_commands.COMMANDS,
     *feed_commands.COMMANDS,
     *project_commands.COMMANDS,
     *task_commands.COMMANDS,
