@@ -24,6 +24,7 @@ from server_shim.api import polling_site as polling
 from server_shim.api import project_routes as projects_api
 from server_shim.api import task_routes as tasks_api
 from server_shim.api.middleware import DB, api_key, errors
+from server_shim.api.slow_clients import AddressLimiter, BodyPace, body_deadline
 from server_shim.api.tls_site import LeanTLSSite
 from server_shim.ca import Authority
 from server_shim.dispatch.dispatcher import Dispatcher
@@ -74,7 +75,9 @@ class Server:
 
     def api_app(self) -> web.Application:
         """The API application."""
-        app = web.Application(middlewares=[errors, api_key], client_max_size=2 * 1024 * 1024)
+        limits = self.config.connections
+        pace = body_deadline(BodyPace(limits.body_timeout, limits.body_min_rate))
+        app = web.Application(middlewares=[pace, errors, api_key], client_max_size=2 * 1024 * 1024)
         app[DB] = self.db
         app[api.FLEET] = self.fleet
         app[api.AUTHORITY] = Authority(self.paths.config)
@@ -96,7 +99,7 @@ class Server:
             ca_pem=self.files[cfg.CA_CERT].read_text(),
         )
 
-    async def _site(self, app: web.Application, host: str, port: int, require: bool) -> int:
+    async def _site(self, app: web.Application, host: str, port: int, require: bool, per_address: int) -> int:
         ctx = server_context(
             self.files[cfg.SERVER_CERT], self.files[cfg.SERVER_KEY], self.files[cfg.CA_CERT], require=require
         )
@@ -105,10 +108,27 @@ class Server:
         ctx.num_tickets = 0
         # Request lines up to 32 KiB: a feed route takes three path parameters (id and a page's
         # two versions), and what aiohttp refuses below the app is a text/plain 400, not our JSON.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, max_line_size=MAX_REQUEST_LINE)
+        # keepalive_timeout is the header deadline as well: aiohttp closes a connection still
+        # waiting for a complete request that long after it opened or after its last answer.
+        limits = self.config.connections
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            max_line_size=MAX_REQUEST_LINE,
+            keepalive_timeout=limits.header_timeout,
+        )
         await runner.setup()
         self._runners.append(runner)
-        site = LeanTLSSite(runner, host, port, ctx, backlog=1024)
+        site = LeanTLSSite(
+            runner,
+            host,
+            port,
+            ctx,
+            backlog=1024,
+            handshake_timeout=limits.handshake_timeout,
+            limiter=AddressLimiter(per_address, "polling" if require else "api"),
+        )
         await site.start()
         return site.port
 
@@ -117,11 +137,15 @@ class Server:
         # Staging files a killed push left, and rows older than the feed's catalog columns.
         await asyncio.to_thread(feed.prepare, self.db, feed.store_dir(self.paths.state))
         base = self.api_app()
+        limits = self.config.connections
+        polling_app = polling.make_app(base, POLL_HEARTBEAT)
+        polling_at = self.config.polling
         self.bound.polling = await self._site(
-            polling.make_app(base, POLL_HEARTBEAT), self.config.polling.host, self.config.polling.port, True
+            polling_app, polling_at.host, polling_at.port, True, limits.polling_per_address
         )
         base[api.SETTINGS] = self.settings()  # after binding: port 0 becomes the real polling port
-        self.bound.api = await self._site(base, self.config.listen.host, self.config.listen.port, False)
+        listen = self.config.listen
+        self.bound.api = await self._site(base, listen.host, listen.port, False, limits.per_address)
         await self.dispatcher.start()
         event(log, "server.started", api=self.bound.api, polling=self.bound.polling)
 
