@@ -32,6 +32,7 @@ from server_shim.dispatch.fleet import Fleet
 from server_shim.dispatch.pusher import Pusher
 from server_shim.server_config import ServerConfig
 from server_shim.store import feed_store as feed
+from server_shim.store import sealing
 from server_shim.store.database import Database
 from tentacle.common import sdnotify
 from tentacle.common.logs import event
@@ -58,7 +59,9 @@ class Server:
     def __init__(self, paths: InstancePaths, config: ServerConfig) -> None:
         self.paths, self.config = paths, config
         conf = paths.config
-        self.db = Database(paths.state / cfg.DATABASE_FILE)
+        # A home made before sealing existed gets its key at its first start (init makes it now).
+        sealing.create_key(paths.config)
+        self.db = Database(paths.state / cfg.DATABASE_FILE, sealing.load(paths.config))
         self.files = {n: conf / n for n in (cfg.CA_CERT, cfg.CA_KEY, cfg.SERVER_CERT, cfg.SERVER_KEY)}
         self.fleet = Fleet(
             self.db,
@@ -136,6 +139,7 @@ class Server:
         """Bind both sites and start the fleet checks."""
         # Staging files a killed push left, and rows older than the feed's catalog columns.
         await asyncio.to_thread(feed.prepare, self.db, feed.store_dir(self.paths.state))
+        await self._seal_legacy_values()
         base = self.api_app()
         limits = self.config.connections
         polling_app = polling.make_app(base, POLL_HEARTBEAT)
@@ -148,6 +152,13 @@ class Server:
         self.bound.api = await self._site(base, listen.host, listen.port, False, limits.per_address)
         await self.dispatcher.start()
         event(log, "server.started", api=self.bound.api, polling=self.bound.polling)
+
+    async def _seal_legacy_values(self) -> None:
+        """Once per home: seal the sensitive values it stored in clear, then rewrite the file."""
+        sealed = await self.db.run(sealing.seal_legacy)
+        if sealed:
+            await asyncio.to_thread(self.db.rewrite)  # no freed page may keep a clear copy
+            event(log, "values.sealed", rows=sealed)
 
     async def serve(self) -> None:
         """Run until `stop` is set, then close everything."""

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, TypeVar
 
 from server_shim import server_config as cfg
 from server_shim.cli.api_client import ApiClient, ClientFlags
+from server_shim.store import sealing
 from server_shim.store.database import Database
 from tentacle.common.paths import InstancePaths
 
@@ -85,7 +86,8 @@ class LocalCommand(Command):
     def database(paths: InstancePaths) -> Iterator[Database]:
         """The instance's database, closed afterwards; a clear error when never initialised."""
         cfg.load(paths)
-        db = Database(paths.state / cfg.DATABASE_FILE)
+        # The key is only read here, never made: the server's first start makes it, as its user.
+        db = Database(paths.state / cfg.DATABASE_FILE, sealing.load(paths.config))
         try:
             yield db
         finally:

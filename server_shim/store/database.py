@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from server_shim.store.sealing import Sealer
 from tentacle.errors import ConfigError
 
 T = TypeVar("T")
@@ -110,13 +111,27 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tokens ADD COLUMN machine TEXT;
     """,
+    # Issue 15: facts about the server itself (name -> value), such as whether the sensitive
+    # values held before sealing existed have been sealed (server_shim.store.sealing).
+    """
+    CREATE TABLE server_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 ]
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (and migrate) the database file."""
+class StoreConnection(sqlite3.Connection):
+    """A connection that carries the home's `Sealer` for the store's sensitive values."""
+
+    sealer: Sealer | None = None
+
+
+def connect(path: Path, sealer: Sealer | None = None) -> sqlite3.Connection:
+    """Open (and migrate) the database file; ``sealer`` seals and opens sensitive values."""
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=30, factory=StoreConnection
+        )
+        conn.sealer = sealer
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -142,9 +157,9 @@ def migrate(conn: sqlite3.Connection) -> None:
 class Database:
     """One connection, used from one thread at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sealer: Sealer | None = None) -> None:
         self.path = path
-        self.conn = connect(path)
+        self.conn = connect(path, sealer)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
         self._lock = threading.Lock()
 
@@ -164,6 +179,13 @@ class Database:
         """`sync` on the database thread, awaited from the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.sync, fn, *args)
+
+    def rewrite(self) -> None:
+        """Rebuild the file and empty the write-ahead log, so that no freed page keeps old rows."""
+        with self._lock:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.conn.execute("VACUUM")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         """Finish pending work and close."""

@@ -4,7 +4,8 @@ A task row holds everything needed to carry on after a restart: the plan of ever
 target (`plans`) and the coordinator's snapshot (`coordinator`), rewritten after
 every event. Log lines are keyed by (task, machine, the machine's own sequence
 number), so a line delivered twice (a retried status call) is stored once; the
-task-wide ``seq`` is what ``log/v1?since=`` pages by.
+task-wide ``seq`` is what ``log/v1?since=`` pages by. Sensitive values in the stored
+plans are sealed (`server_shim.store.sealing`) and opened as a task is read.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from server_shim.store import sealing
 from tentacle.errors import NotFound
 from tentacle.protocol.plan import Plan
 
@@ -44,18 +46,18 @@ class TaskRecord:
     coordinator: dict[str, Any]
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> TaskRecord:
-        """Build from a ``tasks`` row (one without a ``plans`` column gets no plans)."""
+    def from_row(cls, row: sqlite3.Row, conn: sqlite3.Connection) -> TaskRecord:
+        """Build from a ``tasks`` row read on ``conn`` (one without a ``plans`` column gets no plans)."""
         values = dict(row)
         plans = json.loads(values["plans"]) if "plans" in values else {}
-        values["plans"] = {name: Plan.from_json(p) for name, p in plans.items()}
+        values["plans"] = {name: Plan.from_json(sealing.unseal(conn, p)) for name, p in plans.items()}
         values["coordinator"] = json.loads(values["coordinator"])
         return cls(**values)
 
 
 def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
     """Store a new (queued) task."""
-    plans = json.dumps({name: plan.to_json() for name, plan in record.plans.items()})
+    plans = json.dumps({name: sealing.seal(conn, plan.to_json()) for name, plan in record.plans.items()})
     conn.execute(
         "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
@@ -89,13 +91,13 @@ def get(conn: sqlite3.Connection, task_id: str, *, with_plans: bool = True) -> T
     row = conn.execute(query, (task_id,)).fetchone()
     if row is None:
         raise TaskNotFound(f"task {task_id!r} does not exist")
-    return TaskRecord.from_row(row)
+    return TaskRecord.from_row(row, conn)
 
 
 def unfinished(conn: sqlite3.Connection) -> list[TaskRecord]:
     """Queued and running tasks, oldest first (what a starting server picks up)."""
     rows = conn.execute("SELECT * FROM tasks WHERE state IN ('queued', 'running') ORDER BY created_at, rowid")
-    return [TaskRecord.from_row(row) for row in rows]
+    return [TaskRecord.from_row(row, conn) for row in rows]
 
 
 def save_progress(
