@@ -22,6 +22,7 @@ from server_shim.api import feed_routes as feed_api
 from server_shim.api import machine_routes as api
 from server_shim.api import polling_site as polling
 from server_shim.api import project_routes as projects_api
+from server_shim.api import signing_routes as signing_api
 from server_shim.api import task_routes as tasks_api
 from server_shim.api.middleware import DB, api_key, errors
 from server_shim.api.slow_clients import AddressLimiter, BodyPace, body_deadline
@@ -30,6 +31,7 @@ from server_shim.ca import Authority
 from server_shim.dispatch.dispatcher import Dispatcher
 from server_shim.dispatch.fleet import Fleet
 from server_shim.dispatch.pusher import Pusher
+from server_shim.dispatch.signer import Signer
 from server_shim.server_config import ServerConfig
 from server_shim.store import feed_store as feed
 from server_shim.store import sealing
@@ -69,12 +71,16 @@ class Server:
             config.checks.interval,
             config.checks.timeout,
         )
+        # The plan-signing key (its first one made here for a home made before keys existed).
+        self.signer = Signer.open(self.db, paths.config)
+        self.fleet.signer = self.signer
         self.dispatcher = Dispatcher(self.db, self.fleet, config.tasks.target_lost_after)
         self.pusher = Pusher(self.fleet, feed.store_dir(paths.state), self.fleet.client_ctx)
         self.dispatcher.gate_hooks.append(self.pusher)
         self.stop = asyncio.Event()
         self.bound = Bound()
         self._runners: list[web.AppRunner] = []
+        self._courier: asyncio.Task[None] | None = None
 
     def api_app(self) -> web.Application:
         """The API application."""
@@ -84,7 +90,9 @@ class Server:
         app[DB] = self.db
         app[api.FLEET] = self.fleet
         app[api.AUTHORITY] = Authority(self.paths.config)
+        app[api.SIGNER] = self.signer
         api.add_routes(app)
+        signing_api.add_routes(app)
         projects_api.add_routes(app)
         feed_api.add_routes(app, feed.store_dir(self.paths.state), self.config.feed.max_package_bytes)
         app[tasks_api.DISPATCHER] = self.dispatcher
@@ -151,6 +159,7 @@ class Server:
         listen = self.config.listen
         self.bound.api = await self._site(base, listen.host, listen.port, False, limits.per_address)
         await self.dispatcher.start()
+        self._courier = asyncio.create_task(self.signer.courier_loop(self.fleet, self.config.checks.interval))
         event(log, "server.started", api=self.bound.api, polling=self.bound.polling)
 
     async def _seal_legacy_values(self) -> None:
@@ -179,6 +188,9 @@ class Server:
         for runner in self._runners:  # first, so that closed tentacles do not reconnect to us
             for site in list(runner.sites):
                 await site.stop()
+        if self._courier is not None:
+            self._courier.cancel()
+            await asyncio.gather(self._courier, return_exceptions=True)
         await self.dispatcher.close()
         self.pusher.close()
         await self.fleet.close()

@@ -32,7 +32,8 @@ from server_shim.api.bodies import (
 from server_shim.api.middleware import API_KEY_NAME, DB, answer, read_body
 from server_shim.ca import Authority
 from server_shim.dispatch.fleet import Fleet
-from server_shim.store import accounts
+from server_shim.dispatch.signer import Signer
+from server_shim.store import accounts, signing_keys
 from server_shim.store import machine_rows as machines
 from server_shim.store.machine_rows import Machine, MachineConflict, MachineNotFound
 from tentacle.common.logs import event
@@ -42,6 +43,7 @@ from tentacle.net import pki
 log = logging.getLogger("server_shim.api.machine_routes")
 FLEET = web.AppKey("fleet", Fleet)
 AUTHORITY = web.AppKey("authority", Authority)
+SIGNER = web.AppKey("signer", Signer)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ async def register(request: web.Request) -> web.Response:
     # A refused token (or a claim it does not allow) is reported before any CSR work.
     await db.run(accounts.check_token, body.token, environments, roles, body.name)
     cert = request.app[AUTHORITY].sign(body.csr, body.name)
+    signer = request.app[SIGNER]
+    key_id = signer.keyring.current  # pinned and answered alike, whatever a rotation does meanwhile
     machine = Machine(
         space="Default",
         name=body.name,
@@ -82,12 +86,14 @@ async def register(request: web.Request) -> web.Response:
         if existing is not None and body.force:
             allowed.check_replaces(existing.name, existing.environments, existing.roles)
         machines.insert(conn, machine, force=body.force)
+        signing_keys.pin(conn, machine.thumbprint, key_id)
         return existing
 
     try:
         replaced = await db.run(commit)
     except MachineConflict as exc:
         raise Conflict(exc.message, details={"field": "name"}) from exc
+    signer.registered(machine.thumbprint, key_id)
     if replaced is not None:
         await request.app[FLEET].forget(machine.name)
         event(log, "machine.replaced", machine=machine.name, revoked=replaced.thumbprint)
@@ -99,6 +105,7 @@ async def register(request: web.Request) -> web.Response:
         server_thumbprint=settings.server_thumbprint,
         polling_url=settings.polling_url,
         machine=machine_view(machine, False, None),
+        signing_key=signer.keyring.public(key_id),
     )
     return answer(registered, 201)
 

@@ -18,6 +18,7 @@ from server_shim.cli import (
     login_commands,
     project_commands,
     server_commands,
+    signing_commands,
     task_commands,
 )
 from server_shim.cli.command import Command, build_parser
@@ -31,6 +32,7 @@ COMMANDS: list[Command] = [
     *feed_commands.COMMANDS,
     *project_commands.COMMANDS,
     *task_commands.COMMANDS,
+    *signing_commands.COMMANDS,
 ]
 
 GROUPS = {
@@ -43,6 +45,7 @@ GROUPS = {
     "release": "releases",
     "runbook": "runbooks",
     "task": "tasks",
+    "signing-key": "the key that signs every plan and gate (rotate it, see who has it)",
 }
 
 

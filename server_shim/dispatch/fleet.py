@@ -5,7 +5,8 @@ half-open one). A listening tentacle is online while the periodic ping succeeds:
 `check_loop` pings every listening machine each `interval` seconds, concurrently.
 ``lastSeen`` is kept in memory on every contact and written to the database in one
 batch per interval. Machine records are cached by name (`machine`): every call to a
-target needs one, and `forget` (removal, re-registration) drops it.
+target needs one, and `forget` (removal, re-registration) drops it. Calls of the signed
+methods are signed on their way out by the `signer` (`server_shim.dispatch.signer`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import time
 from typing import TypeVar
 
 from server_shim.dispatch.links import Link, ListeningLink, PollingLink
+from server_shim.dispatch.signer import Signer
 from server_shim.store import machine_rows as machines
 from server_shim.store.database import Database
 from server_shim.store.machine_rows import Machine
 from tentacle.common.logs import event
 from tentacle.errors import TentacleError, TransportError
-from tentacle.protocol.rpc_messages import PING, Call, NoParams
+from tentacle.protocol.rpc_messages import PING, SIGNED_METHODS, Call, NoParams
 from tentacle.protocol.wire import Wire
 
 log = logging.getLogger("server_shim.dispatch.fleet")
@@ -48,6 +50,7 @@ class Fleet:
         self._machines: dict[str, Machine] = {}
         self._forgotten = 0  # bumped by `forget`: a lookup that raced with it is not cached
         self.closing = False
+        self.signer: Signer | None = None  # set by the server: None sends everything unsigned
 
     async def machine(self, name: str) -> Machine | None:
         """The registered machine named `name` (any space), or None; cached."""
@@ -101,8 +104,12 @@ class Fleet:
         return existing
 
     async def call(self, machine: Machine, call: Call[P, R], params: P, timeout: float = 30.0) -> R:
-        """Send one request to a machine, whichever its mode; returns the call's result struct."""
-        result = await self.link(machine).call(call, params, timeout)
+        """Send one request to a machine, whichever its mode, signed if its method is; the result struct."""
+        link = self.link(machine)
+        seal = None
+        if self.signer is not None and call.method in SIGNED_METHODS:
+            seal = await self.signer.seal_for(machine, link)
+        result = await link.call(call, params, timeout, seal=seal)
         self.touch(machine.name)
         return result
 

@@ -116,6 +116,15 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE server_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # Issue 15: the plan-signing keys (private halves are files in the home) and the key
+    # each machine certificate has pinned (no row: none yet, as for machines registered before).
+    """
+    CREATE TABLE signing_keys (
+        key_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+        current INTEGER NOT NULL);
+    CREATE TABLE machine_keys (
+        thumbprint TEXT PRIMARY KEY, key_id TEXT NOT NULL, pinned_at DOUBLE PRECISION NOT NULL);
+    """,
 ]
 
 

@@ -9,6 +9,7 @@
     url = "https://deploy.example:8443"
     polling_url = "wss://deploy.example:10943/poll/v1"
     thumbprints = ["3f2a..."]       # pinned: only these certificates are the server
+    signing_key = "ed25519:..."     # pinned: task requests must be signed by it (trust.rotate changes it)
 
     [listen]
     host = "0.0.0.0"
@@ -34,6 +35,7 @@ from tentacle.common import configfile
 from tentacle.common.atomicfile import write_private
 from tentacle.common.paths import InstancePaths
 from tentacle.errors import ConfigError
+from tentacle.protocol import signing
 from tentacle.protocol.identity import check_name, normalize_thumbprint
 
 CONFIG_FILE = "tentacle.toml"
@@ -49,6 +51,7 @@ class ServerConfig:
     url: str = ""
     polling_url: str = ""
     thumbprints: tuple[str, ...] = ()
+    signing_key: str = ""  # empty: registered before signed requests, none pinned yet
 
     def __post_init__(self) -> None:
         for i, value in enumerate(self.thumbprints):
@@ -56,6 +59,11 @@ class ServerConfig:
                 normalize_thumbprint(value)
             except ValueError as exc:
                 raise ValueError(f"server.thumbprints[{i}]: {exc}") from exc
+        if self.signing_key:
+            try:
+                signing.public_raw(self.signing_key)
+            except ValueError as exc:
+                raise ValueError(f"server.signing_key: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,16 @@ def save(paths: InstancePaths, config: TentacleConfig) -> None:
     """Write ``tentacle.toml`` atomically."""
     text = "# Written by `tentacle register`; edit with care, then `systemctl reload`.\n"
     write_private(paths.config / CONFIG_FILE, (text + configfile.dump(config)).encode(), 0o640)
+
+
+def pin_signing_key(paths: InstancePaths, key: str) -> None:
+    """Write a newly pinned signing key into ``tentacle.toml`` (the file's values, not the environment's)."""
+    path = paths.config / CONFIG_FILE
+    try:
+        stored = configfile.load(TentacleConfig, configfile.read(path), {}, "TENTACLE")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}") from exc
+    save(paths, stored.with_changes(server=replace(stored.server, signing_key=key)))
 
 
 def file(paths: InstancePaths, name: str) -> Path:

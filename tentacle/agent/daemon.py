@@ -22,12 +22,14 @@ from tentacle.agent import agent_config as config_mod
 from tentacle.agent.agent_config import TentacleConfig
 from tentacle.agent.polling_client import PollingClient
 from tentacle.agent.rpc import Service
+from tentacle.agent.signatures import SignatureCheck
 from tentacle.common import heap, sdnotify
 from tentacle.common.atomicfile import write_private
 from tentacle.common.logs import event
 from tentacle.common.paths import InstancePaths
 from tentacle.errors import ConfigError, TentacleError
 from tentacle.net.tls import client_context, server_context
+from tentacle.protocol.rpc_messages import TRUST_ROTATE
 from tentacle.runner.runner import TaskRunner
 
 if TYPE_CHECKING:
@@ -46,7 +48,12 @@ class Agent:
     def __init__(self, paths: InstancePaths, config: TentacleConfig) -> None:
         self.paths = paths
         self.config = config.require_registered(paths)
-        self.service = Service(config.name, config.mode)
+        # Signed requests are checked in the service layer, before any handler (the runner's).
+        self.signatures = SignatureCheck(
+            config.name, config.server.signing_key, lambda key: config_mod.pin_signing_key(paths, key)
+        )
+        self.service = Service(config.name, config.mode, guard=self.signatures.check)
+        self.service.serve(TRUST_ROTATE, self.signatures.rotate)
         self.packages = Packages(paths, self.config)
         self.runner = TaskRunner(
             paths.state,
@@ -144,6 +151,8 @@ class Agent:
             event(log, "config.reload_failed", logging.ERROR, reason=exc.message)
             return
         self.config = self.config.with_changes(server=fresh.server, log_level=fresh.log_level)
+        if fresh.server.signing_key and fresh.server.signing_key != self.signatures.pinned:
+            self.signatures.pinned = fresh.server.signing_key  # pinned by hand: never unpinned by a reload
         logging.getLogger().setLevel(fresh.log_level.upper())
         if self.listener is not None:
             self.listener.set_pins(self.pins)
