@@ -147,6 +147,7 @@ def cmd_run(paths: InstancePaths, args: argparse.Namespace) -> int:
 def status_report(paths: InstancePaths) -> dict[str, object]:
     """What `tentacle status` shows, as data."""
     from tentacle.net import pki
+    from tentacle.protocol import signing
 
     config = config_mod.load(paths)
     cert_path = config_mod.file(paths, config_mod.CERT_FILE)
@@ -160,6 +161,7 @@ def status_report(paths: InstancePaths) -> dict[str, object]:
         "mode": config.mode or None,
         "server": config.server.url or None,
         "serverThumbprints": list(config.server.thumbprints),
+        "signingKeyId": signing.key_id(config.server.signing_key) if config.server.signing_key else None,
         "thumbprint": pki.cert_thumbprint(pki.load_cert(cert_path)) if cert_path.exists() else None,
         "environments": list(config.environments),
         "roles": list(config.roles),
@@ -167,6 +169,12 @@ def status_report(paths: InstancePaths) -> dict[str, object]:
         "home": str(paths.config),
         "cacheBytes": _tree_size(paths.cache),
     }
+
+
+def _signing_line(key_id: object) -> str:
+    if key_id is None:
+        return "unsigned accepted: no signing key pinned yet (the server hands one over when it connects)"
+    return f"signed by key {key_id} only"
 
 
 def _tree_size(root: Path) -> int:
@@ -186,6 +194,7 @@ def cmd_status(paths: InstancePaths, args: argparse.Namespace) -> int:
         ("mode", report["mode"] or "-"),
         ("server", report["server"] or "-"),
         ("trusts", ", ".join(report["serverThumbprints"]) or "-"),  # type: ignore[arg-type]
+        ("plans", _signing_line(report["signingKeyId"])),
         ("thumbprint", report["thumbprint"] or "-"),
         ("connection", f"{conn.get('state')} {conn.get('detail', '')} {since}".strip()),
         ("cache", f"{report['cacheBytes']} bytes"),
