@@ -131,7 +131,7 @@ class Signer:
         name = machine.name
 
         def seal(request: Request) -> Request:
-            signature = signing.sign(request.method.value, name, request.params, key, time.time())
+            signature = signing.sign(request.method.value, name, request.params, key, time.time(), key_id)
             return msgspec.structs.replace(request, signature=signature)
 
         return seal

@@ -90,9 +90,14 @@ def signed_bytes(method: str, machine: str, signer: str, signed_at: float, param
     return _HEADER.encode([DOMAIN, method, machine, signer, signed_at]) + b"\n" + params
 
 
-def sign(method: str, machine: str, params: bytes, key: Ed25519PrivateKey, now: float) -> Signature:
-    """The signature of a request of ``method`` with these params, for ``machine``."""
-    signer = key_id(public_text(key.public_key()))
+def sign(
+    method: str, machine: str, params: bytes, key: Ed25519PrivateKey, now: float, signer: str | None = None
+) -> Signature:
+    """The signature of a request of ``method`` with these params, for ``machine``.
+
+    ``signer`` is the key's id when the caller knows it (it saves working it out each time).
+    """
+    signer = signer or key_id(public_text(key.public_key()))
     value = key.sign(signed_bytes(method, machine, signer, now, params))
     return Signature(key_id=signer, signed_at=now, value=base64.b64encode(value).decode())
 
