@@ -1,18 +1,26 @@
-# Every target builds its own virtual environment; a fresh machine needs only python3.
+# Every target builds its own virtual environment; a fresh Debian machine needs only python3 and
+# make: tools/system-deps.sh installs the Debian packages that are missing (one list, there).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+NUGET_EXE := .tools/node_modules/nuget-exe/nuget-5.8.0.exe
+# nginx and debootstrap live in /usr/sbin, which a non-root user's PATH often lacks.
+export PATH := $(PATH):/usr/sbin:/sbin
 
-.PHONY: test lint typecheck unit demo demo-stop bench clean nuget-clients
+.PHONY: test system-deps lint typecheck unit demo demo-stop bench clean
 
 $(STAMP): pyproject.toml
+	PYTHON=$(PYTHON) tools/system-deps.sh build
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: lint typecheck unit
+test: system-deps lint typecheck unit
+
+system-deps:
+	PYTHON=$(PYTHON) tools/system-deps.sh test
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -21,31 +29,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) nuget-clients
+unit: $(STAMP) system-deps $(NUGET_EXE)
 	$(BIN)/pytest -q
 
-# Real NuGet clients for tests/test_nuget_clients.py and tests/test_nuget_packs.py: Debian's
-# Mono (mono-complete: mono, cert-sync) and NuGet 2.8.7 (nuget), npm to fetch NuGet.exe 5.8 from
-# the npm registry's nuget-exe package into .tools/ (git-ignored). Installed only when missing.
-NUGET_DEBIAN_PACKAGES := mono-complete nuget npm
-NUGET_EXE := .tools/node_modules/nuget-exe/nuget-5.8.0.exe
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-
-nuget-clients: $(NUGET_EXE)
-	@command -v mono >/dev/null && command -v cert-sync >/dev/null && command -v nuget >/dev/null \
-		|| { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		     $(SUDO) apt-get install -y -qq --no-install-recommends $(NUGET_DEBIAN_PACKAGES); }
-
-$(NUGET_EXE):
-	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		$(SUDO) apt-get install -y -qq --no-install-recommends npm; }
+# NuGet.exe 5.8 for tests/test_nuget_clients.py and tests/test_nuget_packs.py, from the npm
+# registry's nuget-exe package into .tools/ (git-ignored); Mono, NuGet 2.8.7 and npm come from
+# tools/system-deps.sh.
+$(NUGET_EXE): | system-deps
 	npm install --prefix .tools --no-audit --no-fund --no-save nuget-exe@5.8.0
 	test -f $@ && touch $@
 
 demo: $(STAMP)
 	demo/demo.sh
 
-demo-stop: $(STAMP)
+demo-stop:
 	demo/stop.sh
 
 bench: $(STAMP)

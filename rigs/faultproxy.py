@@ -71,11 +71,15 @@ class Faults:
 
 @dataclass
 class Stats:
-    """What the proxy saw: connections accepted, drops fired, bytes forwarded per direction."""
+    """What the proxy saw: connections accepted, drops fired, bytes forwarded per direction, what
+    a black hole swallowed (bytes, and closes not passed on) and the chunks a pause held."""
 
     accepted: int = 0
     drops: int = 0
     forwarded: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+    swallowed: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+    swallowed_closes: int = 0
+    held: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})  # chunks stopped by a pause
 
 
 class Connection:
@@ -139,9 +143,13 @@ class Connection:
         while True:
             due, chunk = await queue.get()
             await asyncio.sleep(max(0.0, due - loop.time()))
-            await faults.flowing.wait()
+            if not faults.flowing.is_set():  # this connection's sender stops here; all behind it wait
+                self.proxy.stats.held[direction] += 1
+                await faults.flowing.wait()
             if faults.blackholed or direction in self.blackholed:
-                continue  # neither bytes nor the close get through
+                self.proxy.stats.swallowed[direction] += len(chunk)  # neither bytes nor the close pass
+                self.proxy.stats.swallowed_closes += not chunk
+                continue
             if not chunk:
                 self._half_close(direction, sink)
                 return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -29,6 +30,7 @@ from server_shim import server_config
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
+_STARTED = re.compile(r"server\.started api=(\d+) polling=(\d+)")
 
 
 def raise_fd_limit() -> int:
@@ -75,6 +77,12 @@ def _kib(value: str) -> int:
     return int(value.split()[0]) * 1024
 
 
+def bound_ports(log_text: str) -> tuple[int, int] | None:
+    """(api, polling) of the latest ``server.started`` line of a server's output, if any."""
+    found = _STARTED.findall(log_text)
+    return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+
 def wait_until(check: Callable[[], bool], timeout: float, every: float = 0.25, what: str = "") -> float:
     """Poll `check` until true; returns the seconds it took; RuntimeError after `timeout`."""
     start = time.monotonic()
@@ -116,11 +124,15 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0, *, signal
 
 
 class Server:
-    """A server-shim instance: its home, its two ports, and its process while it runs."""
+    """A server-shim instance: its home, its two ports, and its process while it runs.
+
+    The first start binds port 0 and reads the ports from the server's output; a restart asks
+    for the same ones, where the tentacles look for it.
+    """
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.api_port, self.polling_port = free_ports(2)
+        self.api_port = self.polling_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -146,19 +158,9 @@ class Server:
         return self.home.parent / f"server-{self.starts}.log"
 
     def init(self) -> None:
-        """`server-shim init` on 127.0.0.1 with this instance's ports."""
-        run_cli(
-            "server_shim",
-            "--home",
-            str(self.home),
-            "init",
-            "--public-url",
-            self.url,
-            "--listen",
-            f"127.0.0.1:{self.api_port}",
-            "--polling-listen",
-            f"127.0.0.1:{self.polling_port}",
-        )
+        """`server-shim init` on 127.0.0.1, port 0 for both sites."""
+        ports = ["--listen", "127.0.0.1:0", "--polling-listen", "127.0.0.1:0"]
+        run_cli("server_shim", "--home", str(self.home), "init", *ports)
 
     def cli(self, *args: str) -> str:
         """A `server-shim` command on this instance; its stdout stripped."""
@@ -169,15 +171,20 @@ class Server:
         self.starts += 1
         start = time.monotonic()
         argv = python("server_shim", "--home", str(self.home), "run")
+        if self.api_port:
+            argv += ["--listen", f"127.0.0.1:{self.api_port}"]
+            argv += ["--polling-listen", f"127.0.0.1:{self.polling_port}"]
         wrapper = os.environ.get("BENCH_SERVER_WRAPPER")  # e.g. a sampling profiler: WRAPPER -m ...
         if wrapper:
             argv[1:1] = wrapper.split()
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         proc = self.proc
-        wait_until(lambda: proc.poll() is not None or "server.started" in self.log.read_text(), timeout)
-        if proc.poll() is not None:
+        wait_until(lambda: proc.poll() is not None or bound_ports(self.log.read_text()) is not None, timeout)
+        ports = bound_ports(self.log.read_text())
+        if proc.poll() is not None or ports is None:
             raise RuntimeError(f"the server exited at start: {self.log.read_text()[-2000:]}")
+        self.api_port, self.polling_port = ports
         return time.monotonic() - start
 
     def stop(self) -> float:

@@ -57,13 +57,6 @@ def nginx_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    """A port nobody listens on right now on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Pki:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
@@ -180,20 +173,30 @@ class Nginx:
         return self.prefix / "access.log"
 
     def start(self) -> Nginx:
-        """Write the configuration and run nginx until it accepts connections."""
+        """Write the configuration and run nginx on `port` (0: a free one) until it serves.
+
+        nginx refuses ``listen 127.0.0.1:0``, so the socket is bound and listening here and
+        nginx inherits it (the ``NGINX`` variable of its binary upgrade): the port is ours
+        before nginx starts, with no window for another program to take it.
+        """
         binary = nginx_binary()
         self.prefix.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
-        conf = self.prefix / "nginx.conf"
-        conf.write_text(self._config())
-        log = (self.prefix / "stderr.log").open("wb")
-        self.process = subprocess.Popen(
-            [binary, "-c", str(conf), "-p", str(self.prefix), "-e", str(self.prefix / "error.log")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        self._wait_for_port()
+        conf, pid_file = self.prefix / "nginx.conf", self.prefix / "nginx.pid"
+        pid_file.unlink(missing_ok=True)
+        with socket.socket() as sock, (self.prefix / "stderr.log").open("wb") as log:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", self.port))
+            sock.listen(511)
+            self.port = int(sock.getsockname()[1])
+            conf.write_text(self._config())
+            self.process = subprocess.Popen(
+                [binary, "-c", str(conf), "-p", str(self.prefix), "-e", str(self.prefix / "error.log")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "NGINX": f"{sock.fileno()};"},
+                pass_fds=(sock.fileno(),),
+            )
+        self._wait_for_pid_file(pid_file)
         return self
 
     def stop(self) -> None:
@@ -226,17 +229,22 @@ class Nginx:
         lines = [LogLine.parse(line) for line in self.access_log.read_text().splitlines() if line]
         return [line for line in lines if line.uri.endswith(uri_suffix)]
 
-    def _wait_for_port(self, timeout: float = 10.0) -> None:
+    def _wait_for_pid_file(self, pid_file: Path, timeout: float = 10.0) -> None:
+        """nginx writes its pid file once its configuration is loaded and its socket taken over.
+
+        (A connection test would pass at once: the inherited socket queues connections even
+        while nginx is still starting, or failing to.)
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 errors = (self.prefix / "error.log").read_text(errors="replace")
                 raise RuntimeError(f"nginx exited with {self.process.returncode}: {errors[-2000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            if pid_file.exists() and pid_file.read_text().strip():
                 return
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"nginx did not listen on port {self.port} within {timeout} s")
+        raise RuntimeError(f"nginx did not start on port {self.port} within {timeout} s")
 
     def _config(self) -> str:
         p = self.prefix

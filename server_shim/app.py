@@ -74,7 +74,13 @@ class Server:
         # The plan-signing key (its first one made here for a home made before keys existed).
         self.signer = Signer.open(self.db, paths.config)
         self.fleet.signer = self.signer
-        self.dispatcher = Dispatcher(self.db, self.fleet, config.tasks.target_lost_after)
+        self.dispatcher = Dispatcher(
+            self.db,
+            self.fleet,
+            config.tasks.target_lost_after,
+            cancel_timeout=config.tasks.cancel_timeout,
+            log_limit=config.tasks.log_limit_bytes,
+        )
         self.pusher = Pusher(self.fleet, feed.store_dir(paths.state), self.fleet.client_ctx)
         self.dispatcher.gate_hooks.append(self.pusher)
         self.stop = asyncio.Event()

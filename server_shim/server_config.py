@@ -5,6 +5,8 @@
     [polling]  host = "0.0.0.0"  port = 10943      # polling tentacles' websockets
     [checks]   interval = 5.0    timeout = 5.0     # how often listening tentacles are pinged
     [tasks]    target_lost_after = 120.0           # a target unreachable this long fails its task
+               cancel_timeout = 10.0               # a cancel not confirmed by then ends the task anyway
+               log_limit_bytes = 67108864          # log text kept per target (64 MiB); later lines counted
     [feed]     max_package_bytes = 17179869184     # the largest package the feed takes (16 GiB)
     [connections]                                  # slow or greedy clients (server_shim.api.slow_clients)
     handshake_timeout = 30.0   header_timeout = 30.0   body_timeout = 30.0   body_min_rate = 1024
@@ -54,14 +56,22 @@ class Checks:
 
 @dataclass(frozen=True)
 class Tasks:
-    """How tasks treat unreachable targets (seconds)."""
+    """How tasks treat unreachable targets and cancels (seconds), and how much log they keep."""
 
     target_lost_after: float = 120.0
+    cancel_timeout: float = 10.0
+    log_limit_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 1 <= self.target_lost_after <= 86400:
             raise ValueError(
                 f"tasks.target_lost_after: must be 1-86400 seconds, not {self.target_lost_after}"
+            )
+        if not 0.1 <= self.cancel_timeout <= 3600:
+            raise ValueError(f"tasks.cancel_timeout: must be 0.1-3600 seconds, not {self.cancel_timeout}")
+        if not 1024 <= self.log_limit_bytes <= 2**40:
+            raise ValueError(
+                f"tasks.log_limit_bytes: must be 1024 to 2**40 bytes, not {self.log_limit_bytes}"
             )
 
 

@@ -2,14 +2,21 @@
 
 Everything speaks real mutual TLS over real sockets; only the process boundary is
 skipped here (tests/test_processes.py runs the real commands as subprocesses).
+Every test loop runs in asyncio's debug mode, and a test fails when the project's own
+code blocked a loop for over 100 ms meanwhile (tests/loop_watch.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import io
+import logging
 import socket
 import ssl
+import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,24 +24,60 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from rigs.instances import python
 from server_shim import server_config
 from server_shim.app import Server
 from server_shim.cli import main as server_cli
 from server_shim.server_config import Checks
-from tentacle.agent import registration
+from tentacle.agent import agent_config, registration
 from tentacle.agent.agent_config import HeartbeatConfig, ListenConfig
 from tentacle.agent.daemon import Agent
 from tentacle.common.paths import InstancePaths, resolve
 from tentacle.net.tls import client_context
+from tests.loop_watch import LoopWatch, SlowCallbackLog
 from tests.real_fleet import RealFleet
 
+WATCH = LoopWatch()
 
-def free_port() -> int:
-    """A port nobody listens on right now."""
+
+def pytest_configure(config: pytest.Config) -> None:
+    """asyncio's slow-callback log lines go to the watch too."""
+    logging.getLogger("asyncio").addHandler(SlowCallbackLog(WATCH))
+    # Debug mode records where every callback, future and task was created, ten frames deep:
+    # one frame names the place, and the other nine cost the API fuzzing a third of its time.
+    asyncio.constants.DEBUG_STACK_DEPTH = 1  # type: ignore[misc]  # Final to typeshed; read at each use
+
+
+def _watched_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    WATCH.attach(loop)
+    return loop
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """pytest-asyncio's loops come from here: each one is watched for blocking callbacks."""
+    return {"watched": _watched_loop}
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_callbacks() -> Iterator[None]:
+    """Fail the test when the project's code blocked an event loop for over 100 ms during it."""
+    yield
+    blocked = WATCH.take()
+    if blocked:
+        lines = "\n".join(f"  {each}" for each in blocked)
+        pytest.fail(f"the project's code blocked the event loop:\n{lines}", pytrace=False)
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A port of 127.0.0.1 that refuses connections: bound by this test, so that nobody else
+    can take it meanwhile, and not listening."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 async def ws_status(url: str, ctx: ssl.SSLContext) -> int:
@@ -47,15 +90,72 @@ async def ws_status(url: str, ctx: ssl.SSLContext) -> int:
             return exc.status
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, every: float = 0.1) -> float:
-    """Wait until `check()` is true; returns the seconds it took, fails after `timeout`."""
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]],
+    timeout: float,
+    every: float = 0.1,
+    what: Callable[[], object] | None = None,
+) -> float:
+    """Wait until `check()` (plain or awaitable) is true; returns the seconds it took.
+
+    Fails after `timeout`, saying `what()` when given (the state the wait ended in).
+    The one waiting loop of the async tests (rigs.instances.wait_until is the blocking one).
+    """
     loop = asyncio.get_running_loop()
     start = loop.time()
-    while not await check():
+    while True:
+        done = check()
+        if inspect.isawaitable(done):
+            done = await done
+        if done:
+            return loop.time() - start
         if loop.time() - start > timeout:
-            pytest.fail(f"condition not met within {timeout} s")
+            pytest.fail(f"not within {timeout} s" + (f": {what()}" if what is not None else ""))
         await asyncio.sleep(every)
-    return loop.time() - start
+
+
+async def api_call(url: str, ca: Path, key: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One API call with an API key, trusting the server's CA; returns (status, JSON body)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, url + path, json=body, headers={"X-Api-Key": key}, ssl=client_context(ca)
+        ) as resp,
+    ):
+        return resp.status, await resp.json(content_type=None)
+
+
+def tentacle_files(paths: InstancePaths) -> tuple[Path, Path, Path]:
+    """A registered tentacle's certificate, key and server CA."""
+    names = (agent_config.CERT_FILE, agent_config.KEY_FILE, agent_config.SERVER_CA_FILE)
+    cert, key, ca = (agent_config.file(paths, name) for name in names)
+    return cert, key, ca
+
+
+def tentacle_context(paths: InstancePaths) -> ssl.SSLContext:
+    """A client context presenting a registered tentacle's certificate, trusting the server CA."""
+    cert, key, ca = tentacle_files(paths)
+    return client_context(ca, cert, key)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A key and a certificate signed by the server's CA, as files, and its thumbprint."""
+
+    cert: Path
+    key: Path
+    thumbprint: str
+
+
+def daemon(module: str, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    """``python -m MODULE ARGS`` in the background (a test may kill it), output appended to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(python(module, *args), stdout=out, stderr=subprocess.STDOUT)
+
+
+def run_tentacle(home: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`tentacle --home HOME run` as its own process, output appended to `log`."""
+    return daemon("tentacle", "--home", str(home), "run", log=log)
 
 
 @dataclass
@@ -85,13 +185,38 @@ class LiveServer:
 
     async def api(self, method: str, path: str, body: Any = None, key: str | None = None) -> tuple[int, Any]:
         """One API call as an operator; returns (status, JSON body)."""
-        ctx = client_context(self.paths.config / server_config.CA_CERT)
-        headers = {"X-Api-Key": self.admin_key if key is None else key}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(method, self.url + path, json=body, headers=headers, ssl=ctx) as resp,
-        ):
-            return resp.status, await resp.json(content_type=None)
+        ca = self.paths.config / server_config.CA_CERT
+        return await api_call(self.url, ca, self.admin_key if key is None else key, method, path, body)
+
+    def online(self, *names: str) -> bool:
+        """Whether the server can reach every named machine now."""
+        return all(self.server.fleet.is_online(name) for name in names)
+
+    def ca_signed(self, folder: Path, name: str, *, register: bool = False) -> Identity:
+        """A certificate the server's CA signed for `name`; a polling machine's when `register`."""
+        from server_shim.ca import Authority
+        from server_shim.store import machine_rows as machines
+        from tentacle.net import pki
+
+        key = pki.new_key()
+        cert = Authority(self.paths.config).sign(pki.build_csr(key, name).decode(), name)
+        identity = Identity(folder / name / "cert.pem", folder / name / "key.pem", pki.cert_thumbprint(cert))
+        pki.write_private(identity.cert, pki.cert_pem(cert))
+        pki.write_private(identity.key, pki.key_pem(key))
+        if register:
+            machine = machines.Machine(
+                space="Default",
+                name=name,
+                thumbprint=identity.thumbprint,
+                certificate=pki.cert_pem(cert).decode(),
+                mode="polling",
+                endpoint=None,
+                environments=("Dev",),
+                roles=("web",),
+                registered_at=time.time(),
+            )
+            self.server.db.sync(lambda conn: machines.insert(conn, machine, force=False))
+        return identity
 
     async def machines(self) -> dict[str, dict[str, Any]]:
         """The machines list, by name."""
@@ -109,14 +234,50 @@ def server_home(tmp_path: Path) -> InstancePaths:
     return resolve("server-shim", str(home))
 
 
-async def start_server(paths: InstancePaths, api_port: int = 0, polling_port: int = 0) -> LiveServer:
-    """Start a server on 127.0.0.1 with fast listening checks."""
+class CountingServer(Server):
+    """The real server, recording every request its API site answers ("METHOD /path", in order)."""
+
+    def __init__(self, paths: InstancePaths, config: server_config.ServerConfig) -> None:
+        super().__init__(paths, config)
+        self.requests: list[str] = []
+
+    def api_app(self) -> web.Application:
+        """The real API app with a recording middleware in front."""
+        app = super().api_app()
+
+        @web.middleware
+        async def record(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            self.requests.append(f"{request.method} {request.path}")
+            return await handler(request)
+
+        app.middlewares.insert(0, record)
+        return app
+
+
+async def shim_command(live: LiveServer, *args: str) -> tuple[int, str]:
+    """`server-shim --home H ARGS --server URL` in a thread (it blocks); returns (exit code, stdout)."""
+    out = io.StringIO()
+
+    def call() -> int:
+        with contextlib.redirect_stdout(out):
+            return server_cli.main(["--home", str(live.paths.config), *args, "--server", live.url])
+
+    code = await asyncio.to_thread(call)
+    return code, out.getvalue()
+
+
+async def start_server(
+    paths: InstancePaths, api_port: int = 0, polling_port: int = 0, *, kind: type[Server] = Server
+) -> LiveServer:
+    """Start a server (or a subclass of it) on 127.0.0.1 with fast listening checks."""
     config = server_config.load(paths).with_changes(
         checks=Checks(interval=0.5, timeout=2.0),
         listen=server_config.Endpoint("127.0.0.1", api_port),
         polling=server_config.Endpoint("127.0.0.1", polling_port),
     )
-    server = Server(paths, config)
+    server = kind(paths, config)
     await server.start()
     return LiveServer(server, paths, asyncio.create_task(server.fleet.check_loop()))
 
@@ -149,7 +310,7 @@ class Tentacles:
         self, name: str, mode: str, roles: tuple[str, ...] = ("web",), environment: str = "Dev"
     ) -> InstancePaths:
         paths = resolve("tentacle", str(self.root / name))
-        listen = ListenConfig(host="127.0.0.1", port=free_port()) if mode == "listening" else None
+        listen = ListenConfig(host="127.0.0.1", port=0) if mode == "listening" else None
         reg = registration.Registration(
             server=self.server.url,
             token=self.server.token(),
@@ -162,18 +323,23 @@ class Tentacles:
         await registration.register(paths, reg)
         return paths
 
-    async def start(self, name: str) -> Agent:
-        from tentacle.agent import agent_config as config
-
+    async def start(self, name: str, *, reachable: bool = True) -> Agent:
+        """Run a registered tentacle; returns once it serves (and, with `reachable`, once the
+        server knows its port: a listening tentacle on port 0 reports it after binding)."""
         paths = resolve("tentacle", str(self.root / name))
-        conf = config.load(paths).with_changes(heartbeat=HeartbeatConfig(interval=2.0))
+        conf = agent_config.load(paths).with_changes(heartbeat=HeartbeatConfig(interval=2.0))
         agent = Agent(paths, conf)
         task = asyncio.create_task(agent.serve())
         self.running[name] = (agent, task)
-        started = asyncio.create_task(agent.started.wait())
-        await asyncio.wait({started, task}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        reports = reachable and conf.mode == "listening" and conf.listen.port == 0
+        ready = agent.port_reported if reports else agent.started
+        waiting = asyncio.create_task(ready.wait())
+        await asyncio.wait({waiting, task}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
         if task.done():
             task.result()  # raises why it did not start
+        if not ready.is_set():
+            pytest.fail(f"{name} did not {'report its port' if reports else 'start'} within 10 s")
         return agent
 
     async def stop(self, name: str) -> None:
@@ -184,6 +350,13 @@ class Tentacles:
     async def stop_all(self) -> None:
         for name in list(self.running):
             await self.stop(name)
+
+    async def bring_online(self, mode: str, roles_by_name: dict[str, tuple[str, ...]]) -> None:
+        """Register and start each tentacle, then wait until the server sees them all online."""
+        for name, roles in roles_by_name.items():
+            await self.register(name, mode, roles=roles)
+            await self.start(name)
+        await eventually(lambda: self.server.online(*roles_by_name), 10)
 
 
 @pytest.fixture

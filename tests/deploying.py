@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from typing import Any
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, eventually
 
 _versions = itertools.count(1)
 
@@ -65,16 +64,15 @@ async def wait_task(
     timeout: float = 30.0,
     states: tuple[str, ...] = ("success", "failed", "cancelled"),
 ) -> dict[str, Any]:
-    """Poll the task until it reaches one of `states`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        body = await task(live, task_id)
-        if body["state"] in states:
-            return body
-        if loop.time() > deadline:
-            raise AssertionError(f"task {task_id} still {body['state']} after {timeout} s: {body}")
-        await asyncio.sleep(0.1)
+    """Poll the task until it reaches one of `states`; returns it."""
+    seen: dict[str, Any] = {}
+
+    async def ended() -> bool:
+        seen.update(await task(live, task_id))
+        return seen["state"] in states
+
+    await eventually(ended, timeout, what=lambda: f"task {task_id} is {seen}")
+    return seen
 
 
 async def log_lines(live: LiveServer, task_id: str) -> list[dict[str, Any]]:

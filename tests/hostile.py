@@ -67,6 +67,7 @@ PROCESS_KEYS = [
 API_KEYS = [
     *("name", "projectName", "releaseVersion", "environmentNames", "machineNames", "runbookName"),
     *("packageVersions", "steps", "token", "csr", "mode", "endpoint", "roles", "environments", "force"),
+    "port",
 ]
 JSON_VALUES = json_documents(API_KEYS + PROCESS_KEYS)
 JSON_TEXTS = st.one_of(TEXT, JSON_VALUES.map(lambda v: encode(v).decode()))

@@ -7,17 +7,12 @@ registers tentacles with `tentacle register` in either mode, runs them, and read
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from rigs.instances import Server, free_ports, stop_process
+from rigs.instances import Server, free_ports, stop_process, wait_until
 
 
 def command(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -25,16 +20,6 @@ def command(module: str, *args: str, env: dict[str, str] | None = None) -> subpr
     return subprocess.run(
         [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120, env=env
     )
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``check`` every 0.1 s; fail the test naming ``what`` after ``timeout`` seconds."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"not within {timeout} s: {what}")
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 class RealFleet:
@@ -49,6 +34,10 @@ class RealFleet:
     def start_server(self) -> None:
         """`server-shim run` (once `server.started` is logged)."""
         self.server.start()
+
+    def api_cli(self, *args: str) -> str:
+        """A `server-shim` API command on this instance, at the port the server bound; its stdout."""
+        return self.server.cli(*args, "--server", self.server.url)
 
     def home(self, name: str) -> Path:
         """A tentacle's instance folder (named after the machine; `suffix` for a second one)."""
@@ -117,7 +106,9 @@ class RealFleet:
 
     def wait_online(self, name: str, timeout: float = 20.0) -> None:
         """Until the machines list shows ``name`` online."""
-        wait_until(lambda: self.machines().get(name, {}).get("status") == "online", timeout, f"{name} online")
+        wait_until(
+            lambda: self.machines().get(name, {}).get("status") == "online", timeout, what=f"{name} online"
+        )
 
     def task(self, task_id: str) -> dict[str, Any]:
         """GET the task."""
@@ -132,7 +123,7 @@ class RealFleet:
             ended.update(self.task(task_id))
             return ended["state"] in ("success", "failed", "cancelled")
 
-        wait_until(done, timeout, f"task {task_id} ended")
+        wait_until(done, timeout, what=f"task {task_id} ended")
         return ended
 
     def log_text(self, task_id: str) -> str:
@@ -157,7 +148,3 @@ class RealFleet:
         self.tentacles.clear()
         self.server.stop()
 
-
-def json_of(done: subprocess.CompletedProcess[str]) -> Any:
-    """The JSON a command printed."""
-    return json.loads(done.stdout)

@@ -30,9 +30,8 @@ from server_shim.store import feed_store as feed
 from tentacle.common.paths import InstancePaths
 from tentacle.net.pki import build_certificate, cert_pem, key_pem, load_cert, new_key, write_private
 from tentacle.net.tls import client_context
-from tests.conftest import LiveServer, Tentacles, eventually
+from tests.conftest import LiveServer, Tentacles, eventually, run_tentacle
 from tests.deploying import apply, deploy, release, step, texts, wait_task
-from tests.durability_helpers import run_tentacle
 
 WEB, DB = "Shop.Web", "Shop.Db"
 TEXT = b"web package " * 50_000
@@ -130,17 +129,7 @@ PROCESS = {
     ],
 }
 
-
-async def _fleet(live: LiveServer, tentacles: Tentacles, mode: str) -> None:
-    await tentacles.register("web-01", mode, roles=("web",))
-    await tentacles.register("db-01", mode, roles=("db",))
-    await tentacles.start("web-01")
-    await tentacles.start("db-01")
-
-    async def online() -> bool:
-        return all(live.server.fleet.is_online(n) for n in ("web-01", "db-01"))
-
-    await eventually(online, 10)
+WEB_AND_DB: dict[str, tuple[str, ...]] = {"web-01": ("web",), "db-01": ("db",)}
 
 
 def _cached(tentacles: Tentacles, name: str) -> list[Path]:
@@ -153,7 +142,7 @@ async def test_pushed_and_pulled_packages_reach_every_target_before_any_step(
 ) -> None:
     """The pushed package comes from the server, the pulled one from nginx; then the steps run."""
     live = site.live
-    await _fleet(live, tentacles, mode)
+    await tentacles.bring_online(mode, WEB_AND_DB)
     await apply(live, PROCESS)
     task_id = await deploy(live, "Shop", await release(live, "Shop"))
     done = await wait_task(live, task_id, timeout=60)
@@ -174,7 +163,7 @@ async def test_pushed_and_pulled_packages_reach_every_target_before_any_step(
 async def test_a_cached_package_is_not_transferred_again(site: Site, tentacles: Tentacles, mode: str) -> None:
     """The second deployment of the same release finds both packages in the caches."""
     live = site.live
-    await _fleet(live, tentacles, mode)
+    await tentacles.bring_online(mode, WEB_AND_DB)
     await apply(live, PROCESS)
     version = await release(live, "Shop")
     first = await wait_task(live, await deploy(live, "Shop", version), timeout=60)
@@ -193,7 +182,7 @@ async def test_a_dead_mirror_fails_acquisition_naming_it_and_runs_no_step(
 ) -> None:
     """With the only mirror down, the task fails in acquisition with the mirror and its reason."""
     live = site.live
-    await _fleet(live, tentacles, mode)
+    await tentacles.bring_online(mode, WEB_AND_DB)
     assert site.mirror is not None
     url = site.mirror.index_url
     site.mirror.stop()
@@ -215,7 +204,7 @@ async def test_a_push_cut_half_way_resumes(site: Site, tentacles: Tentacles, tmp
     await site.push_package(f"{WEB}.1.0.1.zip", _zip({"readme.txt": b"web package v2", "blob": big}))
     await tentacles.register("web-01", "listening", roles=("web",))
     await tentacles.start("web-01")
-    await eventually(lambda: _online(live, "web-01"), 10)
+    await eventually(lambda: live.online("web-01"), 10)
     cuts: list[int] = []
     real_send = live.server.pusher._send
 
@@ -239,10 +228,6 @@ async def test_a_push_cut_half_way_resumes(site: Site, tentacles: Tentacles, tmp
     assert done["state"] == "success", done.get("error")
     assert cuts[0] == 0 and cuts[1] >= 1024 * 1024 - 64 * 1024, cuts  # the second PUT resumed
     assert "web package v2" in await texts(live, done["taskId"], "web-01")
-
-
-async def _online(live: LiveServer, name: str) -> bool:
-    return live.server.fleet.is_online(name)
 
 
 async def _send_part(live: LiveServer, url: str, path: Path, offset: int, limit: int, thumbprint: str) -> int:
@@ -292,7 +277,7 @@ async def test_a_tentacle_killed_during_acquisition_resumes_it_after_restart(
     agent = run_tentacle(paths.config, tmp_path / "agent.log")
     marker = tmp_path / "ran"
     try:
-        await eventually(lambda: _online(live, "db-01"), 10)
+        await eventually(lambda: live.online("db-01"), 10)
         db = {
             **step("Db", f"echo x >> {marker}", ("db",)),
             "package": {"id": DB, "feed": "near", "acquisition": "pull"},
@@ -300,7 +285,7 @@ async def test_a_tentacle_killed_during_acquisition_resumes_it_after_restart(
         await apply(live, {"name": "Kill", "steps": [db]})
         task_id = await deploy(live, "Kill", await release(live, "Kill"))
         partials = tentacles.root / "db-01"
-        await eventually(lambda: _true(any(p.stat().st_size > 0 for p in partials.rglob("*.part"))), 20)
+        await eventually(lambda: any(p.stat().st_size > 0 for p in partials.rglob("*.part")), 20)
         agent.kill()  # SIGKILL, in the middle of the download
         agent.wait(10)
         proxy.stall_after = None
@@ -320,16 +305,12 @@ async def test_a_tentacle_killed_during_acquisition_resumes_it_after_restart(
         await proxy.stop()
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 async def test_cancelling_a_task_stops_its_pushes(site: Site, tentacles: Tentacles) -> None:
     """A push still running when its task is cancelled is stopped, not left to finish."""
     live = site.live
     await tentacles.register("web-01", "listening", roles=("web",))
     await tentacles.start("web-01")
-    await eventually(lambda: _online(live, "web-01"), 10)
+    await eventually(lambda: live.online("web-01"), 10)
     sending, stopped = asyncio.Event(), asyncio.Event()
 
     async def slow_send(*_: Any, **__: Any) -> int:

@@ -2,49 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
 import json
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
-from server_shim.app import Server
-from server_shim.cli import main as cli
 from tentacle.common.paths import InstancePaths
-from tests.conftest import LiveServer, Tentacles, eventually, start_server, stop_server
+from tests.conftest import (
+    CountingServer,
+    LiveServer,
+    Tentacles,
+    eventually,
+    shim_command,
+    start_server,
+    stop_server,
+)
 from tests.deploying import step
-
-SEEN = web.AppKey("seen", Counter)
-
-
-class CountingServer(Server):
-    """The real server, counting every API request it answers."""
-
-    requests: Counter[str]
-
-    def api_app(self) -> web.Application:
-        app = super().api_app()
-        self.requests = Counter()
-
-        @web.middleware
-        async def count(request: web.Request, handler):  # type: ignore[no-untyped-def]
-            self.requests[f"{request.method} {request.path}"] += 1
-            return await handler(request)
-
-        app.middlewares.insert(0, count)
-        return app
 
 
 @pytest.fixture
-async def counted(server_home: InstancePaths, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[LiveServer]:
+async def counted(server_home: InstancePaths) -> AsyncIterator[LiveServer]:
     """A live server whose API requests are counted."""
-    monkeypatch.setattr("tests.conftest.Server", CountingServer)
-    live = await start_server(server_home)
+    live = await start_server(server_home, kind=CountingServer)
     yield live
     await stop_server(live)
 
@@ -57,22 +37,10 @@ async def agents(counted: LiveServer, tmp_path: Path) -> AsyncIterator[Tentacles
     await fleet.stop_all()
 
 
-async def run_cli(live: LiveServer, *args: str) -> tuple[int, str]:
-    """Run `server-shim ARGS` against the live server in a thread; returns (exit code, stdout)."""
-    out = io.StringIO()
-
-    def call() -> int:
-        with contextlib.redirect_stdout(out):
-            return cli.main(["--home", str(live.paths.config), *args, "--server", live.url])
-
-    code = await asyncio.to_thread(call)
-    return code, out.getvalue()
-
-
 def _count(live: LiveServer) -> int:
     server = live.server
     assert isinstance(server, CountingServer)
-    return sum(server.requests.values())
+    return len(server.requests)
 
 
 async def test_each_command_is_exactly_one_request(
@@ -81,7 +49,7 @@ async def test_each_command_is_exactly_one_request(
     """project apply, release create, deploy and runbook run each send one request."""
     await agents.register("web-01", "polling")
     await agents.start("web-01")
-    await eventually(lambda: _async(counted.server.fleet.is_online("web-01")), 10)
+    await eventually(lambda: counted.online("web-01"), 10)
     doc = {
         "name": "Cli",
         "steps": [step("S", "echo hi", ("web",))],
@@ -96,14 +64,10 @@ async def test_each_command_is_exactly_one_request(
     ]
     for command in commands:
         before = _count(counted)
-        code, out = await run_cli(counted, *command)
+        code, out = await shim_command(counted, *command)
         assert code == 0, (command, out)
         assert _count(counted) - before == 1, command
     assert out.strip().startswith("T-")
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 async def test_follow_prints_live_output_and_fails_with_the_task(
@@ -112,7 +76,7 @@ async def test_follow_prints_live_output_and_fails_with_the_task(
     """`deploy --follow` prints the log and the final state, exiting 1 when the task failed."""
     await agents.register("web-01", "listening")
     await agents.start("web-01")
-    await eventually(lambda: _async(counted.server.fleet.is_online("web-01")), 10)
+    await eventually(lambda: counted.online("web-01"), 10)
     doc = {
         "name": "F",
         "steps": [step("Ok", "echo fine", ("web",)), step("Bad", "echo broken >&2; exit 4", ("web",))],
@@ -121,11 +85,11 @@ async def test_follow_prints_live_output_and_fails_with_the_task(
     await counted.api(
         "POST", "/api/Default/releases/create/v1", {"projectName": "F", "releaseVersion": "1.0.0"}
     )
-    code, out = await run_cli(
+    code, out = await shim_command(
         counted, "deploy", "--project", "F", "--version", "1.0.0", "--environment", "Dev", "--follow"
     )
     assert code == 1
     assert "fine" in out and "broken" in out and "failed" in out
     task_id = out.split()[0]
-    code, shown = await run_cli(counted, "task", "show", task_id)
+    code, shown = await shim_command(counted, "task", "show", task_id)
     assert code == 0 and "failed" in shown and "web-01" in shown

@@ -11,23 +11,10 @@ from tests.conftest import LiveServer, Tentacles, eventually
 from tests.deploying import apply, deploy, release, step, task, texts, wait_task
 
 
-async def _fleet(
-    live: LiveServer, tentacles: Tentacles, mode: str, names: dict[str, tuple[str, ...]]
-) -> None:
-    for name, roles in names.items():
-        await tentacles.register(name, mode, roles=roles)
-        await tentacles.start(name)
-
-    async def online() -> bool:
-        return all(live.server.fleet.is_online(n) for n in names)
-
-    await eventually(online, 10)
-
-
 @pytest.fixture
 async def two(live_server: LiveServer, tentacles: Tentacles, mode: str) -> LiveServer:
     """web-01 (role web) and db-01 (role db), online, in the test's mode."""
-    await _fleet(live_server, tentacles, mode, {"web-01": ("web",), "db-01": ("db",)})
+    await tentacles.bring_online(mode, {"web-01": ("web",), "db-01": ("db",)})
     return live_server
 
 

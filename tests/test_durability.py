@@ -10,9 +10,8 @@ from pathlib import Path
 
 from server_shim.store import task_rows as task_store
 from tentacle.common.paths import InstancePaths
-from tests.conftest import LiveServer, Tentacles, eventually, start_server, stop_server
+from tests.conftest import LiveServer, Tentacles, eventually, run_tentacle, start_server, stop_server
 from tests.deploying import apply, deploy, release, step, texts, wait_task
-from tests.durability_helpers import run_tentacle
 
 
 async def test_server_restart_mid_task_loses_nothing(
@@ -25,7 +24,7 @@ async def test_server_restart_mid_task_loses_nothing(
     try:
         await fleet.register("web-01", mode)
         await fleet.start("web-01")
-        await eventually(lambda: _true(live.server.fleet.is_online("web-01")), 10)
+        await eventually(lambda: live.online("web-01"), 10)
         await apply(
             live,
             {
@@ -51,10 +50,6 @@ async def test_server_restart_mid_task_loses_nothing(
         await stop_server(live)
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 async def _has(live: LiveServer, task_id: str, text: str) -> bool:
     return text in await texts(live, task_id)
 
@@ -67,7 +62,7 @@ async def test_tentacle_killed_mid_step_reports_unknown_and_never_reruns(
     agent = run_tentacle(paths.config, tmp_path / "agent.log")
     marker = tmp_path / "ran"
     try:
-        await eventually(lambda: _true(live_server.server.fleet.is_online("web-01")), 10)
+        await eventually(lambda: live_server.online("web-01"), 10)
         await apply(
             live_server,
             {"name": "K", "steps": [step("Once", f"echo $$ >> {marker}; echo running; sleep 30", ("web",))]},
@@ -97,7 +92,7 @@ async def test_task_state_survives_in_the_database(live_server: LiveServer, tent
     """A finished task, its targets and its log are read back from SQLite, not from memory."""
     await tentacles.register("web-01", "polling")
     await tentacles.start("web-01")
-    await eventually(lambda: _true(live_server.server.fleet.is_online("web-01")), 10)
+    await eventually(lambda: live_server.online("web-01"), 10)
     await apply(live_server, {"name": "D", "steps": [step("S", "echo kept", ("web",))]})
     task_id = await deploy(live_server, "D", await release(live_server, "D"))
     assert (await wait_task(live_server, task_id))["state"] == "success"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from rigs.faultproxy import FaultProxy
+from tests.conftest import eventually
 
 Pair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -79,22 +80,6 @@ async def _read_exactly(reader: asyncio.StreamReader, size: int, timeout: float 
     return await asyncio.wait_for(reader.readexactly(size), timeout)
 
 
-async def _nothing_arrives(reader: asyncio.StreamReader, seconds: float) -> bool:
-    try:
-        await asyncio.wait_for(reader.read(1), seconds)
-    except TimeoutError:
-        return True
-    return False
-
-
-async def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_forwards_bytes_both_ways_unchanged(proxy: FaultProxy, echo: Echo) -> None:
     """Without faults, a megabyte goes through and comes back byte for byte."""
     reader, writer = await _connect(proxy)
@@ -114,7 +99,7 @@ async def test_drop_upstream_at_byte_n(proxy: FaultProxy, echo: Echo) -> None:
     writer.write(data)
     echoed = await _read_until_closed(reader)  # what the echo sent back before the reset, if any
     assert data[:1000].startswith(echoed)
-    await _eventually(lambda: echo.closed == 1)
+    await eventually(lambda: echo.closed == 1, 5, every=0.02)
     assert bytes(echo.received) == data[:1000] and proxy.stats.drops == 1
 
 
@@ -186,8 +171,8 @@ async def test_pause_holds_bytes_until_resume(proxy: FaultProxy, echo: Echo) -> 
     proxy.pause()
     for i in range(50):
         writer.write(f"{i:04d}".encode())
-    assert await _nothing_arrives(reader, 0.3)
-    assert echo.received == b""
+    await eventually(lambda: proxy.stats.held["up"] == 1, 5, every=0.02)  # the sender waits at the pause
+    assert echo.received == b"" and proxy.stats.forwarded["up"] == 0
     proxy.resume()
     assert await _read_exactly(reader, 200) == b"".join(f"{i:04d}".encode() for i in range(50))
     writer.close()
@@ -198,8 +183,9 @@ async def test_pause_of_one_direction_lets_the_other_flow(proxy: FaultProxy, ech
     reader, writer = await _connect(proxy)
     proxy.pause("down")
     writer.write(b"ping")
-    await _eventually(lambda: echo.received == b"ping")
-    assert await _nothing_arrives(reader, 0.2)
+    await eventually(lambda: echo.received == b"ping", 5, every=0.02)
+    await eventually(lambda: proxy.stats.held["down"] == 1, 5, every=0.02)  # the answer waits at the pause
+    assert proxy.stats.forwarded["down"] == 0
     proxy.resume("down")
     assert await _read_exactly(reader, 4) == b"ping"
     writer.close()
@@ -234,11 +220,13 @@ async def test_blackhole_forwards_nothing_and_keeps_the_connection_half_open(
     proxy.blackhole()
     writer.write(b"lost")
     writer.write_eof()
-    await asyncio.sleep(0.3)
-    assert bytes(echo.received) == b"first" and echo.closed == 0
+    await eventually(
+        lambda: proxy.stats.swallowed["up"] == 4 and proxy.stats.swallowed_closes == 1, 5, every=0.02
+    )
+    assert bytes(echo.received) == b"first" and echo.closed == 0  # swallowed: never to arrive
     assert len(proxy.open) == 1
     proxy.reset()
-    await _eventually(lambda: echo.closed == 1)
+    await eventually(lambda: echo.closed == 1, 5, every=0.02)
 
 
 async def test_heal_clears_every_fault(proxy: FaultProxy) -> None:
@@ -261,7 +249,7 @@ async def test_reset_drops_every_open_connection(proxy: FaultProxy, echo: Echo) 
     await _read_exactly(reader, 2)
     proxy.reset()
     assert await _read_until_closed(reader) == b""
-    await _eventually(lambda: echo.closed == 1)
+    await eventually(lambda: echo.closed == 1, 5, every=0.02)
     assert not proxy.open
 
 
@@ -271,7 +259,7 @@ async def test_close_is_passed_on_both_ways(proxy: FaultProxy, echo: Echo) -> No
     writer.write(b"bye")
     writer.write_eof()
     assert await _read_until_closed(reader) == b"bye"
-    await _eventually(lambda: echo.closed == 1 and not proxy.open)
+    await eventually(lambda: echo.closed == 1 and not proxy.open, 5, every=0.02)
 
 
 async def test_retarget_sends_new_connections_elsewhere(proxy: FaultProxy, echo: Echo) -> None:
@@ -301,13 +289,13 @@ async def test_unreachable_target_closes_the_client(echo: Echo) -> None:
 
 async def test_blackhole_open_only_lets_new_connections_through(proxy: FaultProxy, echo: Echo) -> None:
     """blackhole(open_only=True) silences the open connection; the next one works."""
-    old_reader, old_writer = await _connect(proxy)
+    _, old_writer = await _connect(proxy)
     proxy.blackhole(open_only=True)
     old_writer.write(b"lost")
     reader, writer = await _connect(proxy)
     writer.write(b"kept")
     assert await _read_exactly(reader, 4) == b"kept"
-    assert await _nothing_arrives(old_reader, 0.2)
+    await eventually(lambda: proxy.stats.swallowed["up"] == 4, 5, every=0.02)  # "lost", never to arrive
     assert bytes(echo.received) == b"kept"
     writer.close()
     old_writer.close()

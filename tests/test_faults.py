@@ -16,17 +16,15 @@ import json
 import os
 import signal
 import sqlite3
-import sys
-from asyncio.subprocess import PIPE, STDOUT
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from rigs.faultproxy import Direction, FaultProxy
+from rigs.instances import Server
 from server_shim import app as server_app
 from server_shim import server_config
 from server_shim.server_config import Checks
@@ -34,9 +32,17 @@ from tentacle.agent import agent_config as config
 from tentacle.agent import registration
 from tentacle.agent.agent_config import HeartbeatConfig, ListenConfig
 from tentacle.agent.daemon import Agent
+from tentacle.agent.listening import report_port
 from tentacle.common.paths import InstancePaths, resolve
-from tentacle.net.tls import client_context
-from tests.conftest import LiveServer, Tentacles, eventually, free_port, start_server, stop_server
+from tests.conftest import (
+    LiveServer,
+    Tentacles,
+    api_call,
+    eventually,
+    start_server,
+    stop_server,
+    tentacle_context,
+)
 from tests.deploying import apply, deploy, log_lines, release, step, texts, wait_task
 
 NAME = "web-01"
@@ -73,13 +79,13 @@ class Rig:
         else:
             self.proxy.pause("down")
 
-    async def online(self) -> bool:
+    def online(self) -> bool:
         """Whether the server sees the tentacle now."""
-        return self.live.server.fleet.is_online(NAME)
+        return self.live.online(NAME)
 
-    async def offline(self) -> bool:
+    def offline(self) -> bool:
         """Whether the server has noticed the tentacle is gone."""
-        return not self.live.server.fleet.is_online(NAME)
+        return not self.live.online(NAME)
 
     def ran(self) -> list[str]:
         """The steps that started, in order, once per start."""
@@ -90,22 +96,20 @@ class Rig:
         return step(name, f"echo {name} >> {self.marks}; {body}", ("web",), **extra)
 
 
-async def _register_listening(live: LiveServer, root: Path, proxy: FaultProxy) -> InstancePaths:
-    """Register with the proxy's port as the endpoint, then listen on the port the proxy targets."""
-    paths = resolve("tentacle", str(root / NAME))
-    listen = ListenConfig(host="127.0.0.1", port=proxy.port)
-    reg = registration.Registration(
-        server=live.url,
-        token=live.token(),
-        server_thumbprint=live.thumbprint,
-        name=NAME,
-        environments=("Dev",),
-        roles=("web",),
-        listen=listen,
+async def _listen_through(live: LiveServer, fleet: Tentacles, proxy: FaultProxy) -> InstancePaths:
+    """Register on port 0 and start; then the proxy leads to the bound port and the server to the proxy.
+
+    The rig tells the server the proxy's port the way the tentacle told it its own: with the
+    tentacle's certificate, on the port-report route.
+    """
+    paths = await fleet.register(NAME, "listening")
+    agent = await fleet.start(NAME)
+    assert agent.bound_port is not None
+    proxy.retarget("127.0.0.1", agent.bound_port)
+    ctx = tentacle_context(paths)
+    assert (
+        await report_port(live.url, [live.thumbprint], ctx, proxy.port) == f"https://127.0.0.1:{proxy.port}"
     )
-    await registration.register(paths, reg)
-    conf = config.load(paths)
-    config.save(paths, conf.with_changes(listen=dataclasses.replace(conf.listen, port=proxy.target[1])))
     return paths
 
 
@@ -126,16 +130,15 @@ async def rig(
     monkeypatch.setattr(server_app, "POLL_HEARTBEAT", HEARTBEAT)
     live = await start_server(server_home)
     fleet = Tentacles(live, tmp_path / "tentacles")
-    target = free_port() if mode == "listening" else live.server.bound.polling
-    proxy = FaultProxy("127.0.0.1", target)
+    proxy = FaultProxy("127.0.0.1", live.server.bound.polling)  # a listening tentacle's port comes later
     await proxy.start()
-    if mode == "listening":
-        paths = await _register_listening(live, fleet.root, proxy)
-    else:
-        paths = await _register_polling(live, fleet, proxy)
-    rig = Rig(live, fleet, proxy, mode, paths, tmp_path / "ran")
     try:
-        await fleet.start(NAME)
+        if mode == "listening":
+            paths = await _listen_through(live, fleet, proxy)
+        else:
+            paths = await _register_polling(live, fleet, proxy)
+            await fleet.start(NAME)
+        rig = Rig(live, fleet, proxy, mode, paths, tmp_path / "ran")
         await eventually(rig.online, 10)
         yield rig
     finally:
@@ -240,8 +243,8 @@ async def test_a_half_open_connection_is_replaced_and_the_task_runs(rig: Rig) ->
     assert loop.time() - began < 30
 
 
-async def _reconnected(rig: Rig, accepted: int) -> bool:
-    return rig.proxy.stats.accepted > accepted and await rig.online()
+def _reconnected(rig: Rig, accepted: int) -> bool:
+    return rig.proxy.stats.accepted > accepted and rig.online()
 
 
 async def test_latency_each_way_keeps_tasks_and_log_order(rig: Rig) -> None:
@@ -257,80 +260,59 @@ async def test_latency_each_way_keeps_tasks_and_log_order(rig: Rig) -> None:
 # --- kill -9 of the server ------------------------------------------------------------------
 
 
-@dataclass
 class ServerProcess:
-    """`server-shim run` as a real subprocess on fixed ports, which a test may kill -9."""
+    """The rigs' real `server-shim run` process (rigs.instances.Server), from async code, with kill.
 
-    home: Path
-    api_port: int = field(default_factory=free_port)
-    polling_port: int = field(default_factory=free_port)
-    proc: asyncio.subprocess.Process | None = None
+    Its first start binds port 0; a restart asks for the same ports, where the tentacle looks.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.rig = Server(home)
+        self.paths = resolve("server-shim", str(home))
 
     @property
     def url(self) -> str:
         """The API's base URL."""
-        return f"https://127.0.0.1:{self.api_port}"
-
-    @property
-    def paths(self) -> InstancePaths:
-        """The instance's folders."""
-        return resolve("server-shim", str(self.home))
+        return self.rig.url
 
     @property
     def database(self) -> Path:
         """The SQLite file."""
         return self.paths.state / server_config.DATABASE_FILE
 
+    @property
+    def running(self) -> bool:
+        """Whether the process runs now."""
+        return self.rig.proc is not None and self.rig.proc.poll() is None
+
     async def init(self) -> None:
-        """`server-shim init` on these ports, with fast checks of listening tentacles."""
-        listen, polling = f"127.0.0.1:{self.api_port}", f"127.0.0.1:{self.polling_port}"
-        await self.cli("init", "--public-url", self.url, "--listen", listen, "--polling-listen", polling)
+        """`server-shim init` on port 0, with fast checks of listening tentacles."""
+        await asyncio.to_thread(self.rig.init)
         conf = server_config.load(self.paths)
         server_config.save(self.paths, conf.with_changes(checks=Checks(interval=0.5, timeout=2.0)))
 
     async def cli(self, *args: str) -> str:
         """Run one `server-shim` command; returns its stdout."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server_shim", "--home", str(self.home), *args, stdout=PIPE, stderr=PIPE
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
-        return out.decode().strip()
+        return await asyncio.to_thread(self.rig.cli, *args)
 
     async def start(self) -> None:
         """Start `server-shim run` and wait until it serves."""
-        log = (self.home / "server.log").open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server_shim", "--home", str(self.home), "run", stdout=log, stderr=STDOUT
-        )
-        log.close()
-        await eventually(self._serving, 20)
-
-    async def _serving(self) -> bool:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", self.api_port)
-        except OSError:
-            return False
-        writer.close()
-        return True
+        await asyncio.to_thread(self.rig.start)
 
     async def kill(self, sig: int = signal.SIGKILL) -> int:
         """Send `sig` and wait for the process to end; returns its exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return await asyncio.wait_for(self.proc.wait(), 20)
+        proc = self.rig.proc
+        assert proc is not None
+        proc.send_signal(sig)
+        return await asyncio.to_thread(proc.wait, 20)
 
     async def api(self, method: str, path: str, body: Any = None) -> Any:
         """One operator API call that must succeed; returns its JSON body."""
         key = (self.paths.config / server_config.ADMIN_KEY_FILE).read_text().strip()
-        ctx = client_context(self.paths.config / server_config.CA_CERT)
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(method, self.url + path, json=body, headers={"X-Api-Key": key}, ssl=ctx) as resp,
-        ):
-            answer = await resp.json(content_type=None)
-            assert resp.status < 300, answer
-            return answer
+        ca = self.paths.config / server_config.CA_CERT
+        status, answer = await api_call(self.url, ca, key, method, path, body)
+        assert status < 300, answer
+        return answer
 
 
 def _integrity(database: Path) -> str:
@@ -349,7 +331,7 @@ async def _start_agent(server: ServerProcess, root: Path, mode: str) -> tuple[Ag
         name=NAME,
         environments=("Dev",),
         roles=("web",),
-        listen=ListenConfig(host="127.0.0.1", port=free_port()) if mode == "listening" else None,
+        listen=ListenConfig(host="127.0.0.1", port=0) if mode == "listening" else None,
     )
     await registration.register(paths, reg)
     agent = Agent(paths, config.load(paths).with_changes(heartbeat=HeartbeatConfig(interval=HEARTBEAT)))
@@ -405,11 +387,11 @@ async def test_server_killed_mid_deployment_resumes_with_an_intact_database(
         lines = await _server_texts(server, task_id)
         assert [lines.count(t) for t in ("before", "after", "second")] == [1, 1, 1], lines
         assert marks.read_text().split() == ["Slow", "Next"]
-        assert "task.resumed" in (server.home / "server.log").read_text()
+        assert "task.resumed" in server.rig.log.read_text()  # the second start's output
     finally:
         agent.stop.set()
         await asyncio.wait_for(running, 15)
-        if server.proc is not None and server.proc.returncode is None:
+        if server.running:
             assert await server.kill(signal.SIGTERM) == 0
     assert _integrity(server.database) == "ok"
 
@@ -422,7 +404,7 @@ async def test_a_lost_finish_does_not_hold_the_tentacle_forever(rig: Rig) -> Non
     """The calls that end a failed task on a target are lost: the target still runs the next task."""
     await rig.fleet.register("db-01", rig.mode, roles=("db",))
     await rig.fleet.start("db-01")
-    await eventually(lambda: _online(rig.live, "db-01"), 10)
+    await eventually(lambda: rig.live.online("db-01"), 10)
     first = rig.step("One", '[ "$TENTACLE_MACHINE_NAME" = db-01 ] && exit 1; echo started; sleep 1.5')
     first["roles"] = ["web", "db"]
     await apply(rig.live, {"name": "Fail", "steps": [first, rig.step("Two", "echo two")]})
@@ -440,10 +422,6 @@ async def test_a_lost_finish_does_not_hold_the_tentacle_forever(rig: Rig) -> Non
     second = await deploy(rig.live, "Next", await release(rig.live, "Next"), machines=[NAME])
     assert (await wait_task(rig.live, second, timeout=20))["state"] == "success"
     assert sorted(rig.ran()) == ["Hello", "One", "One"]  # One on both targets, Hello once
-
-
-async def _online(live: LiveServer, name: str) -> bool:
-    return live.server.fleet.is_online(name)
 
 
 async def _ended_on_the_tentacle(paths: InstancePaths, task_id: str) -> bool:

@@ -9,7 +9,6 @@ import json
 import os
 import ssl
 import tarfile
-import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ import pytest
 from multidict import CIMultiDict
 
 from server_shim import server_config
-from server_shim.ca import Authority
 from server_shim.cli import main as cli
 from server_shim.store import feed_export
 from server_shim.store import feed_store as feed
@@ -36,10 +34,9 @@ from server_shim.store.feed_store import (
     PackageTooLarge,
 )
 from tentacle.common.paths import InstancePaths
-from tentacle.net import pki
 from tentacle.net.tls import client_context
 from tentacle.protocol.plan import PackageRef
-from tests.conftest import LiveServer
+from tests.conftest import Identity, LiveServer
 
 # --- package files ---------------------------------------------------------------------------
 
@@ -410,27 +407,8 @@ def test_cli_feed_add_list_and_export(
 # --- HTTPS routes on a real server ----------------------------------------------------------
 
 
-def tentacle_tls(live: LiveServer, folder: Path, name: str, *, register: bool) -> ssl.SSLContext:
-    """A client context with a CA-signed certificate for `name` (registered as a machine if asked)."""
-    key = pki.new_key()
-    cert = Authority(live.paths.config).sign(pki.build_csr(key, name).decode(), name)
-    pki.write_private(folder / name / "key.pem", pki.key_pem(key))
-    pki.write_private(folder / name / "cert.pem", pki.cert_pem(cert))
-    if register:
-        machine = machines.Machine(
-            space="Default",
-            name=name,
-            thumbprint=pki.cert_thumbprint(cert),
-            certificate=pki.cert_pem(cert).decode(),
-            mode="polling",
-            endpoint=None,
-            environments=("Dev",),
-            roles=("web",),
-            registered_at=time.time(),
-        )
-        live.server.db.sync(lambda conn: machines.insert(conn, machine, force=False))
-    ca = live.paths.config / server_config.CA_CERT
-    return client_context(ca, folder / name / "cert.pem", folder / name / "key.pem")
+def _context(live: LiveServer, identity: Identity) -> ssl.SSLContext:
+    return client_context(live.paths.config / server_config.CA_CERT, identity.cert, identity.key)
 
 
 @dataclass
@@ -465,7 +443,7 @@ async def test_registered_tentacle_reads_the_feed(live_server: LiveServer, tmp_p
     payload = os.urandom(200_000)
     ref = await push_live(live_server, make_tar_gz(tmp_path / "src/My.Pkg.1.2.3-beta.1.tar.gz", payload))
     await push_live(live_server, make_tar_gz(tmp_path / "src/My.Pkg.1.0.0.tar.gz", payload))
-    tls = tentacle_tls(live_server, tmp_path, "web-1", register=True)
+    tls = _context(live_server, live_server.ca_signed(tmp_path, "web-1", register=True))
     index = await get(f"{live_server.url}/nuget/v3/index.json", tls)
     assert index.status == 200, index.body
     base = index.json()["resources"][0]
@@ -487,7 +465,7 @@ async def test_range_and_if_range_resume_a_download(live_server: LiveServer, tmp
     """Range gives the exact slice; If-Range with a current validator resumes, a stale one restarts."""
     source = make_nupkg(tmp_path / "src/x.nupkg", "Big", "1.0.0", os.urandom(300_000))
     await push_live(live_server, source)
-    tls = tentacle_tls(live_server, tmp_path, "web-1", register=True)
+    tls = _context(live_server, live_server.ca_signed(tmp_path, "web-1", register=True))
     url = f"{live_server.url}/nuget/v3/flatcontainer/big/1.0.0/big.1.0.0.nupkg"
     whole = await get(url, tls)
     etag = whole.headers["ETag"]
@@ -513,10 +491,10 @@ async def test_request_without_credentials_is_401(live_server: LiveServer, tmp_p
 async def test_unregistered_or_revoked_certificate_is_403(live_server: LiveServer, tmp_path: Path) -> None:
     """A certificate signed by our CA but not registered, or of a removed machine, gets 403."""
     url = f"{live_server.url}/nuget/v3/search"
-    stranger = tentacle_tls(live_server, tmp_path, "stranger", register=False)
+    stranger = _context(live_server, live_server.ca_signed(tmp_path, "stranger", register=False))
     answer = await get(url, stranger)
     assert (answer.status, answer.json()["error"]["code"]) == (403, "unregistered")
-    removed = tentacle_tls(live_server, tmp_path, "old-web", register=True)
+    removed = _context(live_server, live_server.ca_signed(tmp_path, "old-web", register=True))
     assert (await get(url, removed)).status == 200
     live_server.server.db.sync(machines.revoke, "Default", "old-web")
     answer = await get(url, removed)
@@ -538,7 +516,7 @@ async def test_operator_api_key_reads_the_feed(live_server: LiveServer, tmp_path
 async def test_unknown_package_version_or_file_is_404(live_server: LiveServer, tmp_path: Path) -> None:
     """Unknown ids, versions and file names are 404 with a JSON error."""
     await push_live(live_server, make_zip(tmp_path / "src/Web.1.0.0.zip"))
-    tls = tentacle_tls(live_server, tmp_path, "web-1", register=True)
+    tls = _context(live_server, live_server.ca_signed(tmp_path, "web-1", register=True))
     base = f"{live_server.url}/nuget/v3/flatcontainer/"
     for path in (
         "nope/index.json",

@@ -23,7 +23,7 @@ from tentacle.net.tls import client_context
 from tests.conftest import LiveServer, start_server, stop_server
 from tests.deploying import apply, release, step
 from tests.nuget_tools import make_package
-from tests.test_feed import Answer, get, make_zip, push_live, tentacle_tls
+from tests.test_feed import Answer, _context, get, make_zip, push_live
 
 
 def tls(live: LiveServer) -> Any:
@@ -225,7 +225,7 @@ async def test_scoped_keys_do_what_their_scope_allows(live_server: LiveServer, t
 
 async def test_a_tentacle_certificate_reads_but_cannot_push(live_server: LiveServer, tmp_path: Path) -> None:
     """A registered tentacle reads the feed; a push with only its certificate is 403 saying what is needed."""
-    machine = tentacle_tls(live_server, tmp_path, "web-1", register=True)
+    machine = _context(live_server, live_server.ca_signed(tmp_path, "web-1", register=True))
     form = aiohttp.FormData()
     form.add_field("package", nupkg_bytes(tmp_path, "Cert.Pkg", "1.0.0"), filename="package.nupkg")
     async with (

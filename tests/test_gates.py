@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tentacle.errors import TentacleError
 from tentacle.protocol.coordinator import (
+    CANCEL_NOT_CONFIRMED,
     Action,
     CancelTarget,
     GateError,
@@ -451,3 +452,48 @@ def test_gate_rules_hold_for_any_event_sequence(
     assert not endings or endings[0] == len(history) - 1
     restored = TaskCoordinator.restore(json.loads(json.dumps(c.snapshot())))
     assert restored.snapshot() == c.snapshot()
+
+
+def _reasons(c: TaskCoordinator) -> dict[str, tuple[str, str | None]]:
+    return {t.machine_name: (t.state, t.reason) for t in c.target_states()}
+
+
+def test_a_cancel_not_confirmed_in_time_ends_the_task_saying_who_did_not_confirm() -> None:
+    """cancel_unconfirmed: targets still running read unknown "cancel not confirmed"; the task ends
+    cancelled at once, naming them; before a cancel it does nothing."""
+    c = coordinator({"web-1": ["web"], "web-2": ["web"]})
+    c.start()
+    assert c.cancel_unconfirmed() == []
+    assert c.cancel("by admin") == [CancelTarget("web-1"), CancelTarget("web-2")]
+    assert c.target_finished("web-1", 0, "failed", "cancelled") == []
+    assert c.cancel_unconfirmed() == [
+        TaskFinished(TaskState.CANCELLED, f"cancelled: by admin ({CANCEL_NOT_CONFIRMED} by web-2)")
+    ]
+    assert _reasons(c) == {"web-1": ("cancelled", "cancelled"), "web-2": ("unknown", CANCEL_NOT_CONFIRMED)}
+    assert TaskCoordinator.restore(json.loads(json.dumps(c.snapshot()))).target_states() == c.target_states()
+
+
+def test_abort_stops_running_targets_and_fails_the_task_now() -> None:
+    """abort (the server's own storage failed): running targets are told to cancel and read so, with
+    the reason; the task ends failed at once with it; a finished task ignores it."""
+    c = coordinator({"web-1": ["web"], "db-1": ["db"]})
+    c.start()
+    actions = c.abort("disk full")
+    assert actions == [
+        CancelTarget("web-1"),
+        TaskFinished(TaskState.FAILED, "the server stopped the task in preAcquisition: disk full"),
+    ]
+    assert _reasons(c)["web-1"] == ("cancelled", "stopped by the server: disk full")
+    assert c.abort("again") == []
+
+
+def test_every_failed_target_keeps_its_own_reason() -> None:
+    """Not only the first failure is told: each failed or lost target says why."""
+    c = coordinator({"web-1": ["web"], "web-2": ["web"]})
+    c.start()
+    c.target_finished("web-1", 0, "failed", "exit code 3")
+    c.target_lost("web-2", "rogue answered task.status with 99 bytes, over the limit")
+    assert _reasons(c) == {
+        "web-1": ("failed", "exit code 3"),
+        "web-2": ("failed", "rogue answered task.status with 99 bytes, over the limit"),
+    }

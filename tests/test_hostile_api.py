@@ -38,7 +38,6 @@ from tentacle.agent import agent_config as config
 from tentacle.agent import registration
 from tentacle.common.paths import InstancePaths, resolve
 from tentacle.net import pki
-from tentacle.net.tls import client_context
 from tentacle.protocol import messages
 from tentacle.protocol.messages import MessageError
 from tentacle.protocol.nuget_ranges import VersionRange
@@ -46,7 +45,7 @@ from tentacle.protocol.nuget_versions import InvalidVersion, NuGetVersion
 from tentacle.protocol.plan import Plan, PlanError
 from tentacle.protocol.process import ProcessError, parse_process
 from tests import hostile
-from tests.conftest import LiveServer, start_server, stop_server
+from tests.conftest import LiveServer, start_server, stop_server, tentacle_context
 from tests.test_feed import make_nupkg
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the tests share one server
@@ -101,6 +100,7 @@ ROUTES = _routes()
 ROUTE_IDS = [str(route) for route in ROUTES]
 VALID_TEMPLATES = (  # the routes that take a body; `_valid_bodies` holds one each accepts
     "/api/machines/register/v1",
+    "/api/machines/listening-port/v1",
     "/api/{space}/projects/{name}/v1",
     "/api/{space}/releases/create/v1",
     "/api/{space}/deployments/create/untenanted/v1",
@@ -213,6 +213,7 @@ def _valid_bodies(live: LiveServer, machine: InstancePaths) -> dict[str, dict[st
             "endpoint": None,
             "force": True,
         },
+        "/api/machines/listening-port/v1": {"port": 10933},  # web-01 polls: a 409, after parsing
         "/api/{space}/projects/{name}/v1": PROCESS,
         "/api/{space}/releases/create/v1": {
             "projectName": "Shop",
@@ -250,8 +251,7 @@ async def target(server_root: InstancePaths) -> AsyncIterator[Target]:
     live = await start_server(server_root)
     try:
         known, valid, machine = await _populate(live, server_root.config.parent / "tentacles")
-        files = (config.SERVER_CA_FILE, config.CERT_FILE, config.KEY_FILE)
-        ctx = client_context(*(config.file(machine, name) for name in files))
+        ctx = tentacle_context(machine)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4)) as session:
             yield Target(live, session, ctx, known, valid)
     finally:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from rigs.nginx_mirror import Nginx, NginxMissing, Pki, free_port
+from rigs.nginx_mirror import Nginx, NginxMissing, Pki
 from server_shim import server_config
 from server_shim.store import feed_export
 from server_shim.store import feed_store as feed
@@ -142,19 +142,19 @@ async def test_an_export_served_by_nginx_installs_by_id(live_server: LiveServer,
     for version in ("1.0.0", "1.1.0", "2.0.0-beta.1"):
         package = make_package(tmp_path / "src", "Mirrored.Web", version, version.encode())
         await asyncio.to_thread(feed.push, live_server.server.db, feed_dir, package)
-    port = free_port()
     out = tmp_path / "export"
-    base = f"https://localhost:{port}/"
+    out.mkdir()
+    pki = Pki.create(tmp_path / "pki")
+    try:  # nginx first, on a port of its own; the export then names that port in every @id
+        nginx = Nginx(tmp_path / "nginx", out, pki, verify_clients=False).start()
+    except NginxMissing as exc:
+        pytest.fail(str(exc))
+    base = f"https://localhost:{nginx.port}/"
     await asyncio.to_thread(feed_export.export, live_server.server.db, feed_dir, out, base)
     for document in out.rglob("*.json"):
         if document.name != feed_export.MANIFEST_FILE:
             ids = absolute_ids(json.loads(document.read_text()))
             assert all(i.startswith(base) for i in ids), document
-    pki = Pki.create(tmp_path / "pki")
-    try:
-        nginx = Nginx(tmp_path / "nginx", out, pki, port=port, verify_clients=False).start()
-    except NginxMissing as exc:
-        pytest.fail(str(exc))
     try:
         client = nuget5(trusting_home(tmp_path / "home", pki.ca))
         source = ["-Source", f"{base}index.json"]

@@ -4,42 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from rigs.instances import bound_ports, python, wait_until
+from tests.conftest import daemon, run_tentacle
 
 
 def cli(program: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run `tentacle` or `server-shim` and capture its output."""
-    module = program.replace("-", "_")
-    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        python(program.replace("-", "_"), *args), capture_output=True, text=True, timeout=60
+    )
     if check and done.returncode != 0:
         pytest.fail(f"{program} {' '.join(args)} exited {done.returncode}: {done.stderr}")
     return done
-
-
-def daemon(program: str, *args: str, log: Path) -> subprocess.Popen[bytes]:
-    """Start a daemon in the background, its output in `log`."""
-    module = program.replace("-", "_")
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_for(predicate, timeout: float) -> float:  # type: ignore[no-untyped-def]
-    """Poll `predicate` until true; returns how long it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"not within {timeout} s")
-        time.sleep(0.2)
-    return time.monotonic() - start
 
 
 @pytest.fixture
@@ -56,66 +40,47 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 def test_two_tentacles_register_and_show_online_then_offline(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    """Both modes show online within 10 s of starting and offline within 20 s of stopping."""
-    api, poll, listen = free_port(), free_port(), free_port()
+    """Everything on port 0: both modes online within 10 s of starting, offline within 20 s of stopping.
+
+    The server logs the ports it bound; the listening tentacle logs its own and tells the
+    server, whose machines list then shows that port as the endpoint.
+    """
     server = ["--home", str(tmp_path / "server")]
-    cli(
-        "server-shim",
-        *server,
-        "init",
-        "--public-url",
-        f"https://127.0.0.1:{api}",
-        "--listen",
-        f"127.0.0.1:{api}",
-        "--polling-listen",
-        f"127.0.0.1:{poll}",
-    )
-    processes.append(daemon("server-shim", *server, "run", log=tmp_path / "server.log"))
+    cli("server-shim", *server, "init", "--listen", "127.0.0.1:0", "--polling-listen", "127.0.0.1:0")
+    server_log = tmp_path / "server.log"
+    processes.append(daemon("server_shim", *server, "run", log=server_log))
+    wait_until(lambda: bound_ports(server_log.read_text()) is not None, 15)
+    api, poll = bound_ports(server_log.read_text()) or (0, 0)
+    assert api and poll and api != poll
+    url = f"https://127.0.0.1:{api}"
     thumb = cli("server-shim", *server, "show-thumbprint").stdout.strip()
     token = cli("server-shim", *server, "token", "create", "--uses", "2").stdout.strip()
-    common = [
-        "--server",
-        f"https://127.0.0.1:{api}",
-        "--token",
-        token,
-        "--server-thumbprint",
-        thumb,
-        "--environment",
-        "Dev",
-        "--role",
-        "web",
-    ]
-    wait_for(lambda: "server.started" in (tmp_path / "server.log").read_text(), 15)
+    common = ["--server", url, "--token", token, "--server-thumbprint", thumb, "--environment", "Dev"]
+    common += ["--role", "web"]
     cli("tentacle", "--home", str(tmp_path / "t1"), "register", *common, "--name", "web-01", "--polling")
-    cli(
-        "tentacle",
-        "--home",
-        str(tmp_path / "t2"),
-        "register",
-        *common,
-        "--name",
-        "web-02",
-        "--listen",
-        f"127.0.0.1:{listen}",
-    )
+    listening = ["--name", "web-02", "--listen", "127.0.0.1:0"]
+    cli("tentacle", "--home", str(tmp_path / "t2"), "register", *common, *listening)
+
+    def machines() -> dict[str, dict[str, str]]:
+        listed = json.loads(cli("server-shim", *server, "machines", "--server", url, "--json").stdout)
+        return {m["name"]: m for m in listed}
 
     def statuses() -> dict[str, str]:
-        listed = json.loads(cli("server-shim", *server, "machines", "--json").stdout)
-        return {m["name"]: m["status"] for m in listed}
+        return {name: m["status"] for name, m in machines().items()}
 
     assert statuses() == {"web-01": "offline", "web-02": "offline"}
-    agents = [
-        daemon("tentacle", "--home", str(tmp_path / t), "run", log=tmp_path / f"{t}.log")
-        for t in ("t1", "t2")
-    ]
+    agents = [run_tentacle(tmp_path / t, tmp_path / f"{t}.log") for t in ("t1", "t2")]
     processes.extend(agents)
-    wait_for(lambda: statuses() == {"web-01": "online", "web-02": "online"}, 10)
+    wait_until(lambda: statuses() == {"web-01": "online", "web-02": "online"}, 10)
+    found = re.search(r"listening\.started host=127\.0\.0\.1 port=(\d+)", (tmp_path / "t2.log").read_text())
+    assert found is not None and int(found[1]) > 0
+    assert machines()["web-02"]["endpoint"] == f"https://127.0.0.1:{found[1]}"
     status = json.loads(cli("tentacle", "--home", str(tmp_path / "t1"), "status", "--json").stdout)
     assert status["connection"]["state"] == "connected" and status["mode"] == "polling"
     for agent in agents:
         agent.send_signal(signal.SIGTERM)
     assert [agent.wait(15) for agent in agents] == [0, 0]
-    wait_for(lambda: statuses() == {"web-01": "offline", "web-02": "offline"}, 20)
+    wait_until(lambda: statuses() == {"web-01": "offline", "web-02": "offline"}, 20)
     processes[0].send_signal(signal.SIGTERM)
     assert processes[0].wait(15) == 0
 
@@ -125,7 +90,7 @@ def test_bad_configuration_exits_78_naming_the_key(tmp_path: Path) -> None:
     (tmp_path / "tentacle.toml").write_text('name = "web-01"\n[listen]\nport = 99999\n')
     done = cli("tentacle", "--home", str(tmp_path), "run", check=False)
     assert done.returncode == 78
-    assert "listen.port: must be 1-65535" in done.stderr
+    assert "listen.port: must be 0-65535" in done.stderr
 
 
 def test_unknown_configuration_key_exits_78(tmp_path: Path) -> None:

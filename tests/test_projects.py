@@ -4,54 +4,29 @@ line's one request per command, counted at the server."""
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import hashlib
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from server_shim import server_config
-from server_shim.api.middleware import Handler
-from server_shim.app import Server
-from server_shim.cli import main as server_cli
 from server_shim.store import project_rows as projects
 from tentacle.common.paths import InstancePaths
 from tentacle.net.tls import client_context
-from tests.conftest import LiveServer, stop_server
+from tests.conftest import CountingServer, LiveServer, shim_command, start_server, stop_server
+from tests.hostile import paths, replaced
 from tests.test_process import example
 
 MiB = 1024 * 1024
 PROJECT = "OctoPetShop"
 WEB, DB, TOOLS = "OctoPetShop.Web", "OctoPetShop.Db", "OctoPetShop.Tools"
-
-
-class CountingServer(Server):
-    """The real server, recording every request its API site receives."""
-
-    def __init__(self, paths: InstancePaths, config: server_config.ServerConfig) -> None:
-        super().__init__(paths, config)
-        self.requests: list[str] = []
-
-    def api_app(self) -> web.Application:
-        """The real API app with a counting middleware in front."""
-        app = super().api_app()
-
-        @web.middleware
-        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
-            self.requests.append(f"{request.method} {request.path}")
-            return await handler(request)
-
-        app.middlewares.insert(0, count)
-        return app
 
 
 @dataclass
@@ -120,12 +95,7 @@ class Shim:
 @pytest.fixture
 async def shim(server_home: InstancePaths) -> AsyncIterator[Shim]:
     """A running server that counts requests, with a client session."""
-    config = server_config.load(server_home).with_changes(
-        listen=server_config.Endpoint("127.0.0.1", 0), polling=server_config.Endpoint("127.0.0.1", 0)
-    )
-    server = CountingServer(server_home, config)
-    await server.start()
-    live = LiveServer(server, server_home, asyncio.create_task(server.fleet.check_loop()))
+    live = await start_server(server_home, kind=CountingServer)
     async with aiohttp.ClientSession() as session:
         # One context for every request: connections are pooled per context.
         yield Shim(live, session, client_context(server_home.config / server_config.CA_CERT))
@@ -208,16 +178,6 @@ async def test_unknown_project_and_space_are_404(shim: Shim) -> None:
     status, answer = await shim.send("PUT", f"/api/Elsewhere/projects/{PROJECT}/v1", example())
     assert status == 404
     assert "space 'Elsewhere' does not exist" in error_of(answer)
-
-
-def replaced(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
-    """A copy of ``doc`` with the value at ``path`` replaced."""
-    out = copy.deepcopy(doc)
-    target = out
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = value
-    return out
 
 
 def _set(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
@@ -520,18 +480,10 @@ HOSTILE_VALUES: list[Any] = [
 ]  # fmt: skip
 
 
-def mutations(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    """The path of every value inside a JSON document."""
-    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
-    for key, child in children:
-        yield (*path, key)
-        yield from mutations(child, (*path, key))
-
-
 async def test_no_mutation_of_a_valid_document_gives_a_5xx(shim: Shim) -> None:
     """Every value of the process document swapped for every hostile value: never a 5xx."""
     doc = example()
-    for path in mutations(doc):
+    for path in paths(doc):
         for value in HOSTILE_VALUES:
             status, answer = await shim.apply(replaced(doc, path, value), "Fuzz")
             assert status < 500, (path, value, answer)
@@ -542,7 +494,7 @@ async def test_no_mutation_of_a_valid_document_gives_a_5xx(shim: Shim) -> None:
 async def test_no_mutation_of_a_release_request_gives_a_5xx(released: Shim) -> None:
     """Every value of a release request swapped for every hostile value: never a 5xx."""
     body = {"projectName": PROJECT, "releaseVersion": "1.0.0", "packageVersions": {WEB: "1.0.0"}}
-    for path in mutations(body):
+    for path in paths(body):
         for value in HOSTILE_VALUES:
             status, answer = await released.release(replaced(body, path, value))
             assert status < 500, (path, value, answer)
@@ -553,12 +505,11 @@ async def test_no_mutation_of_a_release_request_gives_a_5xx(released: Shim) -> N
 # --- the command line -----------------------------------------------------------------------
 
 
-async def cli(shim: Shim, *argv: str) -> tuple[int, list[str]]:
-    """Run ``server-shim ARGV`` in a thread against the live server; (exit code, requests it made)."""
+async def cli(shim: Shim, *argv: str) -> tuple[int, list[str], str]:
+    """Run ``server-shim ARGV`` against the live server; (exit code, requests it made, stdout)."""
     before = len(shim.server.requests)
-    home = str(shim.live.paths.config)
-    code = await asyncio.to_thread(server_cli.main, ["--home", home, *argv, "--server", shim.live.url])
-    return code, shim.server.requests[before:]
+    code, out = await shim_command(shim.live, *argv)
+    return code, shim.server.requests[before:], out
 
 
 async def test_project_apply_makes_one_put(
@@ -567,9 +518,9 @@ async def test_project_apply_makes_one_put(
     """`project apply FILE` sends the document in exactly one PUT and reports the answer."""
     file = tmp_path / "process.json"
     file.write_text(json.dumps(example()))
-    code, requests = await cli(shim, "project", "apply", str(file))
+    code, requests, out = await cli(shim, "project", "apply", str(file))
     assert (code, requests) == (0, [f"PUT /api/Default/projects/{PROJECT}/v1"])
-    assert "applied project 'OctoPetShop': 3 steps; runbooks: Restart" in capsys.readouterr().out
+    assert "applied project 'OctoPetShop': 3 steps; runbooks: Restart" in out
     assert await shim.counts() == (1, 0)
 
 
@@ -579,7 +530,7 @@ async def test_project_apply_takes_the_name_from_the_flag(shim: Shim, tmp_path: 
     doc.pop("name")
     file = tmp_path / "process.json"
     file.write_text(json.dumps(doc))
-    code, requests = await cli(shim, "project", "apply", str(file), "--name", "Pet Shop")
+    code, requests, _ = await cli(shim, "project", "apply", str(file), "--name", "Pet Shop")
     assert (code, requests) == (0, ["PUT /api/Default/projects/Pet Shop/v1"])
     assert (await shim.send("GET", "/api/Default/projects/Pet%20Shop/v1"))[0] == 200
 
@@ -590,7 +541,7 @@ async def test_project_apply_reports_the_server_problems(
     """An invalid document exits 1 with the server's message naming the field."""
     file = tmp_path / "process.json"
     file.write_text(json.dumps(_set(("steps", 1, "roles"), [])))
-    code, requests = await cli(shim, "project", "apply", str(file))
+    code, requests, _ = await cli(shim, "project", "apply", str(file))
     assert (code, len(requests)) == (1, 1)
     assert "steps[1].roles: expected a list of length >= 1" in capsys.readouterr().err
 
@@ -603,7 +554,7 @@ async def test_project_apply_refuses_a_bad_file_without_a_request(
     for name, text in cases.items():
         if text is not None:
             (tmp_path / name).write_text(text)
-        code, requests = await cli(shim, "project", "apply", str(tmp_path / name))
+        code, requests, _ = await cli(shim, "project", "apply", str(tmp_path / name))
         assert code in (1, 2)
         assert requests == []
         assert name in capsys.readouterr().err
@@ -614,9 +565,9 @@ async def test_release_create_makes_one_post_and_prints_the_version(
 ) -> None:
     """`release create` is exactly one POST and prints the normalized version alone."""
     argv = ["release", "create", "--project", PROJECT, "--version", "1.2", "--package", f"{WEB}=1.9.0"]
-    code, requests = await cli(released, *argv)
+    code, requests, out = await cli(released, *argv)
     assert (code, requests) == (0, ["POST /api/Default/releases/create/v1"])
-    assert capsys.readouterr().out == "1.2.0\n"
+    assert out == "1.2.0\n"
     release = await released.server.db.run(projects.get_release, "Default", PROJECT, "1.2.0")
     assert release.packages[WEB].version == "1.9.0"
 
@@ -626,11 +577,10 @@ async def test_release_create_failure_exits_1_after_one_request(
 ) -> None:
     """A refused release exits 1 with the server's message, after exactly one request."""
     argv = ["release", "create", "--project", PROJECT, "--version", "1.0.0", "--package", f"{WEB}=7.0.0"]
-    code, requests = await cli(released, *argv)
+    code, requests, out = await cli(released, *argv)
     assert (code, len(requests)) == (1, 1)
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert "'OctoPetShop.Web' version '7.0.0' is not in the feed" in captured.err
+    assert out == ""
+    assert "'OctoPetShop.Web' version '7.0.0' is not in the feed" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("package", ["NoEquals", "=1.0.0", f"{WEB}="])
@@ -638,7 +588,7 @@ async def test_release_create_refuses_a_malformed_package_flag(
     released: Shim, package: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--package must be ID=VERSION: anything else exits 2 without a request."""
-    code, requests = await cli(
+    code, requests, _ = await cli(
         released, "release", "create", "--project", PROJECT, "--version", "1", "--package", package
     )
     assert (code, requests) == (2, [])

@@ -30,7 +30,6 @@ from rigs.nginx_mirror import (  # the *_fixture imports provide the pki, mirror
     Mirrors,
     Pki,
     TcpProxy,
-    free_port,
     mirrors_fixture,  # noqa: F401
     pki_fixture,  # noqa: F401
     proxies_fixture,  # noqa: F401
@@ -187,9 +186,10 @@ async def test_a_mirror_that_is_down_from_the_start_ranks_last(
     package: FeedPackage,
     mirrors: Mirrors,
     acquirers: AcquirerFactory,
+    dead_port: int,
 ) -> None:
     """A candidate whose probe is refused is not tried before a healthy one, even if preferred."""
-    dead = f"https://127.0.0.1:{free_port()}/index.json"
+    dead = f"https://127.0.0.1:{dead_port}/index.json"
     good = mirrors.start(package.root)
     acquirer = acquirers(local={"mirrors": [dead]})
     start = time.monotonic()
@@ -321,13 +321,14 @@ def head_etag(port: int, pki: Pki, package: FeedPackage) -> str:
 async def test_a_complete_partial_is_verified_and_stored_without_network(
     package: FeedPackage,
     acquirers: AcquirerFactory,
+    dead_port: int,
 ) -> None:
     """A crash after the last byte but before the rename: the partial is checked and used."""
     acquirer = acquirers()
     partial = acquirer.cache.partial(package.planned.sha512)
     partial.path.parent.mkdir(parents=True)
     partial.path.write_bytes(package.path.read_bytes())
-    dead = f"https://127.0.0.1:{free_port()}/index.json"
+    dead = f"https://127.0.0.1:{dead_port}/index.json"
     path = await acquirer(PLAN, with_mirrors(package.planned, dead))
     assert path.read_bytes() == package.path.read_bytes()
 
@@ -423,9 +424,10 @@ async def test_every_failure_is_named_with_its_mirror(
     package: FeedPackage,
     mirrors: Mirrors,
     acquirers: AcquirerFactory,
+    dead_port: int,
 ) -> None:
     """When no mirror delivers, the error lists each one tried with its own reason."""
-    dead = f"https://127.0.0.1:{free_port()}/index.json"
+    dead = f"https://127.0.0.1:{dead_port}/index.json"
     elsewhere = write_feed(tmp_path / "other", "Other.Package", "2.0.0", b"other")
     lacking = mirrors.start(elsewhere.root)
     acquirer = acquirers()

@@ -7,32 +7,22 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tentacle.agent import agent_config as config
 from tentacle.agent.agent_config import TasksConfig
 from tentacle.common.paths import InstancePaths
-from tests.conftest import LiveServer, Tentacles, eventually
+from tests.conftest import LiveServer, Tentacles, eventually, run_tentacle
 from tests.deploying import apply, deploy, release, step, texts, wait_task
-
-
-def _run(paths: InstancePaths, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tentacle", "--home", str(paths.config), "run"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def _exit_code(proc: subprocess.Popen[bytes], timeout: float) -> int:
     return await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout)
 
 
-async def _online(live: LiveServer) -> bool:
-    return live.server.fleet.is_online("web-01")
+async def _logged(log: Path, text: str) -> bool:
+    return text in log.read_text()
 
 
 async def _started(live: LiveServer, task_id: str) -> bool:
@@ -48,19 +38,25 @@ async def _prepare(
     return paths, await release(live, "Sig")
 
 
+async def _step_running(live: LiveServer, version: str) -> str:
+    """Once the agent is online, deploy; returns the task id once its step printed 'start'."""
+    await eventually(lambda: live.online("web-01"), 10)
+    task_id = await deploy(live, "Sig", version)
+    await eventually(lambda: _started(live, task_id), 10)
+    return task_id
+
+
 async def test_sigterm_lets_a_running_step_finish_and_exits_0(
     live_server: LiveServer, tentacles: Tentacles, tmp_path: Path
 ) -> None:
     """SIGTERM during a short step: the step completes, the agent exits 0, the task succeeds later."""
     paths, version = await _prepare(live_server, tentacles, 30, "echo start; sleep 2; echo end")
-    agent = _run(paths, tmp_path / "agent.log")
+    agent = run_tentacle(paths.config, tmp_path / "agent.log")
     try:
-        await eventually(lambda: _online(live_server), 10)
-        task_id = await deploy(live_server, "Sig", version)
-        await eventually(lambda: _started(live_server, task_id), 10)
+        task_id = await _step_running(live_server, version)
         agent.send_signal(signal.SIGTERM)
         assert await _exit_code(agent, 20) == 0
-        agent = _run(paths, tmp_path / "agent.log")
+        agent = run_tentacle(paths.config, tmp_path / "agent.log")
         done = await wait_task(live_server, task_id, timeout=30)
         assert done["state"] == "success", done.get("error")
         assert "end" in await texts(live_server, task_id)
@@ -74,16 +70,14 @@ async def test_sigterm_cancels_a_step_that_outlives_the_grace(
 ) -> None:
     """A step still running when the stop grace ends is cancelled cleanly and recorded as such."""
     paths, version = await _prepare(live_server, tentacles, 1, "echo start; sleep 60")
-    agent = _run(paths, tmp_path / "agent.log")
+    agent = run_tentacle(paths.config, tmp_path / "agent.log")
     try:
-        await eventually(lambda: _online(live_server), 10)
-        task_id = await deploy(live_server, "Sig", version)
-        await eventually(lambda: _started(live_server, task_id), 10)
+        task_id = await _step_running(live_server, version)
         began = time.monotonic()
         agent.send_signal(signal.SIGTERM)
         assert await _exit_code(agent, 30) == 0
         assert time.monotonic() - began < 15
-        agent = _run(paths, tmp_path / "agent.log")
+        agent = run_tentacle(paths.config, tmp_path / "agent.log")
         done = await wait_task(live_server, task_id, timeout=30)
         assert done["state"] == "failed" and "tentacle stopped" in done["error"]
     finally:
@@ -97,16 +91,17 @@ async def test_second_sigterm_exits_at_once(
     """While waiting for a step to finish, a second SIGTERM ends the agent immediately."""
     pid_file = tmp_path / "script.pid"
     paths, version = await _prepare(live_server, tentacles, 60, f"echo $$ > {pid_file}; echo start; sleep 60")
-    agent = _run(paths, tmp_path / "agent.log")
+    log = tmp_path / "agent.log"
+    agent = run_tentacle(paths.config, log)
     try:
-        await eventually(lambda: _online(live_server), 10)
-        task_id = await deploy(live_server, "Sig", version)
-        await eventually(lambda: _started(live_server, task_id), 10)
+        await _step_running(live_server, version)
         agent.send_signal(signal.SIGTERM)
-        await asyncio.sleep(1)
-        assert agent.poll() is None  # still letting the step finish
+        await eventually(lambda: _logged(log, "agent.stopping"), 10)
         agent.send_signal(signal.SIGTERM)
-        assert await _exit_code(agent, 5) != 0
+        # Exit 1 from `agent.killed`: it was still letting the step finish when the second came
+        # (one that had ended on the first would have exited 0).
+        assert await _exit_code(agent, 5) == 1
+        assert "agent.killed" in log.read_text()
     finally:
         agent.kill()
         agent.wait()
@@ -120,9 +115,9 @@ async def test_sighup_reloads_the_configuration(
     """SIGHUP re-reads tentacle.toml without a restart (the log says what it now trusts)."""
     paths = await tentacles.register("web-01", "polling")
     log = tmp_path / "agent.log"
-    agent = _run(paths, log)
+    agent = run_tentacle(paths.config, log)
     try:
-        await eventually(lambda: _online(live_server), 10)
+        await eventually(lambda: live_server.online("web-01"), 10)
         extra = "ab" * 32
         conf = config.load(paths)
         config.save(
@@ -141,7 +136,7 @@ async def test_sighup_reloads_the_configuration(
             return "config.reloaded" in log.read_text() and extra in log.read_text()
 
         await eventually(reloaded, 10)
-        assert agent.poll() is None and await _online(live_server)
+        assert agent.poll() is None and live_server.online("web-01")
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(20)

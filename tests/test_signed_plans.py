@@ -25,6 +25,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from rigs.instances import wait_until
 from tentacle.agent import agent_config
 from tentacle.common.paths import resolve
 from tentacle.net.tls import client_context, server_context
@@ -33,7 +34,7 @@ from tentacle.protocol.messages import Request, Response
 from tentacle.protocol.plan import Plan, PlannedStep
 from tentacle.protocol.process import Script
 from tentacle.protocol.rpc_messages import StartParams, StopParams
-from tests.real_fleet import RealFleet, wait_until
+from tests.real_fleet import RealFleet
 
 
 class Injector:
@@ -205,10 +206,10 @@ def test_rotation_hands_the_new_key_to_every_tentacle_over_the_old_one(
     real_fleet.wait_online("web-01")
     old = _status_of(real_fleet)["publicKey"]
     assert _pinned(real_fleet, "web-01") == old == _pinned(real_fleet, "web-02")
-    new_id = real_fleet.server.cli("signing-key", "rotate")
+    new_id = real_fleet.api_cli("signing-key", "rotate")
     new = _status_of(real_fleet)["publicKey"]
     assert signing.key_id(new) == new_id != signing.key_id(old)
-    wait_until(lambda: _pinned(real_fleet, "web-01") == new, 30, "web-01 pins the new key")
+    wait_until(lambda: _pinned(real_fleet, "web-01") == new, 30, what="web-01 pins the new key")
     status = _status_of(real_fleet)
     assert [p["name"] for p in status["pending"]] == ["web-02"]  # offline: still on the old key
     assert (real_fleet.server.home / "signing" / f"{signing.key_id(old)}.key").exists()
@@ -230,8 +231,8 @@ def test_rotation_hands_the_new_key_to_every_tentacle_over_the_old_one(
     task_id = real_fleet.server.call("POST", "/api/Default/deployments/create/untenanted/v1", body)["taskId"]
     assert real_fleet.wait_task(task_id)["state"] == "success"  # signed with the new key, accepted
     real_fleet.run_tentacle("web-02")
-    wait_until(lambda: _pinned(real_fleet, "web-02") == new, 60, "web-02 pins the new key once back")
-    wait_until(lambda: len(_status_of(real_fleet)["keys"]) == 1, 30, "the old key retired")
+    wait_until(lambda: _pinned(real_fleet, "web-02") == new, 60, what="web-02 pins the new key once back")
+    wait_until(lambda: len(_status_of(real_fleet)["keys"]) == 1, 30, what="the old key retired")
     assert not (real_fleet.server.home / "signing" / f"{signing.key_id(old)}.key").exists()
     assert _status_of(real_fleet)["pending"] == []
 
@@ -247,9 +248,9 @@ async def test_a_rotated_tentacle_refuses_the_old_key(
         rotate = Request.of("rot", "trust.rotate", {"keyId": signing.key_id(public), "publicKey": public})
         assert (await web_01.send(_signed(rotate, old_key))).error is None
     else:
-        real_fleet.server.cli("signing-key", "rotate")
+        real_fleet.api_cli("signing-key", "rotate")
         new = _status_of(real_fleet)["publicKey"]
-        wait_until(lambda: _pinned(real_fleet, "web-01") == new, 30, "web-01 pins the new key")
+        wait_until(lambda: _pinned(real_fleet, "web-01") == new, 30, what="web-01 pins the new key")
     answer = await web_01.send(_signed(_start("T-old-key", tmp_path / "ran"), old_key))
     assert answer.error is not None and "not by the pinned key" in answer.error.message
     forged_rotate = Request.of(
@@ -290,7 +291,7 @@ def test_a_tentacle_registered_before_signing_learns_the_key_and_keeps_working(
     real_fleet.run_tentacle("web-01")
     real_fleet.wait_online("web-01")
     current = _status_of(real_fleet)["publicKey"]
-    wait_until(lambda: _pinned(real_fleet, "web-01") == current, 30, "the legacy tentacle pins the key")
+    wait_until(lambda: _pinned(real_fleet, "web-01") == current, 30, what="the legacy tentacle pins the key")
     log = real_fleet.log("web-01")
     assert log.count("trust.unsigned_accepted") == 1 and "trust.key_pinned" in log
     task_id = real_fleet.deploy(

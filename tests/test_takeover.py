@@ -11,7 +11,8 @@ import ssl
 
 import pytest
 
-from tests.real_fleet import RealFleet, wait_until
+from rigs.instances import wait_until
+from tests.real_fleet import RealFleet
 
 SECRET = "prod-db-password-7c1e"
 
@@ -60,7 +61,7 @@ def test_an_unscoped_token_cannot_replace_an_existing_machine_either(real_fleet:
 def test_machines_replace_gives_a_one_use_token_for_that_machine_alone(real_fleet: RealFleet) -> None:
     """`machines replace NAME` (API key) prints a token that replaces NAME once and registers nothing else."""
     old = _prod_01(real_fleet, "polling")
-    token = real_fleet.server.cli("machines", "replace", "prod-01")
+    token = real_fleet.api_cli("machines", "replace", "prod-01")
     other = real_fleet.register("web-07", "polling", token, home=real_fleet.root / "web-07")
     assert other.returncode == 1 and "made for machine 'prod-01'" in other.stderr
     newcomer = real_fleet.root / "newcomer"
@@ -104,14 +105,14 @@ def test_the_replaced_machines_tasks_fail_and_never_reach_the_newcomer(
     """A task waiting for prod-01 fails naming the replacement; the newcomer gets no plan, no secret."""
     old_thumbprint = _prod_01(real_fleet, mode)
     real_fleet.stop_tentacle("prod-01")
-    wait_until(lambda: real_fleet.machines()["prod-01"]["status"] == "offline", 30, "prod-01 offline")
+    wait_until(lambda: real_fleet.machines()["prod-01"]["status"] == "offline", 30, what="prod-01 offline")
     project = {
         "name": "Shop",
         "steps": [{"name": "Show", "roles": ["web"], "script": {"syntax": "bash", "body": 'echo "$Db"'}}],
         "variables": [{"name": "Db", "value": SECRET, "environments": ["Production"], "sensitive": True}],
     }
     task_id = real_fleet.deploy(project)
-    token = real_fleet.server.cli("machines", "replace", "prod-01")
+    token = real_fleet.api_cli("machines", "replace", "prod-01")
     newcomer = real_fleet.root / "newcomer"
     done = real_fleet.register("prod-01", mode, token, force=True, home=newcomer)
     assert done.returncode == 0, done.stderr

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -42,15 +41,12 @@ from sslyze.server_setting import (
 
 from rigs.faultproxy import FaultProxy
 from server_shim import server_config
-from server_shim.ca import Authority
 from server_shim.dispatch.links import ListeningLink
-from tentacle.agent import agent_config as config
-from tentacle.common.paths import InstancePaths
 from tentacle.errors import TrustError
 from tentacle.net import pki
 from tentacle.net.tls import client_context
 from tentacle.protocol.rpc_messages import PING, NoParams
-from tests.conftest import LiveServer, Tentacles, eventually, ws_status
+from tests.conftest import LiveServer, Tentacles, eventually, tentacle_files, ws_status
 
 REFUSED = ("ssl_2_0_cipher_suites", "ssl_3_0_cipher_suites", "tls_1_0_cipher_suites", "tls_1_1_cipher_suites")
 TLS13_SUITES = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
@@ -65,15 +61,6 @@ COMMANDS = {
     ScanCommand.SESSION_RENEGOTIATION,
     ScanCommand.HEARTBLEED,
 }
-
-
-def _files(paths: InstancePaths) -> tuple[Path, Path, Path]:
-    """A tentacle's certificate, key and server CA."""
-    return (
-        config.file(paths, config.CERT_FILE),
-        config.file(paths, config.KEY_FILE),
-        config.file(paths, config.SERVER_CA_FILE),
-    )
 
 
 def _request(port: int, credentials: ClientAuthenticationCredentials | None) -> ServerScanRequest:
@@ -141,7 +128,7 @@ async def test_every_port_offers_only_tls_1_2_and_up_with_strong_suites(
     paths = await tentacles.register("web-01", "listening")
     agent = await tentacles.start("web-01")
     assert agent.bound_port is not None
-    cert, key, _ = _files(paths)
+    cert, key, _ = tentacle_files(paths)
     conf = live_server.paths.config
     as_tentacle = ClientAuthenticationCredentials(cert, key)
     as_server = ClientAuthenticationCredentials(
@@ -158,24 +145,6 @@ async def test_every_port_offers_only_tls_1_2_and_up_with_strong_suites(
 
 
 # --- the refusals, through the fault proxy ------------------------------------------------------
-
-
-@dataclass
-class Stranger:
-    """A certificate the server's CA signed for nobody that was registered."""
-
-    cert: Path
-    key: Path
-    thumbprint: str
-
-
-def _stranger(live: LiveServer, tmp_path: Path) -> Stranger:
-    key = pki.new_key()
-    cert = Authority(live.paths.config).sign(pki.build_csr(key, "stranger").decode(), "stranger")
-    stranger = Stranger(tmp_path / "stranger.crt", tmp_path / "stranger.key", pki.cert_thumbprint(cert))
-    pki.write_private(stranger.cert, pki.cert_pem(cert))
-    pki.write_private(stranger.key, pki.key_pem(key))
-    return stranger
 
 
 @pytest.fixture
@@ -208,13 +177,13 @@ async def test_polling_port_refusals_hold_through_the_proxy(
     proxy.retarget("127.0.0.1", live_server.server.bound.polling)
     url = f"wss://127.0.0.1:{proxy.port}/poll/v1"
     ca = live_server.paths.config / server_config.CA_CERT
-    stranger = _stranger(live_server, tmp_path)
+    stranger = live_server.ca_signed(tmp_path, "stranger")
     assert await ws_status(url, client_context(ca, stranger.cert, stranger.key)) == 403
     with pytest.raises(aiohttp.ClientError):
         await ws_status(url, client_context(ca))
     with pytest.raises((ssl.SSLError, ConnectionError)):
         await _handshake(proxy.port, _old_tls_client())
-    cert, key, _ = _files(await tentacles.register("web-01", "polling"))
+    cert, key, _ = tentacle_files(await tentacles.register("web-01", "polling"))
     assert await ws_status(url, client_context(ca, cert, key)) == 101  # the proxy itself lets trust through
 
 
@@ -229,8 +198,8 @@ async def test_listening_tentacle_refusals_hold_through_the_proxy(
     agent = await tentacles.start("web-01")
     assert agent.bound_port is not None
     proxy.retarget("127.0.0.1", agent.bound_port)
-    cert, key, ca = _files(impostor)
-    web01 = pki.cert_thumbprint(pki.load_cert(_files(listener)[0]))
+    cert, key, ca = tentacle_files(impostor)
+    web01 = pki.cert_thumbprint(pki.load_cert(tentacle_files(listener)[0]))
     link = ListeningLink(f"https://127.0.0.1:{proxy.port}", web01, client_context(ca, cert, key))
     try:
         with pytest.raises(Exception, match="403"):
@@ -254,7 +223,7 @@ async def test_server_refuses_another_tentacle_behind_the_endpoint(
         files[server_config.CA_CERT], files[server_config.SERVER_CERT], files[server_config.SERVER_KEY]
     )
     paths = await tentacles.register("web-01", "listening")
-    web01 = pki.cert_thumbprint(pki.load_cert(_files(paths)[0]))
+    web01 = pki.cert_thumbprint(pki.load_cert(tentacle_files(paths)[0]))
     link = ListeningLink(f"https://127.0.0.1:{proxy.port}", web01, ctx)
     try:
         with pytest.raises(TrustError, match=f"expected thumbprint {web01}"):
@@ -266,8 +235,4 @@ async def test_server_refuses_another_tentacle_behind_the_endpoint(
         assert (await link.call(PING, NoParams(), 5)).name == "web-01"
     finally:
         await link.close()
-    await eventually(lambda: _online(live_server, "web-01"), 10)
-
-
-async def _online(live: LiveServer, name: str) -> bool:
-    return live.server.fleet.is_online(name)
+    await eventually(lambda: live_server.online("web-01"), 10)

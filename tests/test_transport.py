@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
 from server_shim.dispatch.links import ListeningLink, PollingLink
 from server_shim.store import machine_rows as machines
+from tentacle.common.paths import InstancePaths
 from tentacle.protocol import messages
-from tentacle.protocol.messages import Response
+from tentacle.protocol.messages import Method, Response
 from tentacle.protocol.rpc_messages import (
     PING,
     TASK_STATUS,
@@ -21,7 +23,7 @@ from tentacle.protocol.rpc_messages import (
     StatusResult,
     TentacleTaskState,
 )
-from tests.conftest import LiveServer, Tentacles, eventually
+from tests.conftest import LiveServer, Tentacles, eventually, start_server, stop_server
 from tests.deploying import apply, deploy, release, step, wait_task
 
 
@@ -73,33 +75,27 @@ async def test_server_calls_tentacle_with_the_same_messages(
     await tentacles.register("db-01", mode, roles=("db",))
     await tentacles.start("db-01")
     fleet = live_server.server.fleet
-    await eventually(lambda: _is_online(live_server, "db-01"), 10)
+    await eventually(lambda: live_server.online("db-01"), 10)
     machine = live_server.server.db.sync(machines.find, "Default", "db-01")
     assert machine is not None
     answer = await fleet.call(machine, PING, NoParams(), timeout=5)
     assert (answer.name, answer.mode) == ("db-01", mode)
 
 
-async def _is_online(live: LiveServer, name: str) -> bool:
-    return live.server.fleet.is_online(name)
-
-
 async def test_polling_tentacle_reconnects_after_server_restart(server_home, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A polling tentacle comes back online by itself when the server restarts on the same ports."""
-    from tests.conftest import start_server, stop_server
-
     live = await start_server(server_home)
     ports = (live.server.bound.api, live.server.bound.polling)
     fleet = Tentacles(live, tmp_path / "t")
     await fleet.register("web-01", "polling")
     await fleet.start("web-01")
-    await eventually(lambda: _is_online(live, "web-01"), 10)
+    await eventually(lambda: live.online("web-01"), 10)
     await stop_server(live)
     await asyncio.sleep(0.5)
     live = await start_server(server_home, *ports)
     fleet.server = live
     try:
-        took = await eventually(lambda: _is_online(live, "web-01"), 15)
+        took = await eventually(lambda: live.online("web-01"), 15)
         assert took < 15
     finally:
         await fleet.stop_all()
@@ -133,7 +129,7 @@ async def _raw_call(live: LiveServer, name: str, data: bytes) -> Response:
     link = live.server.fleet.link(machine)
     if isinstance(link, PollingLink):
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        link.pending["raw-1"] = future
+        link.pending["raw-1"] = (future, Method.PING)  # what it waits for; its limit is the smallest
         await link.ws.send_str(data.decode())
         return await asyncio.wait_for(future, 5)
     assert isinstance(link, ListeningLink)
@@ -150,7 +146,7 @@ async def test_a_refused_request_is_answered_with_the_path(
     """An unknown method or out-of-range params get an error response naming the path, at once."""
     await tentacles.register("web-01", mode)
     await tentacles.start("web-01")
-    await eventually(lambda: _is_online(live_server, "web-01"), 10)
+    await eventually(lambda: live_server.online("web-01"), 10)
     unknown = b'{"kind":"request","id":"raw-1","method":"task.explode","params":{}}'
     assert await _raw_call(live_server, "web-01", unknown) == Response.failure(
         "raw-1", "unknown-method", "method: invalid enum value 'task.explode'"
@@ -170,7 +166,7 @@ async def test_a_malformed_answer_fails_its_task_naming_the_machine_and_path(
     the server carries on calling it."""
     await tentacles.register("web-01", mode)
     agent = await tentacles.start("web-01")
-    await eventually(lambda: _is_online(live_server, "web-01"), 10)
+    await eventually(lambda: live_server.online("web-01"), 10)
 
     async def rogue_status(params: StatusParams) -> StatusResult:
         line = LogLine(seq=2**70, time=time.time(), stream=LogStream.STDOUT, step="", text="x")
@@ -193,3 +189,51 @@ async def test_a_malformed_answer_fails_its_task_naming_the_machine_and_path(
     machine = live_server.server.db.sync(machines.find, "Default", "web-01")
     assert machine is not None
     assert (await live_server.server.fleet.call(machine, PING, NoParams(), timeout=5)).name == "web-01"
+
+
+async def _ping(live: LiveServer, name: str) -> str:
+    """The server's ping to the machine at the endpoint it has on record; the name that answers."""
+    machine = await live.server.fleet.machine(name)
+    assert machine is not None
+    return (await live.server.fleet.call(machine, PING, NoParams(), timeout=5)).name
+
+
+async def test_a_listening_tentacle_on_port_0_tells_the_server_its_port_at_each_start(
+    live_server: LiveServer, tentacles: Tentacles
+) -> None:
+    """Registered with port 0, it takes a free port at each start; the server then reaches it there."""
+    await tentacles.register("web-01", "listening")
+    assert (await live_server.machines())["web-01"]["endpoint"] == "https://127.0.0.1:0"
+    for _ in range(2):
+        agent = await tentacles.start("web-01")  # returns once the server has the port
+        assert agent.bound_port
+        endpoint = (await live_server.machines())["web-01"]["endpoint"]
+        assert endpoint == f"https://127.0.0.1:{agent.bound_port}"
+        assert await _ping(live_server, "web-01") == "web-01"
+        await tentacles.stop("web-01")
+
+
+async def test_the_port_report_waits_for_a_server_that_is_not_up_yet(
+    server_home: InstancePaths, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listening tentacle started while its server is down reports its port once the server is back."""
+    live = await start_server(server_home)
+    ports = (live.server.bound.api, live.server.bound.polling)
+    fleet = Tentacles(live, tmp_path / "t")
+    await fleet.register("web-01", "listening")
+    await stop_server(live)
+    agent = await fleet.start("web-01", reachable=False)
+    try:
+        await eventually(lambda: _logged(caplog, "listening.report_failed"), 10)
+        assert not agent.port_reported.is_set()
+        live = await start_server(server_home, *ports)
+        fleet.server = live
+        await asyncio.wait_for(agent.port_reported.wait(), 10)
+        assert await _ping(live, "web-01") == "web-01"
+    finally:
+        await fleet.stop_all()
+        await stop_server(live)
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in record.getMessage() for record in caplog.records)

@@ -11,39 +11,19 @@ import aiohttp
 import pytest
 
 from server_shim import server_config
-from server_shim.ca import Authority
 from server_shim.dispatch.links import ListeningLink
 from server_shim.store import accounts
-from tentacle.agent import agent_config as config
 from tentacle.agent import registration
 from tentacle.common.paths import InstancePaths
 from tentacle.errors import RemoteError, TrustError
 from tentacle.net import pki
 from tentacle.net.tls import client_context
 from tentacle.protocol.rpc_messages import PING, NoParams
-from tests.conftest import LiveServer, Tentacles, eventually, ws_status
-
-
-def _files(paths: InstancePaths) -> tuple[Path, Path, Path]:
-    return (
-        config.file(paths, config.CERT_FILE),
-        config.file(paths, config.KEY_FILE),
-        config.file(paths, config.SERVER_CA_FILE),
-    )
+from tests.conftest import LiveServer, Tentacles, eventually, tentacle_files, ws_status
 
 
 def _polling_url(live: LiveServer) -> str:
     return f"wss://127.0.0.1:{live.server.bound.polling}/poll/v1"
-
-
-def _ca_signed_stranger(live: LiveServer, tmp_path: Path) -> tuple[Path, Path, str]:
-    """A certificate signed by the server's CA that no machine registered."""
-    key = pki.new_key()
-    cert = Authority(live.paths.config).sign(pki.build_csr(key, "stranger").decode(), "stranger")
-    cert_path, key_path = tmp_path / "stranger.crt", tmp_path / "stranger.key"
-    pki.write_private(cert_path, pki.cert_pem(cert))
-    pki.write_private(key_path, pki.key_pem(key))
-    return cert_path, key_path, pki.cert_thumbprint(cert)
 
 
 async def test_polling_port_refuses_a_client_without_certificate(live_server: LiveServer) -> None:
@@ -69,11 +49,13 @@ async def test_polling_port_refuses_an_unregistered_certificate_naming_it(
     live_server: LiveServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A CA-signed certificate that no machine holds gets 403, and the log names its thumbprint."""
-    cert, key, thumb = _ca_signed_stranger(live_server, tmp_path)
-    ctx = client_context(live_server.paths.config / server_config.CA_CERT, cert, key)
+    stranger = live_server.ca_signed(tmp_path, "stranger")
+    ctx = client_context(live_server.paths.config / server_config.CA_CERT, stranger.cert, stranger.key)
     with caplog.at_level(logging.WARNING):
         assert await ws_status(_polling_url(live_server), ctx) == 403
-    assert any("trust.refused" in r.getMessage() and thumb in r.getMessage() for r in caplog.records)
+    assert any(
+        "trust.refused" in r.getMessage() and stranger.thumbprint in r.getMessage() for r in caplog.records
+    )
 
 
 async def test_removed_machine_is_dropped_and_refused(live_server: LiveServer, tentacles: Tentacles) -> None:
@@ -81,17 +63,13 @@ async def test_removed_machine_is_dropped_and_refused(live_server: LiveServer, t
     paths = await tentacles.register("web-01", "polling")
     await tentacles.start("web-01")
     fleet = live_server.server.fleet
-    await eventually(lambda: _true(fleet.is_online("web-01")), 10)
+    await eventually(lambda: fleet.is_online("web-01"), 10)
     status, body = await live_server.api("DELETE", "/api/Default/machines/web-01/v1")
     assert status == 200, body
     assert not fleet.is_online("web-01")
     assert "web-01" not in await live_server.machines()
-    cert, key, ca = _files(paths)
+    cert, key, ca = tentacle_files(paths)
     assert await ws_status(_polling_url(live_server), client_context(ca, cert, key)) == 403
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_listening_tentacle_refuses_another_tentacle_posing_as_server(
@@ -101,10 +79,10 @@ async def test_listening_tentacle_refuses_another_tentacle_posing_as_server(
     listener = await tentacles.register("web-01", "listening")
     impostor = await tentacles.register("web-02", "polling")
     agent = await tentacles.start("web-01")
-    await eventually(lambda: _true(live_server.server.fleet.is_online("web-01")), 10)
-    cert, key, ca = _files(impostor)
+    await eventually(lambda: live_server.online("web-01"), 10)
+    cert, key, ca = tentacle_files(impostor)
     impostor_thumb = pki.cert_thumbprint(pki.load_cert(cert))
-    web01 = pki.cert_thumbprint(pki.load_cert(_files(listener)[0]))
+    web01 = pki.cert_thumbprint(pki.load_cert(tentacle_files(listener)[0]))
     link = ListeningLink(f"https://127.0.0.1:{agent.bound_port}", web01, client_context(ca, cert, key))
     with caplog.at_level(logging.WARNING), pytest.raises(Exception, match="403"):
         await link.call(PING, NoParams(), 5)
@@ -119,7 +97,7 @@ async def test_listening_tentacle_refuses_a_client_without_certificate(
     """The listening port's handshake fails without a client certificate."""
     paths = await tentacles.register("web-01", "listening")
     agent = await tentacles.start("web-01")
-    ctx = client_context(_files(paths)[2])
+    ctx = client_context(tentacle_files(paths)[2])
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientError):
             await session.post(f"https://127.0.0.1:{agent.bound_port}/rpc/v1", data=b"{}", ssl=ctx)
@@ -315,3 +293,31 @@ def pki_subject(ca: Path) -> object:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(cafile=str(ca))
     return ctx.get_ca_certs()[0]["subject"]
+
+
+async def test_only_a_registered_listening_machine_may_report_its_port(
+    live_server: LiveServer, tentacles: Tentacles, tmp_path: Path
+) -> None:
+    """The port report wants a client certificate (401) of a registered machine (403) that listens
+    (409), and a port 1-65535 (400); none of those moves the endpoint on record."""
+    from tentacle.agent.listening import report_port
+
+    listening = await tentacles.register("web-01", "listening")
+    polling = await tentacles.register("db-01", "polling")
+    ca = live_server.paths.config / server_config.CA_CERT
+    stranger = live_server.ca_signed(tmp_path, "stranger")
+    cert, key, _ = tentacle_files(listening)
+    polling_cert, polling_key, _ = tentacle_files(polling)
+    refused = [
+        (client_context(ca), 1234, 401),
+        (client_context(ca, stranger.cert, stranger.key), 1234, 403),
+        (client_context(ca, polling_cert, polling_key), 1234, 409),
+        (client_context(ca, cert, key), 0, 400),
+        (client_context(ca, cert, key), 65536, 400),
+    ]
+    for ctx, port, status in refused:
+        with pytest.raises(RemoteError) as caught:
+            await report_port(live_server.url, [live_server.thumbprint], ctx, port)
+        assert caught.value.status == status, caught.value.message
+    listed = await live_server.machines()
+    assert listed["web-01"]["endpoint"] == "https://127.0.0.1:0" and listed["db-01"]["endpoint"] is None

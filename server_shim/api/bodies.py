@@ -110,6 +110,19 @@ class RegistrationAnswer(Wire, frozen=True):
     signing_key: str
 
 
+class ListeningPort(Body, frozen=True):
+    """``POST /api/machines/listening-port/v1``: the port a listening tentacle took at start."""
+
+    port: Annotated[int, Meta(ge=1, le=65535)]
+
+
+class EndpointMoved(Wire, frozen=True):
+    """The answer to a port report: the endpoint the server uses from now on."""
+
+    name: str
+    endpoint: str | None
+
+
 class MachineList(Wire, frozen=True):
     """``GET /api/{space}/machines/v1``."""
 
@@ -231,11 +244,12 @@ class TaskCreated(Wire, frozen=True):
 
 
 class TargetView(Wire, frozen=True):
-    """One machine's part in a task: the phase it is in and its state there."""
+    """One machine's part in a task: the phase it is in, its state there, and why it failed if it did."""
 
     machine_name: str
     phase: str
     state: str
+    reason: str | UnsetType = UNSET
 
 
 class TaskView(Wire, frozen=True):

@@ -1,6 +1,7 @@
 """The operator and registration routes of the API (versioned, names not ids).
 
 POST   /api/machines/register/v1             token + CSR -> signed certificate
+POST   /api/machines/listening-port/v1       a listening tentacle's bound port (its certificate says who)
 GET    /api/{space}/machines/v1               the machines list of design.md
 DELETE /api/{space}/machines/{name}/v1        remove a machine, revoke its certificate
 POST   /api/{space}/machines/{name}/replace/v1  a one-use token that may replace that machine
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from server_shim.api.bodies import (
+    EndpointMoved,
+    ListeningPort,
     MachineList,
     MachineRemoved,
     MachineView,
@@ -37,8 +40,9 @@ from server_shim.store import accounts, signing_keys
 from server_shim.store import machine_rows as machines
 from server_shim.store.machine_rows import Machine, MachineConflict, MachineNotFound
 from tentacle.common.logs import event
-from tentacle.errors import Conflict, NotFound, UsageError
+from tentacle.errors import Conflict, Forbidden, NotFound, Unauthorized, UsageError
 from tentacle.net import pki
+from tentacle.net.tls import peer_thumbprint
 
 log = logging.getLogger("server_shim.api.machine_routes")
 FLEET = web.AppKey("fleet", Fleet)
@@ -125,6 +129,21 @@ def machine_view(machine: Machine, online: bool, last_seen: float | None) -> Mac
     )
 
 
+async def listening_port(request: web.Request) -> web.Response:
+    """A listening tentacle registered with port 0 took a free port at start: from now on, that one."""
+    presented = peer_thumbprint(request.transport)
+    if presented is None:
+        raise Unauthorized("a registered tentacle's client certificate is required")
+    port = (await read_body(request, ListeningPort)).port
+    try:
+        machine = await request.app[DB].run(machines.move_port, presented, port)
+    except MachineNotFound as exc:
+        raise Forbidden(exc.message, details={"presentedThumbprint": presented}) from exc
+    await request.app[FLEET].forget(machine.name)  # the link to the old port, the cached record
+    event(log, "machine.endpoint_changed", machine=machine.name, endpoint=machine.endpoint)
+    return answer(EndpointMoved(name=machine.name, endpoint=machine.endpoint))
+
+
 async def space_of(request: web.Request) -> str:
     """The route's space, which must exist."""
     space = request.match_info["space"]
@@ -199,6 +218,7 @@ async def replacement_token(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     """Mount this module's routes."""
     app.router.add_post("/api/machines/register/v1", register)
+    app.router.add_post("/api/machines/listening-port/v1", listening_port)
     app.router.add_get("/api/{space}/machines/v1", list_machines)
     app.router.add_delete("/api/{space}/machines/{name}/v1", remove_machine)
     app.router.add_post("/api/{space}/machines/{name}/replace/v1", replacement_token)

@@ -215,5 +215,10 @@ async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
+# Tentacles call these: registration proves itself with a token, the port report with the
+# machine's registered certificate.
+_TENTACLE_ROUTES = ("/api/machines/register/", "/api/machines/listening-port/")
+
+
 def _needs_key(path: str) -> bool:
-    return path.startswith("/api/") and not path.startswith("/api/machines/register/")
+    return path.startswith("/api/") and not path.startswith(_TENTACLE_ROUTES)

@@ -14,6 +14,7 @@ in one transaction (nothing is stored when anything is wrong), then queued.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -87,10 +88,10 @@ def _distinct(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def task_view(record: tasks.TaskRecord, coordinator: TaskCoordinator | None) -> TaskView:
-    """The task resource of design.md."""
+    """The task resource of design.md; each target says why when it failed (``reason``)."""
     coordinator = coordinator or TaskCoordinator.restore(record.coordinator)
     targets = [
-        TargetView(machine_name=t.machine_name, phase=t.phase, state=t.state)
+        TargetView(machine_name=t.machine_name, phase=t.phase, state=t.state, reason=t.reason or UNSET)
         for t in coordinator.target_states()
     ]
     return TaskView(
@@ -109,19 +110,24 @@ def task_view(record: tasks.TaskRecord, coordinator: TaskCoordinator | None) -> 
 
 
 async def _record(request: web.Request) -> tasks.TaskRecord:
+    """The task as stored, or as this server holds it when it ended and the disk refused its state."""
     space = await space_of(request)
     record = await request.app[DB].run(
         functools.partial(tasks.get, with_plans=False), request.match_info["taskId"]
     )
     if record.space != space:
         raise NotFound(f"task {record.task_id!r} does not exist in space {space!r}")
+    run = request.app[DISPATCHER].live(record.task_id)
+    if run is not None and run.unsaved:
+        coordinator = run.coordinator
+        return dataclasses.replace(record, state=str(coordinator.state), error=coordinator.error)
     return record
 
 
 async def get_task(request: web.Request) -> web.Response:
     """One task's state and its targets' phases."""
     record = await _record(request)
-    run = request.app[DISPATCHER].runs.get(record.task_id)
+    run = request.app[DISPATCHER].live(record.task_id)
     return answer(task_view(record, run.coordinator if run else None))
 
 

@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import ssl
 import time
+from collections.abc import Callable
 from typing import TypeVar
 
 from server_shim.dispatch.links import Link, ListeningLink, PollingLink
@@ -50,6 +51,7 @@ class Fleet:
         self._machines: dict[str, Machine] = {}
         self._forgotten = 0  # bumped by `forget`: a lookup that raced with it is not cached
         self.closing = False
+        self.on_forget: list[Callable[[str], None]] = []  # told each machine name `forget` drops
         self.signer: Signer | None = None  # set by the server: None sends everything unsigned
 
     async def machine(self, name: str) -> Machine | None:
@@ -114,9 +116,11 @@ class Fleet:
         return result
 
     async def forget(self, name: str) -> None:
-        """A machine was removed: drop its links at once."""
+        """A machine was removed (or replaced): drop its links at once, and tell `on_forget`."""
         self._machines.pop(name, None)
         self._forgotten += 1
+        for told in self.on_forget:
+            told(name)
         links: list[Link | None] = [self.polling.pop(name, None), self.listening.pop(name, None)]
         for link in links:
             if link is not None:

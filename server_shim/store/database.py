@@ -10,6 +10,7 @@ loop never blocks on disk and SQLite sees a single writer. Command-line tools ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -173,16 +174,26 @@ class Database:
         self._lock = threading.Lock()
 
     def sync(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn(connection, *args)` in one transaction, here and now."""
+        """Run `fn(connection, *args)` in one transaction, here and now.
+
+        A transaction that fails, at any statement or at its COMMIT, is rolled back and its
+        error raised as it was: SQLite may have rolled it back itself (a full disk does), and
+        a COMMIT that failed otherwise leaves it open, which would fail every later call.
+        """
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(self.conn, *args)
+                self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self.conn.execute("COMMIT")
             return result
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the error being raised is the one to tell
+                self.conn.execute("ROLLBACK")
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """`sync` on the database thread, awaited from the event loop."""

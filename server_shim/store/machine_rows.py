@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 
 from tentacle.errors import Conflict, NotFound
 
@@ -22,6 +23,10 @@ class MachineConflict(Conflict):
 
 class MachineNotFound(NotFound):
     """No machine of that name."""
+
+
+class NotListening(Conflict):
+    """A port was reported for a machine the server does not connect to (a polling one)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,23 @@ def revoke(conn: sqlite3.Connection, space: str, name: str) -> Machine:
     )
     conn.execute("DELETE FROM machines WHERE space = ? AND name = ?", (space, name))
     return machine
+
+
+def move_port(conn: sqlite3.Connection, thumbprint: str, port: int) -> Machine:
+    """Point the listening machine holding this certificate at another port of its registered host.
+
+    Only the port changes: a certificate's holder may say where it listens, not send the
+    server's connections to another host.
+    """
+    machine = by_thumbprint(conn, thumbprint)
+    if machine is None:
+        raise MachineNotFound(f"certificate {thumbprint} is not a registered machine's")
+    if machine.mode != "listening" or machine.endpoint is None:
+        raise NotListening(f"machine {machine.name!r} polls; only a listening machine has a port")
+    host = urlsplit(machine.endpoint).hostname or ""
+    endpoint = f"https://{f'[{host}]' if ':' in host else host}:{port}"
+    conn.execute("UPDATE machines SET endpoint = ? WHERE thumbprint = ?", (endpoint, thumbprint))
+    return replace(machine, endpoint=endpoint)
 
 
 def save_last_seen(conn: sqlite3.Connection, seen: dict[str, float]) -> None:

@@ -4,8 +4,10 @@ A task row holds everything needed to carry on after a restart: the plan of ever
 target (`plans`) and the coordinator's snapshot (`coordinator`), rewritten after
 every event. Log lines are keyed by (task, machine, the machine's own sequence
 number), so a line delivered twice (a retried status call) is stored once; the
-task-wide ``seq`` is what ``log/v1?since=`` pages by. Sensitive values in the stored
-plans are sealed (`server_shim.store.sealing`) and opened as a task is read.
+task-wide ``seq`` is what ``log/v1?since=`` pages by. They are written by
+`server_shim.store.log_rows` (in batches, with a limit per target) and read here.
+Sensitive values in the stored plans are sealed (`server_shim.store.sealing`) and opened
+as a task is read.
 """
 
 from __future__ import annotations
@@ -110,35 +112,6 @@ def save_progress(
         " WHERE task_id = ?",
         (state, error, json.dumps(coordinator), finished, task_id),
     )
-
-
-def append_log(conn: sqlite3.Connection, task_id: str, machine: str, lines: list[dict[str, Any]]) -> int:
-    """Store a target's log lines (duplicates ignored); returns the highest machine seq seen."""
-    conn.executemany(
-        "INSERT OR IGNORE INTO task_log (task_id, machine, machine_seq, time, stream, step, text)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                task_id,
-                machine,
-                int(line["seq"]),
-                float(line["time"]),
-                str(line["stream"]),
-                line.get("step"),
-                str(line["text"]),
-            )
-            for line in lines
-        ],
-    )
-    return max((int(line["seq"]) for line in lines), default=0)
-
-
-def last_machine_seq(conn: sqlite3.Connection, task_id: str, machine: str) -> int:
-    """The highest log line number stored for this target (where to resume reading)."""
-    row = conn.execute(
-        "SELECT MAX(machine_seq) FROM task_log WHERE task_id = ? AND machine = ?", (task_id, machine)
-    ).fetchone()
-    return int(row[0] or 0)
 
 
 def read_log(conn: sqlite3.Connection, task_id: str, since: int, limit: int = 1000) -> list[dict[str, Any]]:

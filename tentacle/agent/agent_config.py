@@ -13,7 +13,7 @@
 
     [listen]
     host = "0.0.0.0"
-    port = 10933
+    port = 10933                    # 0: a free port at each start, which the server is told
 
     [packages]
     parallelism = 4                 # packages acquired at once
@@ -71,12 +71,12 @@ class ListenConfig:
     """Where a listening tentacle accepts the server's connections."""
 
     host: str = "0.0.0.0"
-    port: int = 10933
+    port: int = 10933  # 0: a free port at each start, reported to the server (daemon.PortReporter)
     public_hostname: str | None = None
 
     def __post_init__(self) -> None:
-        if not 1 <= self.port <= 65535:
-            raise ValueError(f"listen.port: must be 1-65535, not {self.port}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"listen.port: must be 0-65535, not {self.port}")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ Starts the transport the configuration names (listening or polling) around one
 SIGTERM or SIGINT (a second one exits at once). SIGHUP re-reads the configuration
 and applies what can change without a restart (pinned thumbprints, log level).
 The connection state goes to ``state/connection.json`` for `tentacle status`.
+A listening tentacle configured with port 0 takes a free port, logs it
+(``listening.started port=N``) and tells the server, retrying until the server has it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +32,7 @@ from tentacle.common.logs import event
 from tentacle.common.paths import InstancePaths
 from tentacle.errors import ConfigError, TentacleError
 from tentacle.net.tls import client_context, server_context
+from tentacle.protocol.backoff import Backoff
 from tentacle.protocol.rpc_messages import TRUST_ROTATE
 from tentacle.runner.runner import TaskRunner
 
@@ -67,6 +71,9 @@ class Agent:
         self.poller: PollingClient | None = None
         self.bound_port: int | None = None
         self.started = asyncio.Event()
+        self.state_file = StateFile(paths.state / STATE_FILE)
+        self.port_reported = asyncio.Event()  # set once the server has the port we took (port 0)
+        self._reporter: asyncio.Task[None] | None = None
 
     def _files(self) -> tuple[Path, ...]:
         names = (config_mod.CERT_FILE, config_mod.KEY_FILE, config_mod.SERVER_CA_FILE)
@@ -82,7 +89,7 @@ class Agent:
         return frozenset(self.config.server.thumbprints)
 
     def record_state(self, state: str, detail: str = "") -> None:
-        """Write the connection state for `tentacle status` (best effort)."""
+        """Write the connection state for `tentacle status` soon (best effort, off the loop)."""
         body = {
             "mode": self.config.mode,
             "state": state,
@@ -91,10 +98,7 @@ class Agent:
             "pid": os.getpid(),
             "port": self.bound_port,
         }
-        try:
-            write_private(self.paths.state / STATE_FILE, json.dumps(body).encode(), 0o644)
-        except OSError as exc:
-            event(log, "state.write_failed", logging.WARNING, reason=str(exc))
+        self.state_file.put(json.dumps(body).encode())
 
     async def start(self) -> None:
         """Bind the listener or start polling."""
@@ -110,6 +114,9 @@ class Agent:
             self.bound_port = await self.listener.start(self.config.listen.host, self.config.listen.port)
             self.record_state("listening", f"{self.config.listen.host}:{self.bound_port}")
             event(log, "listening.started", host=self.config.listen.host, port=self.bound_port)
+            if self.config.listen.port == 0:
+                reporting = self._report_port(client_context(ca, cert, key), self.bound_port)
+                self._reporter = asyncio.create_task(reporting)
         else:
             ctx = client_context(ca, cert, key)
             self.poller = PollingClient(
@@ -120,6 +127,26 @@ class Agent:
                 self.record_state,
                 self.config.heartbeat.interval,
             )
+
+    async def _report_port(self, ctx: ssl.SSLContext, port: int) -> None:
+        """Tell the server which port we took, until it has it (it may not be up yet)."""
+        from tentacle.agent.listening import report_port
+
+        backoff = Backoff(cap=30.0)
+        while True:
+            try:
+                endpoint = await report_port(self.config.server.url, self.pins, ctx, port)
+            except TentacleError as exc:
+                if not exc.retryable:  # refused (machine removed, untrusted server): retrying cannot help
+                    event(log, "listening.report_refused", logging.ERROR, port=port, reason=exc.message)
+                    return
+                delay = backoff.next_delay()
+                event(log, "listening.report_failed", logging.WARNING, port=port, reason=exc.message)
+                await asyncio.sleep(delay)
+                continue
+            event(log, "listening.reported", port=port, endpoint=endpoint)
+            self.port_reported.set()
+            return
 
     async def serve(self) -> None:
         """Run until `stop` is set."""
@@ -136,11 +163,14 @@ class Agent:
         finally:
             sdnotify.stopping()
             watchdog.cancel()
+            if self._reporter is not None:
+                self._reporter.cancel()
             await self.runner.shutdown(self.config.tasks.stop_grace)
             await self.packages.close()
             if self.listener is not None:
                 await self.listener.stop()
             self.record_state("stopped")
+            await self.state_file.flush()
             event(log, "agent.stopped", machine=self.config.name)
 
     def reload(self) -> None:
@@ -161,6 +191,35 @@ class Agent:
         event(log, "config.reloaded", thumbprints=",".join(sorted(self.pins)))
 
 
+class StateFile:
+    """``state/connection.json``, written on a worker thread (its fsync can take a second on a
+    busy disk, which the event loop must not wait for); the latest state wins."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._latest: bytes | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    def put(self, data: bytes) -> None:
+        """Write `data` soon; returns at once (call it on the event loop)."""
+        self._latest = data
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._latest is not None:
+            data, self._latest = self._latest, None
+            try:
+                await asyncio.to_thread(write_private, self.path, data, 0o644)
+            except OSError as exc:
+                event(log, "state.write_failed", logging.WARNING, reason=str(exc))
+
+    async def flush(self) -> None:
+        """Wait until the latest state is on disk."""
+        if self._writer is not None:
+            await self._writer
+
+
 class Packages:
     """The package cache and the acquirer, built when first needed (an idle tentacle has neither)."""
 
@@ -168,6 +227,7 @@ class Packages:
         self.paths, self.config = paths, config
         self._cache: PackageCache | None = None
         self._acquirer: Acquirer | None = None
+        self._building = asyncio.Lock()
 
     def cache(self) -> PackageCache:
         """The cache under ``<state>/packages``."""
@@ -177,30 +237,26 @@ class Packages:
             self._cache = PackageCache(self.paths.state / "packages", self.config.packages.min_free_share)
         return self._cache
 
-    def acquirer(self) -> Acquirer:
+    async def acquirer(self) -> Acquirer:
         """Pulls from mirrors and fetches from the server's feed, with our registered certificate."""
-        if self._acquirer is None:
-            from tentacle.packages.pull import Acquirer
+        async with self._building:  # packages acquired at once share the one acquirer
+            if self._acquirer is None:
+                from tentacle.packages.pull import Acquirer
 
-            names = (config_mod.SERVER_CA_FILE, config_mod.CERT_FILE, config_mod.KEY_FILE)
-            ca, cert, key = (config_mod.file(self.paths, n) for n in names)
-            feed = (
-                self.config.server.url.rstrip("/") + "/nuget/v3/index.json"
-                if self.config.server.url
-                else None
-            )
-            self._acquirer = Acquirer(
-                self.cache(),
-                client_context(ca, cert, key, system_roots=True),
-                self.config.packages.mirrors,
-                feed,
-                server_pins=frozenset(self.config.server.thumbprints),
-            )
+                names = (config_mod.SERVER_CA_FILE, config_mod.CERT_FILE, config_mod.KEY_FILE)
+                ca, cert, key = (config_mod.file(self.paths, n) for n in names)
+                # Off the loop: loading the system's CA bundle takes over 100 ms.
+                ctx = await asyncio.to_thread(client_context, ca, cert, key, system_roots=True)
+                url = self.config.server.url
+                feed = url.rstrip("/") + "/nuget/v3/index.json" if url else None
+                pins = frozenset(self.config.server.thumbprints)
+                mirrors = self.config.packages.mirrors
+                self._acquirer = Acquirer(self.cache(), ctx, mirrors, feed, server_pins=pins)
         return self._acquirer
 
     async def acquire(self, plan: Plan, package: PlannedPackage) -> Path:
         """The task runner's `acquire`: the verified file of one package."""
-        return await self.acquirer()(plan, package)
+        return await (await self.acquirer())(plan, package)
 
     def release(self, task_id: str) -> None:
         """A task ended: its packages may be evicted."""

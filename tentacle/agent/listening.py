@@ -4,24 +4,30 @@ The server posts each request envelope (`tentacle.protocol.messages`) to ``/rpc/
 chain against the server CA; this module then pins the exact certificate: a
 certificate signed by the same CA but belonging to anyone else (another tentacle,
 say) is refused with 403 and a log line naming both thumbprints.
+
+A tentacle registered with port 0 takes a free port at each start and tells the server
+which one (`report_port`, over its registered certificate, to the pinned server).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
+import aiohttp
 from aiohttp import web
 
 from tentacle.agent.rpc import Service
 from tentacle.common.logs import event
-from tentacle.net.tls import peer_thumbprint
+from tentacle.net import httpclient
+from tentacle.net.tls import peer_thumbprint, pinned_connector
 from tentacle.protocol import messages
 from tentacle.protocol.messages import MessageError, Request, Response
 
 log = logging.getLogger("tentacle.agent.listening")
 RPC_PATH = "/rpc/v1"
+PORT_PATH = "/api/machines/listening-port/v1"
 _PINS = web.AppKey("pins", list[frozenset[str]])  # one cell, replaced on reload
 _SERVICE = web.AppKey("service", Service)
 
@@ -119,3 +125,15 @@ class ListeningServer:
     async def stop(self) -> None:
         """Stop accepting and close connections."""
         await self.runner.cleanup()
+
+
+async def report_port(server_url: str, pins: Iterable[str], ctx: ssl.SSLContext, port: int) -> str:
+    """Tell the pinned server the port we bound; returns the endpoint it will use now.
+
+    `ctx` presents our registered certificate: that is how the server knows which machine moved.
+    """
+    async with aiohttp.ClientSession(connector=pinned_connector(pins)) as session:
+        answer = await httpclient.call(
+            session, "POST", server_url.rstrip("/") + PORT_PATH, body={"port": port}, ssl_context=ctx
+        )
+    return str(answer.get("endpoint", "")) if isinstance(answer, dict) else ""

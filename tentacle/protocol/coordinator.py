@@ -1,6 +1,7 @@
 """The server's coordinator of one task's phases across its targets: a pure state machine.
 
-Events in (`start`, `target_finished`, `target_lost`, `cancel`), actions out
+Events in (`start`, `target_finished`, `target_lost`, `cancel`, `cancel_unconfirmed`,
+`abort`), actions out
 (`OpenGate`, `CancelTarget`, `TaskFinished`); like h11, it never sends or waits, the
 server does the I/O and persists `snapshot()` after every event.
 
@@ -16,8 +17,12 @@ TaskFinished)::
                            │ a failed or unknown report, or a lost target, in gate k
                            ├──▶ failing: no gate opens; running targets finish ──▶ failed
                            │ cancel()
-                           └──▶ cancelling: CancelTarget to running targets;
-                                once every running target reported ──────────▶ cancelled
+                           ├──▶ cancelling: CancelTarget to running targets;
+                           │    once every running target reported ──────────▶ cancelled
+                           │    cancel_unconfirmed(): the ones that did not are
+                           │    ``unknown`` ("cancel not confirmed") ──────────▶ cancelled
+                           │ abort(): the server cannot go on (its own storage failed)
+                           └──▶ CancelTarget to running targets, at once ────────▶ failed
 
 The first cause wins: a failure before cancel() ends ``failed``; a failed report
 after cancel() is the cancellation taking effect and ends ``cancelled``.
@@ -34,7 +39,12 @@ Target states (`TargetState`), all targets being in the same (current) gate:
     target_lost                    waiting/running/ failed              -
                                    success
     cancel()                       running          running             CancelTarget
+    cancel_unconfirmed()           running          unknown             -
+    abort()                        running          cancelled           CancelTarget
     task ends cancelled            not failed       cancelled           -
+
+A target that fails, is lost, is stopped or does not confirm a cancel keeps the reason
+(`TargetProgress.reason`), so that every target's failure is told, not only the first.
 
 A report that matches no open gate of a running target (a duplicate, a stale gate,
 an unknown machine) is ignored and returns ``[]``, so retried messages are harmless.
@@ -72,6 +82,7 @@ OUTCOMES: Final = ("success", "failed", "unknown")
 SNAPSHOT_VERSION: Final = 1
 MAX_REASON: Final = 1000  # keeps errors and snapshots bounded whatever a target reports
 MAX_TARGETS: Final = 100_000
+CANCEL_NOT_CONFIRMED: Final = "cancel not confirmed"
 # Snapshots written before the shared vocabulary (states.py) called a task not yet started "pending".
 _LEGACY_TASK_STATES: Final = {"pending": TaskState.QUEUED}
 
@@ -114,14 +125,16 @@ class TargetProgress:
     machine_name: str
     phase: str
     state: TargetState
+    reason: str | None = None
 
 
 @dataclass
 class _Target:
-    """A target's mutable record: the gates it has work in and its state in the current one."""
+    """A target's mutable record: the gates it has work in, its state in the current one, and why."""
 
     work: frozenset[int]
     state: TargetState = TargetState.WAITING
+    reason: str | None = None
 
 
 _RUNNING: Final = TargetState.RUNNING
@@ -139,11 +152,7 @@ class TaskCoordinator:
         self._setup(task_id, gates, labels, {name: _Target(work[name]) for name in plans})
 
     def _setup(
-        self,
-        task_id: str,
-        gates: tuple[str, ...],
-        labels: tuple[str, ...],
-        targets: dict[str, _Target],
+        self, task_id: str, gates: tuple[str, ...], labels: tuple[str, ...], targets: dict[str, _Target]
     ) -> None:
         """Set every field to a task that has not started."""
         self.task_id = task_id
@@ -187,18 +196,18 @@ class TaskCoordinator:
         if outcome not in OUTCOMES:
             raise GateError([("outcome", "must be one of: " + ", ".join(OUTCOMES))])
         target = self._targets.get(machine)
-        if self._state != TaskState.RUNNING or target is None or target.state != _RUNNING:
-            return []
-        if gate_index != self._current:
+        running = self._state == TaskState.RUNNING and target is not None and target.state == _RUNNING
+        if not running or gate_index != self._current or target is None:
             return []
         if outcome == "success":
             target.state = TargetState.SUCCESS
         elif outcome == "unknown":
-            target.state = TargetState.UNKNOWN
+            target.state, target.reason = TargetState.UNKNOWN, _cut(reason) or "unknown result"
             self._fail(machine, "reported an unknown result", reason)
         else:
             cancelling = self._cancel_reason is not None
             target.state = TargetState.CANCELLED if cancelling else TargetState.FAILED
+            target.reason = _cut(reason) or outcome
             self._fail(machine, "failed", reason)
         return self._settle()
 
@@ -207,7 +216,7 @@ class TaskCoordinator:
         target = self._targets.get(machine)
         if self._state.final or target is None or target.state not in _ALIVE:
             return []
-        target.state = TargetState.FAILED
+        target.state, target.reason = TargetState.FAILED, _cut(reason) or "lost"
         self._fail(machine, "was lost", reason)
         return self._settle()
 
@@ -216,14 +225,45 @@ class TaskCoordinator:
         if self._state.final or self._cancel_reason is not None:
             return []
         self._cancel_reason = reason or "cancelled"
-        running = [name for name, target in self._targets.items() if target.state == _RUNNING]
+        running = self._running()
         return [*(CancelTarget(name) for name in running), *self._settle()]
+
+    def cancel_unconfirmed(self) -> list[Action]:
+        """The cancel's grace is over: targets still running read ``unknown``, and the task ends."""
+        if self._state.final or self._cancel_reason is None:
+            return []
+        silent = self._running()
+        for name in silent:
+            self._targets[name].state = TargetState.UNKNOWN
+            self._targets[name].reason = CANCEL_NOT_CONFIRMED
+        if silent and self._failure is None:
+            self._cancel_reason = _cut(
+                f"{self._cancel_reason} ({CANCEL_NOT_CONFIRMED} by {', '.join(silent)})"
+            )
+        return self._settle()
+
+    def abort(self, reason: str) -> list[Action]:
+        """The server cannot go on: stop running targets, end failed (cancelled if cancel came first)."""
+        if self._state.final:
+            return []
+        running = self._running()
+        for name in running:
+            self._targets[name].state = TargetState.CANCELLED
+            self._targets[name].reason = f"stopped by the server: {_cut(reason)}"
+        if self._failure is None and self._cancel_reason is None:
+            self._failure = f"the server stopped the task in {self._labels[self._current]}: {_cut(reason)}"
+        ending = (
+            (TaskState.FAILED, self._failure)
+            if self._failure
+            else (TaskState.CANCELLED, f"cancelled: {self._cancel_reason}")
+        )
+        return [*(CancelTarget(name) for name in running), *self._finish(*ending)]
 
     def resume(self) -> list[Action]:
         """The actions to repeat after `restore` (tentacles treat repeats as no-ops)."""
         if self._state.final:
             return [TaskFinished(self._state, self._error)]
-        running = [name for name, target in self._targets.items() if target.state == _RUNNING]
+        running = self._running()
         if self._cancel_reason is not None:
             return [CancelTarget(name) for name in running]
         return [OpenGate(name, self._current, self.gates[self._current]) for name in running]
@@ -231,9 +271,14 @@ class TaskCoordinator:
     def target_states(self) -> list[TargetProgress]:
         """Each target's phase (gate name, or ``done`` after success) and state."""
         phase = "done" if self._state == TaskState.SUCCESS else self.gates[self._current]
-        return [TargetProgress(name, phase, target.state) for name, target in self._targets.items()]
+        return [
+            TargetProgress(name, phase, target.state, target.reason) for name, target in self._targets.items()
+        ]
 
     # --- transitions --------------------------------------------------------------
+
+    def _running(self) -> list[str]:
+        return [name for name, target in self._targets.items() if target.state == _RUNNING]
 
     def _open(self, gate: int) -> list[Action]:
         """Open ``gate``, passing at once every gate no target has work in."""
@@ -281,40 +326,66 @@ class TaskCoordinator:
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able dict (a `Snapshot`) from which `restore` rebuilds this coordinator exactly."""
-        snapshot = Snapshot(
-            version=SNAPSHOT_VERSION,
-            task_id=self.task_id,
-            gates=self.gates,
-            gate_labels=self._labels,
-            state=self._state,
-            current=self._current,
-            error=self._error,
-            failure=self._failure,
-            cancel_reason=self._cancel_reason,
-            targets=tuple(
-                SnapshotTarget(machine_name=name, work=tuple(sorted(target.work)), state=target.state)
-                for name, target in self._targets.items()
-            ),
-        )
-        return json_values(snapshot)
+        targets = tuple(_snapshot_target(name, target) for name, target in self._targets.items())
+        fields = (self._state, self._current, self._error, self._failure, self._cancel_reason)
+        return json_values(_snapshot(self.task_id, self.gates, self._labels, fields, targets))
 
     @classmethod
     def restore(cls, snapshot: object) -> TaskCoordinator:
         """Rebuild a coordinator from `snapshot()`'s dict; raises `GateError` naming what is wrong."""
-        if isinstance(snapshot, dict) and snapshot.get("state") in _LEGACY_TASK_STATES:
-            snapshot = {**snapshot, "state": _LEGACY_TASK_STATES[snapshot["state"]]}
-        decoded = convert_document(snapshot, Snapshot, GateError)
-        problems = list(decoded.rule_problems())
-        if problems:
-            raise GateError(problems)
+        decoded = _decode_snapshot(snapshot)
         coordinator = cls.__new__(cls)
-        targets = {t.machine_name: _Target(frozenset(t.work), t.state) for t in decoded.targets}
+        targets = {t.machine_name: _Target(frozenset(t.work), t.state, t.reason) for t in decoded.targets}
         coordinator._setup(decoded.task_id, decoded.gates, decoded.gate_labels, targets)
-        coordinator._current = decoded.current
-        coordinator._state = decoded.state
+        coordinator._current, coordinator._state = decoded.current, decoded.state
         coordinator._error, coordinator._failure = decoded.error, decoded.failure
         coordinator._cancel_reason = decoded.cancel_reason
         return coordinator
+
+
+def _snapshot_target(name: str, target: _Target) -> SnapshotTarget:
+    return SnapshotTarget(
+        machine_name=name, work=tuple(sorted(target.work)), state=target.state, reason=target.reason
+    )
+
+
+def _snapshot(
+    task_id: str,
+    gates: tuple[str, ...],
+    labels: tuple[str, ...],
+    fields: tuple[TaskState, int, str | None, str | None, str | None],
+    targets: tuple[SnapshotTarget, ...],
+) -> Snapshot:
+    """The `Snapshot` of a coordinator: ``fields`` are its state, gate, error, failure and cancel reason."""
+    state, current, error, failure, cancel_reason = fields
+    return Snapshot(
+        version=SNAPSHOT_VERSION,
+        task_id=task_id,
+        gates=gates,
+        gate_labels=labels,
+        state=state,
+        current=current,
+        error=error,
+        failure=failure,
+        cancel_reason=cancel_reason,
+        targets=targets,
+    )
+
+
+def _decode_snapshot(snapshot: object) -> Snapshot:
+    """A stored snapshot, checked (older ones read as today's); raises `GateError`."""
+    if isinstance(snapshot, dict) and snapshot.get("state") in _LEGACY_TASK_STATES:
+        snapshot = {**snapshot, "state": _LEGACY_TASK_STATES[snapshot["state"]]}
+    decoded = convert_document(snapshot, Snapshot, GateError)
+    problems = list(decoded.rule_problems())
+    if problems:
+        raise GateError(problems)
+    return decoded
+
+
+def _cut(reason: str) -> str:
+    """A reason as the task keeps it: at most `MAX_REASON` characters."""
+    return reason[:MAX_REASON]
 
 
 # --- layout -------------------------------------------------------------------------
@@ -372,6 +443,7 @@ class SnapshotTarget(Wire, frozen=True, kw_only=True):
     machine_name: Name
     work: tuple[Annotated[int, msgspec.Meta(ge=0)], ...]
     state: TargetState
+    reason: Reason | None = None  # snapshots written before reasons were kept have none
 
 
 class Snapshot(Wire, frozen=True, kw_only=True):
