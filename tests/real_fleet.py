@@ -147,4 +147,3 @@ class RealFleet:
             stop_process(proc)
         self.tentacles.clear()
         self.server.stop()
-
