@@ -62,8 +62,8 @@ class Server:
         self.paths, self.config = paths, config
         conf = paths.config
         # A home made before sealing existed gets its key at its first start (init makes it now).
-        sealing.create_key(paths.config)
-        self.db = Database(paths.state / cfg.DATABASE_FILE, sealing.load(paths.config))
+        sealing.create_key(paths.config, paths.state)
+        self.db = Database(paths.state / cfg.DATABASE_FILE, sealing.load(paths.config, paths.state))
         self.files = {n: conf / n for n in (cfg.CA_CERT, cfg.CA_KEY, cfg.SERVER_CERT, cfg.SERVER_KEY)}
         self.fleet = Fleet(
             self.db,
@@ -72,7 +72,7 @@ class Server:
             config.checks.timeout,
         )
         # The plan-signing key (its first one made here for a home made before keys existed).
-        self.signer = Signer.open(self.db, paths.config)
+        self.signer = Signer.open(self.db, paths.config, paths.state)
         self.fleet.signer = self.signer
         self.dispatcher = Dispatcher(
             self.db,

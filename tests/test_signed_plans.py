@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rigs.instances import wait_until
 from tentacle.agent import agent_config
+from tentacle.agent.signatures import PinFile
 from tentacle.common.paths import resolve
 from tentacle.net.tls import client_context, server_context
 from tentacle.protocol import messages, signing
@@ -186,8 +187,10 @@ async def test_a_tentacle_refuses_plans_and_cancels_the_signing_key_did_not_sign
     assert await _task_state(web_01, "T-signed") in ("cancelled", "done")
 
 
-def _pinned(fleet: RealFleet, name: str, home: Path | None = None) -> str:
-    return agent_config.load(resolve("tentacle", str(home or fleet.home(name)))).server.signing_key
+def _pinned(fleet: RealFleet, name: str) -> str:
+    """The signing key the tentacle holds to: registration's, or the one a rotation pinned since."""
+    paths = resolve("tentacle", str(fleet.home(name)))
+    return PinFile(paths.state, agent_config.load(paths).server.signing_key).pinned()
 
 
 def _status_of(fleet: RealFleet) -> dict[str, Any]:

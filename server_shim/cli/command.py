@@ -87,7 +87,7 @@ class LocalCommand(Command):
         """The instance's database, closed afterwards; a clear error when never initialised."""
         cfg.load(paths)
         # The key is only read here, never made: the server's first start makes it, as its user.
-        db = Database(paths.state / cfg.DATABASE_FILE, sealing.load(paths.config))
+        db = Database(paths.state / cfg.DATABASE_FILE, sealing.load(paths.config, paths.state))
         try:
             yield db
         finally:

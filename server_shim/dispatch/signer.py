@@ -72,9 +72,9 @@ class Signer:
         self._settled = False
 
     @classmethod
-    def open(cls, db: Database, config_dir: Path) -> Signer:
+    def open(cls, db: Database, config_dir: Path, state_dir: Path) -> Signer:
         """The signer of a home (its first key made when it has none)."""
-        return cls(db, db.sync(Keyring.open, config_dir))
+        return cls(db, db.sync(Keyring.open, config_dir, state_dir))
 
     async def seal_for(self, machine: Machine, link: Link) -> Seal | None:
         """How to sign requests to ``machine`` (after a hand-over if needed); None: unsigned."""

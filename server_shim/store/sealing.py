@@ -6,7 +6,9 @@ and opened only when it is used: to resolve a plan, or to send one to its tentac
 copied database file (or a backup of it) reveals no secret without ``encryption.key``,
 which lives in the instance's config folder, mode 0600, made by `init` (or by the first
 start of a home made before, which then seals what its database held in clear and
-rewrites the file so that no old page keeps a clear copy: `seal_legacy`).
+rewrites the file so that no old page keeps a clear copy: `seal_legacy`). Under systemd's
+hardened unit the config folder is read-only to the service: a key made at its first start
+then goes to the state folder, with a warning to move it beside the others.
 
 The database connection carries the sealer (`Database(path, sealer)`), so the store's
 functions keep their shape: they call `seal` and `unseal` on the JSON they write and read.
@@ -20,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -31,8 +34,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tentacle.common.atomicfile import write_private
+from tentacle.common.logs import event
 from tentacle.errors import ConfigError, StorageError
 
+log = logging.getLogger("server_shim.store.sealing")
 KEY_FILE = "encryption.key"
 PREFIX = "sealed:v1:"
 _AAD = b"tentacle server sealed value v1"
@@ -74,22 +79,47 @@ def is_sealed(value: str) -> bool:
     return value.startswith(PREFIX)
 
 
-def key_path(config_dir: Path) -> Path:
-    """Where a home keeps its encryption key."""
-    return config_dir / KEY_FILE
+def key_path(config_dir: Path, state_dir: Path | None = None) -> Path | None:
+    """Where a home keeps its encryption key: its config folder, else its state folder; None: nowhere."""
+    for folder in (config_dir, state_dir):
+        if folder is not None and (folder / KEY_FILE).exists():
+            return folder / KEY_FILE
+    return None
 
 
-def create_key(config_dir: Path) -> Path:
-    """Make the home's key (0600) unless it has one; its path."""
-    path = key_path(config_dir)
-    if not path.exists():
-        write_private(path, base64.b64encode(os.urandom(32)) + b"\n", 0o600)
-    return path
+def create_key(config_dir: Path, state_dir: Path | None = None) -> Path:
+    """Make the home's key (0600) unless it has one; its path.
+
+    In the config folder, or in the state folder when the config folder is read-only (the
+    service under systemd's hardened unit), which is logged: the key should sit apart from
+    the database, so that a backup of the state folder does not carry both.
+    """
+    found = key_path(config_dir, state_dir)
+    if found is not None:
+        return found
+    key = base64.b64encode(os.urandom(32)) + b"\n"
+    try:
+        write_private(config_dir / KEY_FILE, key, 0o600)
+        return config_dir / KEY_FILE
+    except OSError as exc:
+        if state_dir is None:
+            raise
+        write_private(state_dir / KEY_FILE, key, 0o600)
+        event(
+            log,
+            "values.key_in_state",
+            logging.WARNING,
+            path=state_dir / KEY_FILE,
+            reason=f"{config_dir} is not writable ({exc.strerror}); move the key there, beside ca.key",
+        )
+        return state_dir / KEY_FILE
 
 
-def load(config_dir: Path) -> Sealer | None:
+def load(config_dir: Path, state_dir: Path | None = None) -> Sealer | None:
     """The home's sealer, or None when it has no key yet; ConfigError for an unusable key file."""
-    path = key_path(config_dir)
+    path = key_path(config_dir, state_dir)
+    if path is None:
+        return None
     try:
         text = path.read_bytes()
     except FileNotFoundError:

@@ -1,8 +1,9 @@
 """The server's plan-signing keys (Ed25519), apart from its TLS key, and who pinned which.
 
 Private keys are files in the home, ``signing/<key id>.key`` (PKCS#8 PEM, 0600, in a 0700
-folder); the database holds their public halves, which one is current, and for each
-machine certificate (by thumbprint) the key that machine has pinned::
+folder) of the config folder, or of the state folder when the config folder is read-only
+(a rotation under systemd's hardened unit); the database holds their public halves, which
+one is current, and for each machine certificate (by thumbprint) the key it has pinned::
 
     signing_keys (key_id, public_key, created_at, current)   one row current at a time
     machine_keys (thumbprint, key_id, pinned_at)              no row: pinned nothing yet
@@ -32,16 +33,19 @@ KEY_DIR = "signing"
 
 @dataclass
 class Keyring:
-    """The private keys this server holds, by key id, and which one is current."""
+    """The private keys this server holds, by key id, and which one is current.
 
-    directory: Path
+    ``folders`` are where key files are looked for and written, in order of preference.
+    """
+
+    folders: tuple[Path, ...]
     keys: dict[str, Ed25519PrivateKey] = field(default_factory=dict)
     current: str = ""
 
     @classmethod
-    def open(cls, conn: sqlite3.Connection, config_dir: Path) -> Keyring:
+    def open(cls, conn: sqlite3.Connection, config_dir: Path, state_dir: Path | None = None) -> Keyring:
         """Load every key the database lists (making the first one when there is none)."""
-        ring = cls(config_dir / KEY_DIR)
+        ring = cls(tuple(folder / KEY_DIR for folder in (config_dir, state_dir) if folder is not None))
         rows = conn.execute("SELECT key_id, current FROM signing_keys ORDER BY created_at").fetchall()
         if not rows:
             ring.add(conn)
@@ -55,7 +59,8 @@ class Keyring:
         return ring
 
     def _load(self, key_id: str) -> Ed25519PrivateKey:
-        path = self.directory / f"{key_id}.key"
+        found = [folder / f"{key_id}.key" for folder in self.folders if (folder / f"{key_id}.key").exists()]
+        path = found[0] if found else self.folders[0] / f"{key_id}.key"
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (OSError, ValueError) as exc:
@@ -69,11 +74,10 @@ class Keyring:
         key = Ed25519PrivateKey.generate()
         public = signing.public_text(key.public_key())
         key_id = signing.key_id(public)
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        write_private(self.directory / f"{key_id}.key", pem, 0o600)
+        self._write(f"{key_id}.key", pem)
         conn.execute("UPDATE signing_keys SET current = 0")
         conn.execute(
             "INSERT INTO signing_keys (key_id, public_key, created_at, current) VALUES (?, ?, ?, 1)",
@@ -81,6 +85,17 @@ class Keyring:
         )
         self.keys[key_id], self.current = key, key_id
         return key_id
+
+    def _write(self, name: str, pem: bytes) -> None:
+        """Into the first folder that takes it (a read-only config folder passes to the next)."""
+        for number, folder in enumerate(self.folders):
+            try:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+                write_private(folder / name, pem, 0o600)
+                return
+            except OSError:
+                if number == len(self.folders) - 1:
+                    raise
 
     def public(self, key_id: str) -> str:
         """``ed25519:<base64>`` of a key held."""
@@ -90,7 +105,8 @@ class Keyring:
         """Drop retired keys, their files included."""
         for key_id in key_ids:
             self.keys.pop(key_id, None)
-            (self.directory / f"{key_id}.key").unlink(missing_ok=True)
+            for folder in self.folders:
+                (folder / f"{key_id}.key").unlink(missing_ok=True)
 
 
 def pin(conn: sqlite3.Connection, thumbprint: str, key_id: str) -> None:

@@ -9,7 +9,8 @@
     url = "https://deploy.example:8443"
     polling_url = "wss://deploy.example:10943/poll/v1"
     thumbprints = ["3f2a..."]       # pinned: only these certificates are the server
-    signing_key = "ed25519:..."     # pinned: task requests must be signed by it (trust.rotate changes it)
+    signing_key = "ed25519:..."     # pinned at registration: task requests must be signed by it
+                                    # (a rotation's successor is kept in <state>/signing-key.json)
 
     [listen]
     host = "0.0.0.0"
@@ -180,16 +181,6 @@ def save(paths: InstancePaths, config: TentacleConfig) -> None:
     """Write ``tentacle.toml`` atomically."""
     text = "# Written by `tentacle register`; edit with care, then `systemctl reload`.\n"
     write_private(paths.config / CONFIG_FILE, (text + configfile.dump(config)).encode(), 0o640)
-
-
-def pin_signing_key(paths: InstancePaths, key: str) -> None:
-    """Write a newly pinned signing key into ``tentacle.toml`` (the file's values, not the environment's)."""
-    path = paths.config / CONFIG_FILE
-    try:
-        stored = configfile.load(TentacleConfig, configfile.read(path), {}, "TENTACLE")
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc.message}") from exc
-    save(paths, stored.with_changes(server=replace(stored.server, signing_key=key)))
 
 
 def file(paths: InstancePaths, name: str) -> Path:

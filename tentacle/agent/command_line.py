@@ -161,7 +161,7 @@ def status_report(paths: InstancePaths) -> dict[str, object]:
         "mode": config.mode or None,
         "server": config.server.url or None,
         "serverThumbprints": list(config.server.thumbprints),
-        "signingKeyId": signing.key_id(config.server.signing_key) if config.server.signing_key else None,
+        "signingKeyId": signing.key_id(pinned) if (pinned := _pinned_key(paths, config)) else None,
         "thumbprint": pki.cert_thumbprint(pki.load_cert(cert_path)) if cert_path.exists() else None,
         "environments": list(config.environments),
         "roles": list(config.roles),
@@ -169,6 +169,12 @@ def status_report(paths: InstancePaths) -> dict[str, object]:
         "home": str(paths.config),
         "cacheBytes": _tree_size(paths.cache),
     }
+
+
+def _pinned_key(paths: InstancePaths, config: config_mod.TentacleConfig) -> str:
+    from tentacle.agent.signatures import PinFile
+
+    return PinFile(paths.state, config.server.signing_key).pinned()
 
 
 def _signing_line(key_id: object) -> str:

@@ -25,7 +25,7 @@ from tentacle.agent import agent_config as config_mod
 from tentacle.agent.agent_config import TentacleConfig
 from tentacle.agent.polling_client import PollingClient
 from tentacle.agent.rpc import Service
-from tentacle.agent.signatures import SignatureCheck
+from tentacle.agent.signatures import PinFile, SignatureCheck
 from tentacle.common import heap, sdnotify
 from tentacle.common.atomicfile import write_private
 from tentacle.common.logs import event
@@ -53,9 +53,8 @@ class Agent:
         self.paths = paths
         self.config = config.require_registered(paths)
         # Signed requests are checked in the service layer, before any handler (the runner's).
-        self.signatures = SignatureCheck(
-            config.name, config.server.signing_key, lambda key: config_mod.pin_signing_key(paths, key)
-        )
+        pins = PinFile(paths.state, config.server.signing_key)
+        self.signatures = SignatureCheck(config.name, pins.pinned(), pins.save)
         self.service = Service(config.name, config.mode, guard=self.signatures.check)
         self.service.serve(TRUST_ROTATE, self.signatures.rotate)
         self.packages = Packages(paths, self.config)
@@ -181,8 +180,9 @@ class Agent:
             event(log, "config.reload_failed", logging.ERROR, reason=exc.message)
             return
         self.config = self.config.with_changes(server=fresh.server, log_level=fresh.log_level)
-        if fresh.server.signing_key and fresh.server.signing_key != self.signatures.pinned:
-            self.signatures.pinned = fresh.server.signing_key  # pinned by hand: never unpinned by a reload
+        pinned = PinFile(self.paths.state, fresh.server.signing_key).pinned()
+        if pinned and pinned != self.signatures.pinned:  # registered again meanwhile: never unpinned
+            self.signatures.pinned = pinned
         logging.getLogger().setLevel(fresh.log_level.upper())
         if self.listener is not None:
             self.listener.set_pins(self.pins)

@@ -7,7 +7,10 @@ signature by the pinned key (`tentacle.protocol.signing.verify`), or are refused
 
 ``trust.rotate`` (`SignatureCheck.rotate`) pins the server's next key; the request itself
 is checked first like any other, so only the pinned key can hand over to its successor.
-The new key is written to ``tentacle.toml`` before the answer goes back.
+The new key is written before the answer goes back, to ``<state>/signing-key.json``
+(`PinFile`): the config folder is read-only to the service under systemd. The file names
+the key registration pinned in ``tentacle.toml`` that it replaces, so registering again
+(a new key there) outranks a rotation of the old registration.
 
 A tentacle registered before signing existed has no pinned key. It keeps working: it
 accepts unsigned requests, logging ``trust.unsigned_accepted`` once, and pins the first
@@ -19,11 +22,15 @@ refuses unsigned requests like any other.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from tentacle.common.atomicfile import write_private
 from tentacle.common.logs import event
+from tentacle.errors import ConfigError
 from tentacle.protocol import signing
 from tentacle.protocol.messages import Request
 from tentacle.protocol.rpc_messages import SIGNED_METHODS, RotateParams, RotateResult
@@ -31,6 +38,37 @@ from tentacle.protocol.signing import BadSignature
 
 log = logging.getLogger("tentacle.agent.signatures")
 PinKey = Callable[[str], None]  # persists a newly pinned key ("ed25519:...") before it is used
+PIN_FILE = "signing-key.json"
+
+
+class PinFile:
+    """The signing key a rotation pinned, in the state folder, over the one registration pinned."""
+
+    def __init__(self, state_dir: Path, registered: str) -> None:
+        self.path = state_dir / PIN_FILE
+        self.registered = registered  # tentacle.toml's server.signing_key ("" when none)
+
+    def pinned(self) -> str:
+        """The key in force: the rotated one if it rotated this registration's key, else registration's."""
+        try:
+            saved = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return self.registered
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{self.path}: unreadable ({exc}); remove it and register again") from exc
+        if not isinstance(saved, dict) or saved.get("registered") != self.registered:
+            return self.registered  # made for an earlier registration
+        key = saved.get("key")
+        try:
+            signing.public_raw(str(key))
+        except ValueError as exc:
+            raise ConfigError(f"{self.path}: key: {exc}") from exc
+        return str(key)
+
+    def save(self, key: str) -> None:
+        """Pin ``key`` from now on (written atomically)."""
+        body = json.dumps({"registered": self.registered, "key": key, "pinnedAt": time.time()})
+        write_private(self.path, body.encode(), 0o644)
 
 
 class SignatureCheck:
