@@ -107,10 +107,10 @@ class Signer:
                 self.unsupported[machine.thumbprint] = time.monotonic() + RETRY_UNSUPPORTED
                 event(log, "signing.unsupported", logging.WARNING, machine=machine.name, reason=exc.message)
                 return None
-            if exc.remote_code != "BadSignature" or pinned is None:
+            if exc.remote_code != "BadSignature":
                 raise
-            # It may hold the current key already (the answer to an earlier hand-over was lost):
-            # then the hand-over signed by that key is accepted, as a repeat.
+            # It may hold the current key already (the answer to an earlier hand-over was lost,
+            # or this database lost its row): then the hand-over signed by that key is a repeat.
             await link.call(TRUST_ROTATE, params, HAND_OVER_TIMEOUT, seal=self._by(machine, current))
         await self.db.run(signing_keys.pin, machine.thumbprint, current)
         self.pins[machine.thumbprint] = current
