@@ -40,6 +40,7 @@ from rigs.instances import raise_fd_limit
 from server_shim.ca import Authority
 from server_shim.server_config import DATABASE_FILE
 from server_shim.store import machine_rows as machines
+from server_shim.store import signing_keys
 from server_shim.store.database import Database
 from tentacle import __version__
 from tentacle.net import pki
@@ -58,6 +59,8 @@ from tentacle.protocol.rpc_messages import (
     LogStream,
     NoParams,
     PingResult,
+    RotateParams,
+    RotateResult,
     StartParams,
     StartResult,
     StatusParams,
@@ -123,8 +126,12 @@ def provision(
 
 
 def _insert_all(conn: sqlite3.Connection, rows: list[machines.Machine]) -> None:
+    """The machines, each pinning the current signing key, as registration records them."""
+    current = conn.execute("SELECT key_id FROM signing_keys WHERE current = 1").fetchone()
     for row in rows:
         machines.insert(conn, row, force=False)
+        if current is not None:
+            signing_keys.pin(conn, row.thumbprint, current["key_id"])
 
 
 # --- the controller (in the benchmark's process) -----------------------------------------
@@ -237,6 +244,7 @@ class FakeRunner:
             Method.TASK_STATUS: self.status,
             Method.TASK_CANCEL: self.cancel,
             Method.TASK_FINISH: self.finish,
+            Method.TRUST_ROTATE: self.rotate,
         }
 
     async def handle(self, request: Request) -> Response:
@@ -301,6 +309,10 @@ class FakeRunner:
     async def finish(self, params: StopParams) -> StopResult:
         """task.finish: the server is done with the task (one it finishes while running is cancelled)."""
         return self._stop(params.task_id, TaskState.CANCELLED)
+
+    async def rotate(self, params: RotateParams) -> RotateResult:
+        """trust.rotate: take the key. A load generator checks no signatures: its CPU is the server's too."""
+        return RotateResult(key_id=params.key_id)
 
     def _stop(self, task_id: str, state: TaskState) -> StopResult:
         task = self.tasks.get(task_id)

@@ -25,17 +25,21 @@ from server_shim.api import octopus_routes as octopus_api
 from server_shim.api import octopus_tasks as octopus_tasks_api
 from server_shim.api import polling_site as polling
 from server_shim.api import project_routes as projects_api
+from server_shim.api import signing_routes as signing_api
 from server_shim.api import space_routes as spaces_api
 from server_shim.api import task_routes as tasks_api
 from server_shim.api import tenant_routes as tenants_api
 from server_shim.api.middleware import DB, api_key, errors
+from server_shim.api.slow_clients import AddressLimiter, BodyPace, body_deadline
 from server_shim.api.tls_site import LeanTLSSite
 from server_shim.ca import Authority
 from server_shim.dispatch.dispatcher import Dispatcher
 from server_shim.dispatch.fleet import Fleet
 from server_shim.dispatch.pusher import Pusher
+from server_shim.dispatch.signer import Signer
 from server_shim.server_config import ServerConfig
 from server_shim.store import feed_store as feed
+from server_shim.store import sealing
 from server_shim.store.database import Database
 from tentacle.common import sdnotify
 from tentacle.common.logs import event
@@ -62,7 +66,9 @@ class Server:
     def __init__(self, paths: InstancePaths, config: ServerConfig) -> None:
         self.paths, self.config = paths, config
         conf = paths.config
-        self.db = Database(paths.state / cfg.DATABASE_FILE)
+        # A home made before sealing existed gets its key at its first start (init makes it now).
+        sealing.create_key(paths.config, paths.state)
+        self.db = Database(paths.state / cfg.DATABASE_FILE, sealing.load(paths.config, paths.state))
         self.files = {n: conf / n for n in (cfg.CA_CERT, cfg.CA_KEY, cfg.SERVER_CERT, cfg.SERVER_KEY)}
         self.fleet = Fleet(
             self.db,
@@ -70,6 +76,9 @@ class Server:
             config.checks.interval,
             config.checks.timeout,
         )
+        # The plan-signing key (its first one made here for a home made before keys existed).
+        self.signer = Signer.open(self.db, paths.config, paths.state)
+        self.fleet.signer = self.signer
         self.dispatcher = Dispatcher(
             self.db,
             self.fleet,
@@ -82,16 +91,21 @@ class Server:
         self.stop = asyncio.Event()
         self.bound = Bound()
         self._runners: list[web.AppRunner] = []
+        self._courier: asyncio.Task[None] | None = None
 
     def api_app(self) -> web.Application:
         """The API application."""
-        middlewares = [errors, octopus_api.octopus_keys, api_key, octopus_api.octopus_bodies]
+        limits = self.config.connections
+        pace = body_deadline(BodyPace(limits.body_timeout, limits.body_min_rate))
+        middlewares = [pace, errors, octopus_api.octopus_keys, api_key, octopus_api.octopus_bodies]
         app = web.Application(middlewares=middlewares, client_max_size=2 * 1024 * 1024)
         app[DB] = self.db
         app[api.FLEET] = self.fleet
         app[api.AUTHORITY] = Authority(self.paths.config)
+        app[api.SIGNER] = self.signer
         spaces_api.add_routes(app)
         api.add_routes(app)
+        signing_api.add_routes(app)
         projects_api.add_routes(app)
         feed_api.add_routes(app, feed.store_dir(self.paths.state), self.config.feed.max_package_bytes)
         app[tasks_api.DISPATCHER] = self.dispatcher
@@ -113,7 +127,7 @@ class Server:
             ca_pem=self.files[cfg.CA_CERT].read_text(),
         )
 
-    async def _site(self, app: web.Application, host: str, port: int, require: bool) -> int:
+    async def _site(self, app: web.Application, host: str, port: int, require: bool, per_address: int) -> int:
         ctx = server_context(
             self.files[cfg.SERVER_CERT], self.files[cfg.SERVER_KEY], self.files[cfg.CA_CERT], require=require
         )
@@ -122,10 +136,27 @@ class Server:
         ctx.num_tickets = 0
         # Request lines up to 32 KiB: a feed route takes three path parameters (id and a page's
         # two versions), and what aiohttp refuses below the app is a text/plain 400, not our JSON.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, max_line_size=MAX_REQUEST_LINE)
+        # keepalive_timeout is the header deadline as well: aiohttp closes a connection still
+        # waiting for a complete request that long after it opened or after its last answer.
+        limits = self.config.connections
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            max_line_size=MAX_REQUEST_LINE,
+            keepalive_timeout=limits.header_timeout,
+        )
         await runner.setup()
         self._runners.append(runner)
-        site = LeanTLSSite(runner, host, port, ctx, backlog=1024)
+        site = LeanTLSSite(
+            runner,
+            host,
+            port,
+            ctx,
+            backlog=1024,
+            handshake_timeout=limits.handshake_timeout,
+            limiter=AddressLimiter(per_address, "polling" if require else "api"),
+        )
         await site.start()
         return site.port
 
@@ -133,14 +164,27 @@ class Server:
         """Bind both sites and start the fleet checks."""
         # Staging files a killed push left, and rows older than the feed's catalog columns.
         await asyncio.to_thread(feed.prepare, self.db, feed.store_dir(self.paths.state))
+        await self._seal_legacy_values()
         base = self.api_app()
+        limits = self.config.connections
+        polling_app = polling.make_app(base, POLL_HEARTBEAT)
+        polling_at = self.config.polling
         self.bound.polling = await self._site(
-            polling.make_app(base, POLL_HEARTBEAT), self.config.polling.host, self.config.polling.port, True
+            polling_app, polling_at.host, polling_at.port, True, limits.polling_per_address
         )
         base[api.SETTINGS] = self.settings()  # after binding: port 0 becomes the real polling port
-        self.bound.api = await self._site(base, self.config.listen.host, self.config.listen.port, False)
+        listen = self.config.listen
+        self.bound.api = await self._site(base, listen.host, listen.port, False, limits.per_address)
         await self.dispatcher.start()
+        self._courier = asyncio.create_task(self.signer.courier_loop(self.fleet, self.config.checks.interval))
         event(log, "server.started", api=self.bound.api, polling=self.bound.polling)
+
+    async def _seal_legacy_values(self) -> None:
+        """Once per home: seal the sensitive values it stored in clear, then rewrite the file."""
+        sealed = await self.db.run(sealing.seal_legacy)
+        if sealed:
+            await asyncio.to_thread(self.db.rewrite)  # no freed page may keep a clear copy
+            event(log, "values.sealed", rows=sealed)
 
     async def serve(self) -> None:
         """Run until `stop` is set, then close everything."""
@@ -161,6 +205,9 @@ class Server:
         for runner in self._runners:  # first, so that closed tentacles do not reconnect to us
             for site in list(runner.sites):
                 await site.stop()
+        if self._courier is not None:
+            self._courier.cancel()
+            await asyncio.gather(self._courier, return_exceptions=True)
         await self.dispatcher.close()
         self.pusher.close()
         await self.fleet.close()

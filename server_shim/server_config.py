@@ -8,6 +8,9 @@
                cancel_timeout = 10.0               # a cancel not confirmed by then ends the task anyway
                log_limit_bytes = 67108864          # log text kept per target (64 MiB); later lines counted
     [feed]     max_package_bytes = 17179869184     # the largest package the feed takes (16 GiB)
+    [connections]                                  # slow or greedy clients (server_shim.api.slow_clients)
+    handshake_timeout = 30.0   header_timeout = 30.0   body_timeout = 30.0   body_min_rate = 1024
+    per_address = 512          polling_per_address = 10000
 
 ``SERVER_SHIM_*`` variables override the file; `run --listen/--polling-listen` override both.
 """
@@ -84,6 +87,36 @@ class Feed:
 
 
 @dataclass(frozen=True)
+class Connections:
+    """Deadlines (seconds) and bounds for every client connection; see `server_shim.api.slow_clients`.
+
+    ``header_timeout`` also ends idle keep-alive connections. ``polling_per_address`` is
+    high because a whole fleet of polling tentacles behind one NAT shares an address.
+    """
+
+    handshake_timeout: float = 30.0
+    header_timeout: float = 30.0
+    body_timeout: float = 30.0
+    body_min_rate: int = 1024
+    per_address: int = 512
+    polling_per_address: int = 10000
+
+    def __post_init__(self) -> None:
+        for name in ("handshake_timeout", "header_timeout", "body_timeout"):
+            value = getattr(self, name)
+            if not 0.1 <= value <= 3600:
+                raise ValueError(f"connections.{name}: must be 0.1-3600 seconds, not {value}")
+        if not 0 <= self.body_min_rate <= 1024**3:
+            raise ValueError(
+                f"connections.body_min_rate: must be 0-{1024**3} bytes/s, not {self.body_min_rate}"
+            )
+        for name in ("per_address", "polling_per_address"):
+            value = getattr(self, name)
+            if not 1 <= value <= 1_000_000:
+                raise ValueError(f"connections.{name}: must be 1-1000000, not {value}")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything `server-shim run` needs, validated."""
 
@@ -95,6 +128,7 @@ class ServerConfig:
     checks: Checks = field(default_factory=Checks)
     tasks: Tasks = field(default_factory=Tasks)
     feed: Feed = field(default_factory=Feed)
+    connections: Connections = field(default_factory=Connections)
 
     def __post_init__(self) -> None:
         url = urlsplit(self.public_url)

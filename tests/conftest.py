@@ -37,6 +37,7 @@ from tentacle.agent.daemon import Agent
 from tentacle.common.paths import InstancePaths, resolve
 from tentacle.net.tls import client_context
 from tests.loop_watch import LoopWatch, SlowCallbackLog
+from tests.real_fleet import RealFleet
 
 WATCH = LoopWatch()
 
@@ -380,3 +381,14 @@ async def tentacles(live_server: LiveServer, tmp_path: Path) -> AsyncIterator[Te
 def mode(request: pytest.FixtureRequest) -> str:
     """Every transport test runs in both modes."""
     return str(request.param)
+
+
+@pytest.fixture
+def real_fleet(tmp_path: Path) -> Iterator[RealFleet]:
+    """A `server-shim run` process, and tentacle processes to register; all stopped at the end."""
+    fleet = RealFleet(tmp_path)
+    fleet.start_server()
+    try:
+        yield fleet
+    finally:
+        fleet.close()

@@ -105,6 +105,7 @@ VALID_TEMPLATES = (  # the routes that take a body; `_valid_bodies` holds one ea
     "/api/{space}/releases/create/v1",
     "/api/{space}/deployments/create/untenanted/v1",
     "/api/{space}/runbook-runs/create/v1",
+    "/api/{space}/machines/{name}/replace/v1",
 )
 
 
@@ -225,6 +226,7 @@ def _valid_bodies(live: LiveServer, machine: InstancePaths) -> dict[str, dict[st
             "runbookName": "Restart",
             "environmentNames": ["Dev"],
         },
+        "/api/{space}/machines/{name}/replace/v1": {"expires": "30m"},
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -60,6 +61,37 @@ def test_each_line_of_a_multiline_secret_is_masked() -> None:
     assert masker.mask(key) == MASK
 
 
+def test_a_value_ending_in_a_newline_is_masked_where_it_prints_without_it() -> None:
+    """``"s3cret\\n"`` prints as the line ``s3cret``: that line is masked too (it was not)."""
+    masker = Masker(["s3cret\n"])
+    assert masker.mask("s3cret") == MASK
+    assert masker.mask("pw=s3cret;") == f"pw={MASK};"
+
+
+@pytest.mark.parametrize(
+    ("value", "printed"),
+    [
+        ("  padded  ", "padded"),  # echo $X drops leading and trailing blanks
+        ("\ttabbed\r\n", "tabbed"),
+        ("\n\nleading-newlines", "leading-newlines"),
+        ("win\r\nlines\r\n", "lines"),  # CRLF: the splitter drops the CR
+        ("  ", "  "),  # nothing but blanks: masked as it is
+    ],
+)
+def test_values_with_surrounding_whitespace_are_masked_as_printed(value: str, printed: str) -> None:
+    """Whatever whitespace surrounds a value or its lines, the text a script prints is masked."""
+    masked = Masker([value]).mask(f"[{printed}]")
+    assert masked == f"[{MASK}]"
+
+
+def test_each_non_empty_line_of_a_multiline_value_is_masked_alone() -> None:
+    """Blank lines of a multi-line value mask nothing; every other line masks on its own."""
+    masker = Masker(["first\n\n   \nsecond line\n"])
+    assert masker.mask("x first y") == f"x {MASK} y"
+    assert masker.mask("second line") == MASK
+    assert masker.mask("an ordinary line") == "an ordinary line"
+
+
 def test_many_lines_with_many_secrets_are_fast() -> None:
     """One compiled alternation keeps masking 20 000 lines with 200 secrets well in time."""
     masker = Masker(f"secret-value-{n:04d}" for n in range(200))
@@ -109,3 +141,18 @@ def test_shell_name_keeps_valid_names() -> None:
 def test_shell_name_is_always_a_shell_name(name: str) -> None:
     """Whatever the input, the result is a valid shell variable name."""
     assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", shell_name(name))
+
+
+@given(
+    core=_SECRET.filter(lambda s: s.strip() and "\n" not in s and "\r" not in s),
+    before=st.sampled_from(["", " ", "\n", "\t ", "\r\n"]),
+    after=st.sampled_from(["", " ", "\n", "\r\n", " \n\n"]),
+)
+def test_no_value_survives_whatever_whitespace_wraps_it(core: str, before: str, after: str) -> None:
+    """A value wrapped in whitespace or line breaks never appears in clear, whole or stripped."""
+    value = before + core + after
+    masker = Masker([value])
+    for printed in (value, value.strip(), core.strip()):
+        for line in printed.splitlines() or [printed]:
+            if line.strip():
+                assert line.strip() not in masker.mask(line)

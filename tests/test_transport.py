@@ -150,10 +150,11 @@ async def test_a_refused_request_is_answered_with_the_path(
     assert await _raw_call(live_server, "web-01", unknown) == Response.failure(
         "raw-1", "unknown-method", "method: invalid enum value 'task.explode'"
     )
-    params = b'{"taskId":"t-1","gateIndex":%d,"gateName":"acquisition"}' % 2**70
-    huge = b'{"kind":"request","id":"raw-1","method":"task.gate","params":' + params + b"}"
+    # task.status: a method that needs no signature (a signed one is refused unsigned first).
+    params = b'{"taskId":"t-1","logSince":%d}' % 2**70
+    huge = b'{"kind":"request","id":"raw-1","method":"task.status","params":' + params + b"}"
     assert await _raw_call(live_server, "web-01", huge) == Response.failure(
-        "raw-1", "MessageError", "params.gateIndex: expected an integer <= 9007199254740992"
+        "raw-1", "MessageError", "params.logSince: expected an integer <= 9007199254740992"
     )
 
 

@@ -198,18 +198,17 @@ async def test_a_scoped_token_registers_only_what_it_allows(
 
 
 async def test_existing_name_needs_force(live_server: LiveServer, tmp_path: Path) -> None:
-    """Registering a name that exists fails with 409 unless forced."""
+    """Registering a name that exists fails with 409 unless forced (with a token made for it)."""
     paths = InstancePaths(tmp_path, tmp_path / "s", tmp_path / "c", tmp_path / "l")
     await registration.register(
         paths, _registration(live_server, live_server.token(), live_server.thumbprint)
     )
+    named = live_server.server.db.sync(accounts.create_token, 1, 3600.0, (), (), "web-01")
     with pytest.raises(RemoteError, match="already registered") as caught:
-        await registration.register(
-            paths, _registration(live_server, live_server.token(), live_server.thumbprint)
-        )
+        await registration.register(paths, _registration(live_server, named, live_server.thumbprint))
     assert caught.value.status == 409
     forced = registration.Registration(
-        **{**_registration(live_server, live_server.token(), live_server.thumbprint).__dict__, "force": True}
+        **{**_registration(live_server, named, live_server.thumbprint).__dict__, "force": True}
     )
     await registration.register(paths, forced)
 

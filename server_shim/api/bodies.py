@@ -130,13 +130,15 @@ class MachineView(Wire, frozen=True):
 
 
 class RegistrationAnswer(Wire, frozen=True):
-    """What a registered machine needs: its certificate, the CA, and how to reach the server."""
+    """What a registered machine needs: its certificate, the CA, how to reach the server, and
+    the public half of the key that signs its plans (``ed25519:<base64>``), to pin."""
 
     certificate: str
     ca_certificate: str
     server_thumbprint: str
     polling_url: str
     machine: MachineView
+    signing_key: str
 
 
 class ListeningPort(Body, frozen=True):
@@ -158,11 +160,64 @@ class MachineList(Wire, frozen=True):
     items: list[MachineView]
 
 
+class ReplacementRequest(Body, frozen=True):
+    """``POST /api/{space}/machines/{name}/replace/v1``: how long the replacement token lives."""
+
+    expires: Annotated[str, Meta(min_length=1, max_length=20)] = "1h"
+
+
+class ReplacementToken(Wire, frozen=True):
+    """A one-use token that may replace one machine (``register --force``), within its claims."""
+
+    machine_name: str
+    token: str
+    expires_at: str
+    environments: tuple[str, ...]
+    roles: tuple[str, ...]
+
+
 class MachineRemoved(Wire, frozen=True):
     """``DELETE /api/{space}/machines/{name}/v1``: the machine and the certificate revoked."""
 
     name: str
     revoked_thumbprint: str
+
+
+# --- signing keys ----------------------------------------------------------------------------
+
+
+class SigningKeyRotated(Wire, frozen=True):
+    """``POST /api/signing-keys/rotate/v1``: the new current key, and how many machines lack it yet."""
+
+    key_id: str
+    public_key: str
+    previous_key_id: str
+    pending_machines: int
+
+
+class SigningKeyView(Wire, frozen=True):
+    """A signing key the server holds, and how many registered machines pin it."""
+
+    key_id: str
+    current: bool
+    machines: int
+
+
+class PendingMachine(Wire, frozen=True):
+    """A machine that has not pinned the current key: the key it pins (None: none yet)."""
+
+    space: str
+    name: str
+    key_id: str | None
+
+
+class SigningKeyStatus(Wire, frozen=True):
+    """``GET /api/signing-keys/v1``: the keys held and the machines still to get the current one."""
+
+    current_key_id: str
+    public_key: str
+    keys: list[SigningKeyView]
+    pending: list[PendingMachine]
 
 
 # --- projects and releases ---------------------------------------------------------------

@@ -10,6 +10,10 @@ message then takes more, smaller reads, which costs microseconds.
 aiohttp passes ``ssl=`` to `loop.create_server`, which builds the standard protocol;
 this site instead builds the TLS protocol itself around aiohttp's handler, exactly as
 the event loop would. `asyncio.sslproto` is stable across CPython 3.11-3.13.
+
+The same protocol enforces two of the slow-client rules (`server_shim.api.slow_clients`):
+the handshake's deadline, and the bound on connections per client address, checked as a
+connection is accepted, before any TLS work is spent on it.
 """
 
 from __future__ import annotations
@@ -17,16 +21,42 @@ from __future__ import annotations
 import asyncio
 import ssl
 from asyncio import sslproto
+from typing import Any
 
 from aiohttp import web
+
+from server_shim.api.slow_clients import AddressLimiter
 
 READ_BUFFER = 16 * 1024  # the largest TLS record's payload
 
 
 class _LeanSSLProtocol(sslproto.SSLProtocol):
-    """asyncio's TLS protocol with a one-record read buffer."""
+    """asyncio's TLS protocol with a one-record read buffer, counted against its address's limit."""
 
     max_size = READ_BUFFER
+
+    def __init__(self, *args: Any, limiter: AddressLimiter | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limiter = limiter
+        self._address: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Refuse a connection over its address's limit at once; else start the handshake."""
+        if self._limiter is not None:
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if peer else "unknown"
+            if not self._limiter.admit(address):
+                transport.close()  # nothing written yet: connection_lost follows, no handshake begun
+                return
+            self._address = address
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Give the connection's place back to its address."""
+        if self._limiter is not None and self._address is not None:
+            self._limiter.release(self._address)
+            self._address = None
+        super().connection_lost(exc)
 
 
 class LeanTLSSite(web.BaseSite):
@@ -41,11 +71,15 @@ class LeanTLSSite(web.BaseSite):
         *,
         backlog: int = 128,
         reuse_address: bool = True,
+        handshake_timeout: float | None = None,
+        limiter: AddressLimiter | None = None,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self.host, self.requested_port = host, port
         self.reuse_address = reuse_address
         self.port = port
+        self.handshake_timeout = handshake_timeout  # None: asyncio's default (60 s)
+        self.limiter = limiter
 
     @property
     def name(self) -> str:
@@ -63,7 +97,15 @@ class LeanTLSSite(web.BaseSite):
         def connection() -> asyncio.BaseProtocol:
             waiter = loop.create_future()
             waiter.add_done_callback(_handshake_done)
-            return _LeanSSLProtocol(loop, handler(), ctx, waiter, server_side=True)
+            return _LeanSSLProtocol(
+                loop,
+                handler(),
+                ctx,
+                waiter,
+                server_side=True,
+                ssl_handshake_timeout=self.handshake_timeout,
+                limiter=self.limiter,
+            )
 
         server = await loop.create_server(
             connection,

@@ -1,9 +1,10 @@
 """Who may do what: registration tokens, API keys, and the machines they let in.
 
-server-shim token create [--uses N] [--expires 24h] [--environment E] [--role R]
+server-shim token create [--uses N] [--expires 24h] [--environment E] [--role R] [--machine NAME]
 server-shim api-key create NAME [--scope feed:push ...]
 server-shim machines [--json]          (API client: one request)
 server-shim machines remove NAME       (API client: one request; revokes the certificate)
+server-shim machines replace NAME      (API client: one request; a one-use token that may replace it)
 """
 
 from __future__ import annotations
@@ -42,11 +43,18 @@ class TokenCreate(LocalCommand):
             metavar="NAME",
             help="machines registered with it may take only these roles (repeat; default: any)",
         )
+        parser.add_argument(
+            "--machine",
+            metavar="NAME",
+            help="the token registers this machine name alone, and may replace the machine of that"
+            " name (`tentacle register --force`); without it, a token registers new names only",
+        )
 
     def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
         ttl = accounts.parse_duration(args.expires)
         with self.database(paths) as db:
-            print(db.sync(accounts.create_token, args.uses, ttl, args.environment, args.role))
+            token = db.sync(accounts.create_token, args.uses, ttl, args.environment, args.role, args.machine)
+        print(token)
         return 0
 
 
@@ -115,4 +123,31 @@ class MachinesRemove(ClientCommand):
         return 0
 
 
-COMMANDS: list[Command] = [TokenCreate(), ApiKeyCreate(), MachinesList(), MachinesRemove()]
+class MachinesReplace(ClientCommand):
+    """A one-use token that may replace one machine, printed alone."""
+
+    words = ("machines", "replace")
+    help = (
+        "print a one-use token that may replace this machine (and no other), for"
+        " `tentacle register --name NAME --force --token TOKEN`"
+    )
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("name")
+        parser.add_argument("--expires", default="1h", help="lifetime: 30m, 24h, 7d (default 1h)")
+
+    def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
+        client = self.client(paths, args)
+        path = client.path("machines", args.name, "replace", "v1")
+        issued = self.call(client.request("POST", path, {"expires": args.expires}))
+        print(issued["token"])
+        print(
+            f"valid once until {issued['expiresAt']}, for machine {issued['machineName']} in"
+            f" {','.join(issued['environments'])} with roles {','.join(issued['roles'])};"
+            " its tasks still queued or running fail rather than reach the newcomer",
+            file=sys.stderr,
+        )
+        return 0
+
+
+COMMANDS: list[Command] = [TokenCreate(), ApiKeyCreate(), MachinesList(), MachinesRemove(), MachinesReplace()]

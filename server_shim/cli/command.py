@@ -5,7 +5,8 @@ its help, its flags and its `run`. Two kinds share more:
 
 - `ClientCommand`: acts on a running server through its API, exactly one request per
   operation (plus those of ``--follow``). It takes the client flags (``--server``,
-  ``--api-key``, ``--ca``, ``--space``) and builds its `ApiClient` from them and the home.
+  ``--api-key``, ``--server-thumbprint``, ``--ca``, ``--space``) and builds its `ApiClient`
+  from them and the home or the user's login (see `server_shim.cli.api_client`).
 - `LocalCommand`: acts on the instance's own files and database (``init``, ``token
   create``, ``package push``), whether or not the server runs.
 
@@ -19,11 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from server_shim import server_config as cfg
-from server_shim.cli.api_client import ApiClient
+from server_shim.cli.api_client import ApiClient, ClientFlags
+from server_shim.store import sealing
 from server_shim.store.database import Database
 from tentacle.common.paths import InstancePaths
 
@@ -58,8 +61,16 @@ class ClientCommand(Command):
 
     @staticmethod
     def client(paths: InstancePaths, args: argparse.Namespace) -> ApiClient:
-        """The API client the flags and the home describe."""
-        return ApiClient.from_home(paths, args.server, args.api_key, args.ca, space=args.space)
+        """The API client the flags, the home or the user's login describe."""
+        flags = ClientFlags(
+            server=args.server,
+            api_key=args.api_key,
+            ca=args.ca,
+            thumbprint=args.server_thumbprint,
+            space=args.space,
+            home_given=bool(getattr(args, "home", None) or os.environ.get("SERVER_SHIM_HOME")),
+        )
+        return ApiClient.from_flags(paths, flags)
 
     @staticmethod
     def call(work: Coroutine[Any, Any, T]) -> T:
@@ -75,7 +86,8 @@ class LocalCommand(Command):
     def database(paths: InstancePaths) -> Iterator[Database]:
         """The instance's database, closed afterwards; a clear error when never initialised."""
         cfg.load(paths)
-        db = Database(paths.state / cfg.DATABASE_FILE)
+        # The key is only read here, never made: the server's first start makes it, as its user.
+        db = Database(paths.state / cfg.DATABASE_FILE, sealing.load(paths.config, paths.state))
         try:
             yield db
         finally:
@@ -83,10 +95,28 @@ class LocalCommand(Command):
 
 
 def add_client_flags(parser: argparse.ArgumentParser) -> None:
-    """Where the server is and how to prove who we are (defaults: the instance home)."""
-    parser.add_argument("--server", help="server URL (default: public_url of the instance)")
-    parser.add_argument("--api-key", help="API key (default: the instance's admin key)")
-    parser.add_argument("--ca", help="CA certificate to trust (default: the instance's CA)")
+    """Where the server is, how to prove who we are and how to know the server.
+
+    Defaults come from --home, else the user's `server-shim login`, else the default home.
+    """
+    parser.add_argument(
+        "--server", help="server URL, https:// only (default: the login's, or public_url of the instance)"
+    )
+    parser.add_argument(
+        "--api-key", help="API key (default: $SERVER_SHIM_API_KEY, the login's, or the instance's admin key)"
+    )
+    parser.add_argument(
+        "--server-thumbprint",
+        metavar="SHA256",
+        help="accept only the server certificate with this thumbprint (`server-shim show-thumbprint`;"
+        " default: the login's, or the instance's own certificate)",
+    )
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="without a thumbprint: accept a certificate of this CA that names the URL's host"
+        " (checked against its subjectAltName)",
+    )
     parser.add_argument("--space", default="Default", help="the space to act in (default: Default)")
 
 

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from server_shim.cli import (
     access_commands,
     feed_commands,
+    login_commands,
     project_commands,
     server_commands,
+    signing_commands,
     task_commands,
     tenant_commands,
 )
@@ -27,10 +29,12 @@ from tentacle.errors import TentacleError
 COMMANDS: list[Command] = [
     *server_commands.COMMANDS,
     *access_commands.COMMANDS,
+    *login_commands.COMMANDS,
     *feed_commands.COMMANDS,
     *project_commands.COMMANDS,
     *task_commands.COMMANDS,
     *tenant_commands.COMMANDS,
+    *signing_commands.COMMANDS,
 ]
 
 GROUPS = {
@@ -46,6 +50,7 @@ GROUPS = {
     "space": "spaces (everything belongs to one; --space NAME on client commands)",
     "tagset": "tag sets (tenant tags are named SET/TAG)",
     "tenant": "tenants",
+    "signing-key": "the key that signs every plan and gate (rotate it, see who has it)",
 }
 
 

@@ -18,9 +18,10 @@ from server_shim import app, ca
 from server_shim import server_config as cfg
 from server_shim.cli.command import Command, LocalCommand
 from server_shim.server_config import Endpoint, ServerConfig
-from server_shim.store import accounts
+from server_shim.store import accounts, sealing
 from server_shim.store import machine_rows as machines_store
 from server_shim.store.database import Database
+from server_shim.store.signing_keys import Keyring
 from tentacle.common.logs import setup_logging
 from tentacle.common.paths import InstancePaths
 from tentacle.errors import UsageError
@@ -72,8 +73,10 @@ class Init(Command):
             raise UsageError(f"--public-url: {exc}") from exc
         paths.create()
         thumb = ca.create(paths.config, urlsplit(config.public_url).hostname or "localhost")
-        db = Database(paths.state / cfg.DATABASE_FILE)
+        sealing.create_key(paths.config)
+        db = Database(paths.state / cfg.DATABASE_FILE, sealing.load(paths.config))
         admin_key = db.sync(accounts.create_api_key, "admin")
+        db.sync(Keyring.open, paths.config)  # the first plan-signing key
         token = db.sync(accounts.create_token, 1, 24 * 3600)
         db.close()
         pki.write_private(paths.config / cfg.ADMIN_KEY_FILE, admin_key.encode() + b"\n")

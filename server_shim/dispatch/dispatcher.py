@@ -10,7 +10,9 @@ and reads each target's log from the last line it read.
 
 A target that cannot be reached for `lost_after` seconds is lost: its gate fails, and
 with it the task, with the reason. A target that breaks the protocol's limits, or is
-removed (`machine_removed`), fails at once. When a task ends, its drivers stop, each
+removed (`machine_removed`), fails at once; so does one replaced by a new registration
+under its name since the task was created (`machine_of`): the task's plan, secrets and
+all, is never handed to the newcomer. When a task ends, its drivers stop, each
 target's remaining lines are drained for at most `DRAIN_SECONDS`, its machines are
 released and the next queued task starts, whatever went wrong on the way. A final state
 the database could not take (a full disk) is kept here, shown by the API (`live`), and
@@ -172,7 +174,7 @@ class Dispatcher:
         first_failure: float | None = None
         while True:
             try:
-                machine = await self.machine_of(run.record.space, name)
+                machine = await self.machine_of(run.record.space, name, run.record.created_at)
                 return await self.fleet.call(machine, call, params, timeout)
             except TentacleError as exc:
                 if not exc.retryable:
@@ -190,20 +192,39 @@ class Dispatcher:
                 raise TargetGone("the task has finished")
             await asyncio.sleep(RETRY_DELAY)
 
-    async def machine_of(self, space: str, name: str) -> Machine:
-        """The registered machine of this name in `space`; `TargetGone` when it was removed."""
+    async def machine_of(self, space: str, name: str, task_created: float | None = None) -> Machine:
+        """The registered machine `name` of `space` that a task created at ``task_created`` may call.
+
+        `TargetGone` when it was removed, or replaced since: a machine registered after the
+        task was created is another machine under the old name (``register --force``).
+        """
         found = await self.fleet.machine(name, space)
         if found is None:
             raise TargetGone(f"{MACHINE_REMOVED}: {name!r} is no longer registered")
+        if task_created is not None and found.registered_at > task_created:
+            raise TargetGone(_replaced(found))
         return found
 
     def machine_removed(self, space: str, name: str) -> None:
-        """A machine was removed (or replaced): its part in every running task ends now."""
+        """A machine was removed or replaced: its part in every running task ends now."""
         for run in list(self.runs.values()):
             if run.record.space == space and name in run.record.plans and not run.finished.is_set():
-                event(log, "task.target_removed", task=run.task_id, target=name)
-                reason = f"{MACHINE_REMOVED}: {name!r} was removed from the server"
-                run.spawn(run.event(functools.partial(_lost, name, reason)))
+                run.spawn(self._target_removed(run, name))
+
+    async def _target_removed(self, run: TaskRun, name: str) -> None:
+        """End ``name``'s part in ``run``, saying whether it was removed or replaced.
+
+        A machine still registered as it was (its listening port moved) keeps its part.
+        """
+        found = await self.fleet.machine(name, run.record.space)
+        if found is None:
+            reason = f"{MACHINE_REMOVED}: {name!r} was removed from the server"
+        elif found.registered_at > run.record.created_at:
+            reason = _replaced(found)
+        else:
+            return
+        event(log, "task.target_removed", task=run.task_id, target=name, reason=reason)
+        await run.event(functools.partial(_lost, name, reason))
 
     async def finished(self, run: TaskRun) -> None:
         """A task ended: stop its drivers, drain its last lines, release its targets, start the next.
@@ -230,7 +251,7 @@ class Dispatcher:
                 self.unsaved[run.task_id] = run
                 self._background(_keep_saving(self, run))
             for name in run.record.plans:
-                self._background(self._finish(run.task_id, run.record.space, name))
+                self._background(self._finish(run.task_id, run.record.space, name, run.record.created_at))
             await self.schedule()
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -238,12 +259,12 @@ class Dispatcher:
         self.drivers.add(job)
         job.add_done_callback(self.drivers.discard)
 
-    async def _finish(self, task_id: str, space: str, name: str) -> None:
-        """Deliver task.finish to one target, however long it takes (until it is removed)."""
+    async def _finish(self, task_id: str, space: str, name: str, task_created: float) -> None:
+        """Deliver task.finish to one target, however long it takes (until it is removed or replaced)."""
         delay = RETRY_DELAY
         while True:
             try:
-                machine = await self.machine_of(space, name)
+                machine = await self.machine_of(space, name, task_created)
                 await self.fleet.call(machine, TASK_FINISH, StopParams(task_id=task_id), 10)
                 return
             except TargetGone:
@@ -287,10 +308,17 @@ def _lost(name: str, reason: str, c: TaskCoordinator) -> list[Action]:
     return c.target_lost(name, reason)
 
 
+def _replaced(machine: Machine) -> str:
+    return (
+        f"machine {machine.name!r} was replaced by a new registration (certificate {machine.thumbprint})"
+        " after this task was created; its part of the task is not handed to the new machine"
+    )
+
+
 async def _drain(d: Dispatcher, run: TaskRun, name: str) -> None:
     """Store the target's remaining log lines (best effort: until it has none, or fails)."""
     with contextlib.suppress(TentacleError, TargetGone):
-        machine = await d.machine_of(run.record.space, name)
+        machine = await d.machine_of(run.record.space, name, run.record.created_at)
         await d.sink.flush(run.task_id, name)
         since = await d.db.run(log_rows.last_machine_seq, run.task_id, name)
         more = True

@@ -6,7 +6,8 @@ half-open one). A listening tentacle is online while the periodic ping succeeds:
 ``lastSeen`` is kept in memory on every contact and written to the database in one
 batch per interval. Machine names are unique within a space only, so everything here is
 keyed by (space, name). Machine records are cached (`machine`): every call to a target
-needs one, and `forget` (removal, re-registration) drops it.
+needs one, and `forget` (removal, re-registration) drops it. Calls of the signed methods
+are signed on their way out by the `signer` (`server_shim.dispatch.signer`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from server_shim.dispatch.links import Link, ListeningLink, PollingLink
+from server_shim.dispatch.signer import Signer
 from server_shim.store import machine_rows as machines
 from server_shim.store.database import Database
 from server_shim.store.machine_rows import Machine
 from server_shim.store.spaces import DEFAULT_SPACE
 from tentacle.common.logs import event
 from tentacle.errors import TentacleError, TransportError
-from tentacle.protocol.rpc_messages import PING, Call, NoParams
+from tentacle.protocol.rpc_messages import PING, SIGNED_METHODS, Call, NoParams
 from tentacle.protocol.wire import Wire
 
 log = logging.getLogger("server_shim.dispatch.fleet")
@@ -53,6 +55,7 @@ class Fleet:
         self._forgotten = 0  # bumped by `forget`: a lookup that raced with it is not cached
         self.closing = False
         self.on_forget: list[Callable[[str, str], None]] = []  # told (space, name) of each machine dropped
+        self.signer: Signer | None = None  # set by the server: None sends everything unsigned
 
     async def machine(self, name: str, space: str = DEFAULT_SPACE) -> Machine | None:
         """The registered machine `name` of `space`, or None; cached."""
@@ -108,8 +111,12 @@ class Fleet:
         return existing
 
     async def call(self, machine: Machine, call: Call[P, R], params: P, timeout: float = 30.0) -> R:
-        """Send one request to a machine, whichever its mode; returns the call's result struct."""
-        result = await self.link(machine).call(call, params, timeout)
+        """Send one request to a machine, whichever its mode, signed if its method is; the result struct."""
+        link = self.link(machine)
+        seal = None
+        if self.signer is not None and call.method in SIGNED_METHODS:
+            seal = await self.signer.seal_for(machine, link)
+        result = await link.call(call, params, timeout, seal=seal)
         self.touch(machine.key)
         return result
 

@@ -6,7 +6,8 @@
   client certificate, pinned to the tentacle's own thumbprint, and POST the request.
 
 ``call(TASK_STATUS, StatusParams(...), timeout)`` sends the params struct and returns
-the result struct (`tentacle.protocol.rpc_messages`). Both raise `TransportError` when
+the result struct (`tentacle.protocol.rpc_messages`); ``seal``, when given, signs the
+request envelope before it leaves (`server_shim.dispatch.signer`). Both raise `TransportError` when
 the tentacle cannot be reached, `RemoteError` when it answered with an error, and
 `BadAnswer` (naming the machine and the path) when its answer does not fit the type:
 that call fails, and nothing else.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -40,11 +42,12 @@ from tentacle.errors import TransportError
 from tentacle.net.failures import NETWORK_ERRORS, translate
 from tentacle.net.tls import pinned_connector
 from tentacle.protocol import messages
-from tentacle.protocol.messages import MessageError, Method, Response
+from tentacle.protocol.messages import MessageError, Method, Request, Response
 from tentacle.protocol.rpc_messages import Call, bad_answer, read_result
 from tentacle.protocol.wire import Wire
 
 RPC_PATH = "/rpc/v1"
+Seal = Callable[[Request], Request]  # signs a request envelope
 P = TypeVar("P", bound=Wire)
 R = TypeVar("R", bound=Wire)
 _ids = itertools.count(1)
@@ -53,8 +56,8 @@ _ids = itertools.count(1)
 class Link(Protocol):
     """A way to send one request to one tentacle."""
 
-    async def call(self, call: Call[P, R], params: P, timeout: float) -> R:
-        """Send a request and return the result (or raise)."""
+    async def call(self, call: Call[P, R], params: P, timeout: float, seal: Seal | None = None) -> R:
+        """Send a request (signed by ``seal``) and return the result (or raise)."""
 
     async def close(self) -> None:
         """Drop the connection."""
@@ -92,9 +95,11 @@ class PollingLink:
         self.pending: dict[str, tuple[asyncio.Future[Response], Method]] = {}
         self.misbehaved: Misbehaved | None = None
 
-    async def call(self, call: Call[P, R], params: P, timeout: float) -> R:
-        """Send a request and wait for its response."""
+    async def call(self, call: Call[P, R], params: P, timeout: float, seal: Seal | None = None) -> R:
+        """Send a request (signed by ``seal``) and wait for its response."""
         request = call.request(f"r{next(_ids)}", params)
+        if seal is not None:
+            request = seal(request)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self.pending[request.id] = (future, call.method)
         try:
@@ -174,9 +179,12 @@ class ListeningLink:
         self.ctx = ctx
         self.session = aiohttp.ClientSession(connector=pinned_connector([thumbprint], limit=8))
 
-    async def call(self, call: Call[P, R], params: P, timeout: float) -> R:
-        """POST a request and return the result."""
-        body = await self._post(call, messages.encode(call.request(f"r{next(_ids)}", params)), timeout)
+    async def call(self, call: Call[P, R], params: P, timeout: float, seal: Seal | None = None) -> R:
+        """POST a request (signed by ``seal``) and return the result."""
+        request = call.request(f"r{next(_ids)}", params)
+        if seal is not None:
+            request = seal(request)
+        body = await self._post(call, messages.encode(request), timeout)
         try:
             response = messages.decode(body)
         except MessageError as exc:

@@ -27,6 +27,7 @@ from server_shim.store import log_rows
 from server_shim.store import task_rows as tasks
 from server_shim.store.database import Database
 from server_shim.store.log_rows import LogRow
+from server_shim.store.machine_rows import Machine
 from server_shim.store.task_rows import TaskRecord
 from tentacle.common.logs import event
 from tentacle.errors import StorageError
@@ -79,6 +80,9 @@ class Host(Protocol):
 
     async def call_until(self, run: TaskRun, name: str, call: Call[P, R], params: P, timeout: float) -> R:
         """Call a target, retrying what may pass; raises `TargetGone`."""
+
+    async def machine_of(self, space: str, name: str, task_created: float | None = None) -> Machine:
+        """The machine a task created then may call by this name; `TargetGone` if removed or replaced."""
 
     async def finished(self, run: TaskRun) -> None:
         """The task ended: drain, release its machines, start the next."""
@@ -203,9 +207,11 @@ class TaskRun:
 
         A hook that fails is logged and passed over: what it prepares, the tentacle can
         still get by itself (a package it was not pushed, it fetches from the feed).
-        A target that broke a limit of the protocol there fails (`TargetGone`).
+        A target that broke a limit of the protocol there fails (`TargetGone`), as does one
+        replaced since the task began: it gets none of the task's packages either.
         """
         await self.started[name].wait()
+        await self.host.machine_of(self.record.space, name, self.record.created_at)
         for hook in self.host.gate_hooks:
             try:
                 await unless_halted(

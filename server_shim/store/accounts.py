@@ -3,6 +3,12 @@
 Both are 160+ bits of randomness, so a plain SHA-256 is the right hash (no need for
 a slow password hash); lookups compare hashes, never the secrets themselves.
 
+A registration token may also be made for one machine by name (``token create --machine
+NAME``, or ``machines replace NAME`` through the API): only such a token can replace a
+machine that exists (``register --force``), and only that one. Any other token, scoped or
+not, registers new names only; a scoped token never reaches outside its scope, so it
+cannot replace a machine whose environments or roles lie outside it either.
+
 An API key has scopes: ``all`` (the default: the API, deployments, the feed) or any of
 ``feed:read``, ``feed:push``, ``feed:delete`` (the built-in feed alone; push and delete
 include read). A CI job that publishes packages gets ``feed:push`` and cannot deploy.
@@ -37,7 +43,34 @@ _GRANTED_BY = {FEED_READ: {FEED_READ, FEED_PUSH, FEED_DELETE}}
 
 
 class TokenRefused(Forbidden):
-    """A registration token that is unknown, expired or used up."""
+    """A registration token that is unknown, expired or used up, or that does not allow this."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """What a valid registration token allows: empty lists allow any environment or role."""
+
+    environments: tuple[str, ...]
+    roles: tuple[str, ...]
+    machine: str | None  # made for this machine alone (it may replace it); None: new names only
+
+    def check_replaces(self, name: str, environments: Sequence[str], roles: Sequence[str]) -> None:
+        """Raise TokenRefused unless this token may replace the machine ``name`` that has these."""
+        if self.machine != name:
+            raise TokenRefused(
+                f"name: a machine named {name!r} exists, and replacing it needs a token made for it:"
+                f" `server-shim machines replace {name}` (with an operator's API key) or"
+                f" `server-shim token create --machine {name}`; a registration token cannot take it over",
+                details={"field": "name"},
+            )
+        claims = (("environments", environments, self.environments), ("roles", roles, self.roles))
+        for kind, held, allowed in claims:
+            outside = sorted(set(held) - set(allowed)) if allowed else []
+            if outside:
+                raise TokenRefused(
+                    f"{kind}: machine {name!r} has {', '.join(outside)}, outside this token's"
+                    f" {', '.join(allowed)}: the token cannot replace it"
+                )
 
 
 def digest(secret: str) -> str:
@@ -59,15 +92,18 @@ def create_token(
     ttl: float,
     environments: Sequence[str] = (),
     roles: Sequence[str] = (),
+    machine: str | None = None,
 ) -> str:
     """A new registration token valid for `uses` registrations within `ttl` seconds.
 
     Non-empty `environments` or `roles` limit what a machine registered with it may claim:
-    a stolen token then cannot put a machine into Production with every role.
+    a stolen token then cannot put a machine into Production with every role. A `machine`
+    token registers that name alone, and may replace the machine of that name.
     """
     if not 1 <= uses <= 100_000:
         raise UsageError("--uses must be 1-100000")
-    for kind, names in (("environment", environments), ("role", roles)):
+    named = [("machine", [machine])] if machine is not None else []
+    for kind, names in (("environment", environments), ("role", roles), *named):
         for name in names:
             try:
                 check_name(kind, name)
@@ -76,8 +112,8 @@ def create_token(
     token = "TOK-" + secrets.token_urlsafe(24)
     now = time.time()
     conn.execute(
-        "INSERT INTO tokens (token_hash, uses_left, expires_at, created_at, environments, roles)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO tokens (token_hash, uses_left, expires_at, created_at, environments, roles, machine)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
             digest(token),
             uses,
@@ -85,17 +121,23 @@ def create_token(
             now,
             json.dumps(sorted(set(environments))),
             json.dumps(sorted(set(roles))),
+            machine,
         ),
     )
     return token
 
 
 def check_token(
-    conn: sqlite3.Connection, token: str, environments: Sequence[str] = (), roles: Sequence[str] = ()
-) -> None:
-    """Raise TokenRefused unless the token can be used now, for these environments and roles."""
+    conn: sqlite3.Connection,
+    token: str,
+    environments: Sequence[str] = (),
+    roles: Sequence[str] = (),
+    name: str | None = None,
+) -> Token:
+    """What the token allows; TokenRefused unless it can register now, these claims and this name."""
     row = conn.execute(
-        "SELECT uses_left, expires_at, environments, roles FROM tokens WHERE token_hash = ?", (digest(token),)
+        "SELECT uses_left, expires_at, environments, roles, machine FROM tokens WHERE token_hash = ?",
+        (digest(token),),
     ).fetchone()
     if row is None:
         raise TokenRefused("token: unknown registration token")
@@ -112,14 +154,26 @@ def check_token(
             raise TokenRefused(
                 f"{kind}: this token may register only {', '.join(allowed)}, not {', '.join(outside)}"
             )
+    machine = row["machine"]
+    if machine is not None and name is not None and name != machine:
+        raise TokenRefused(
+            f"name: this token was made for machine {machine!r} and cannot register {name!r}",
+            details={"field": "name"},
+        )
+    return Token(tuple(json.loads(row["environments"])), tuple(json.loads(row["roles"])), machine)
 
 
 def use_token(
-    conn: sqlite3.Connection, token: str, environments: Sequence[str] = (), roles: Sequence[str] = ()
-) -> None:
-    """Count one use (call in the transaction that registers the machine)."""
-    check_token(conn, token, environments, roles)
+    conn: sqlite3.Connection,
+    token: str,
+    environments: Sequence[str] = (),
+    roles: Sequence[str] = (),
+    name: str | None = None,
+) -> Token:
+    """Count one use (call in the transaction that registers the machine); what it allows."""
+    allowed = check_token(conn, token, environments, roles, name)
     conn.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ?", (digest(token),))
+    return allowed
 
 
 @dataclass(frozen=True)

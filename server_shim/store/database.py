@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from server_shim.store.sealing import Sealer
 from tentacle.errors import ConfigError
 
 T = TypeVar("T")
@@ -158,13 +159,41 @@ MIGRATIONS: list[str] = [
     ALTER TABLE tasks ADD COLUMN run_at DOUBLE PRECISION;
     ALTER TABLE tasks ADD COLUMN no_run_after DOUBLE PRECISION;
     """,
+    # Issue 15: a token made for one machine by name (NULL: any new name). Only such a
+    # token may replace the machine of that name; tokens made before register new names only.
+    """
+    ALTER TABLE tokens ADD COLUMN machine TEXT;
+    """,
+    # Issue 15: facts about the server itself (name -> value), such as whether the sensitive
+    # values held before sealing existed have been sealed (server_shim.store.sealing).
+    """
+    CREATE TABLE server_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # Issue 15: the plan-signing keys (private halves are files in the home) and the key
+    # each machine certificate has pinned (no row: none yet, as for machines registered before).
+    """
+    CREATE TABLE signing_keys (
+        key_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+        current INTEGER NOT NULL);
+    CREATE TABLE machine_keys (
+        thumbprint TEXT PRIMARY KEY, key_id TEXT NOT NULL, pinned_at DOUBLE PRECISION NOT NULL);
+    """,
 ]
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (and migrate) the database file."""
+class StoreConnection(sqlite3.Connection):
+    """A connection that carries the home's `Sealer` for the store's sensitive values."""
+
+    sealer: Sealer | None = None
+
+
+def connect(path: Path, sealer: Sealer | None = None) -> sqlite3.Connection:
+    """Open (and migrate) the database file; ``sealer`` seals and opens sensitive values."""
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=30, factory=StoreConnection
+        )
+        conn.sealer = sealer
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -209,9 +238,9 @@ class Database:
     for many calls instead of one each (group commit); alone, a call runs as it always did.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sealer: Sealer | None = None) -> None:
         self.path = path
-        self.conn = connect(path)
+        self.conn = connect(path, sealer)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
         self._lock = threading.Lock()
         self._pending: collections.deque[_Call] = collections.deque()
@@ -289,6 +318,13 @@ class Database:
             return False, exc
         self.conn.execute("RELEASE call")
         return True, result
+
+    def rewrite(self) -> None:
+        """Rebuild the file and empty the write-ahead log, so that no freed page keeps old rows."""
+        with self._lock:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.conn.execute("VACUUM")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         """Finish pending work and close."""

@@ -6,6 +6,11 @@ process, and one exact package file (`PackageRef`) for every package id the proc
 uses, in its steps and its runbooks, so that a later edit of the project or a newer
 package in the feed never changes what a release deploys.
 
+Sensitive variable values are sealed in both documents (`server_shim.store.sealing`) and
+opened as they are read. `keep_secrets` gives a new document the stored values of the
+sensitive variables it names without a value: the API never shows them, so an operator
+who edits what `GET` gave puts back a document without them.
+
 Release versions are NuGet versions, stored normalized (``1.0`` is ``1.0.0``); two
 versions NuGet calls equal (``1.0.0-Beta`` and ``1.0.0-beta``) are the same release.
 Errors, each with the HTTP status the API answers::
@@ -27,17 +32,21 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from server_shim.store import release_channels as channels
+from server_shim.store import sealing
 from server_shim.store.release_channels import PackageMissing as PackageMissing
+from server_shim.store.sealing import Sealer
 from tentacle.errors import Conflict, InvalidInput, NotFound
 from tentacle.protocol.channel_rules import DEFAULT_CHANNEL
 from tentacle.protocol.documents import NAME_MAX, key_path, text_problem
 from tentacle.protocol.nuget_versions import InvalidVersion, NuGetVersion
 from tentacle.protocol.plan import PackageRef
-from tentacle.protocol.process import Process, parse_process
+from tentacle.protocol.process import Process, ProcessError, Variable, parse_process
 
 MAX_VERSION_CHARS = 100
 
@@ -72,11 +81,18 @@ class Release:
     channel: str = DEFAULT_CHANNEL
 
 
-def put_project(conn: sqlite3.Connection, space: str, name: str, process: Process) -> bool:
-    """Create or replace the project's process; True when it was created."""
+def put_project(
+    conn: sqlite3.Connection, space: str, name: str, process: Process, unsent: Sequence[int] = ()
+) -> bool:
+    """Create or replace the project's process; True when it was created.
+
+    ``unsent`` are the indexes of sensitive variables sent without their value: each keeps
+    the stored value of the same name and scopes (`keep_secrets`).
+    """
     if process.name != name:
         raise ValueError(f"process {process.name!r} stored under the name {name!r}")
-    document = json.dumps(process.to_json())
+    process = keep_secrets(conn, space, name, process, unsent)
+    document = json.dumps(sealing.seal(conn, process.to_json()))
     created = _project_row(conn, space, name) is None
     conn.execute(
         "INSERT INTO projects (space, name, document, updated_at) VALUES (?, ?, ?, ?)"
@@ -85,6 +101,50 @@ def put_project(conn: sqlite3.Connection, space: str, name: str, process: Proces
         (space, name, document, time.time()),
     )
     return created
+
+
+def keep_secrets(
+    conn: sqlite3.Connection, space: str, name: str, process: Process, unsent: Sequence[int]
+) -> Process:
+    """``process`` with each sensitive variable at ``unsent`` given its stored value.
+
+    The stored variable is the one of the same name, sensitive, with the same scopes
+    (environments, roles, machines); each stored value is used once. A variable with no
+    such stored one is refused, naming its path: it needs its value.
+    """
+    if not unsent:
+        return process
+    row = _project_row(conn, space, name) if _storable(name) else None
+    stored = parse_process(sealing.unseal(conn, json.loads(row["document"])), name).variables if row else ()
+    pool = [variable for variable in stored if variable.sensitive]
+    variables = list(process.variables)
+    problems: list[tuple[str, str]] = []
+    for index in unsent:
+        wanted = variables[index]
+        match = next((v for v in pool if _same_slot(v, wanted)), None)
+        if match is None:
+            problems.append(
+                (
+                    f"variables[{index}].value",
+                    f"required: no stored sensitive value of {wanted.name!r} with these scopes to keep",
+                )
+            )
+            continue
+        pool.remove(match)
+        variables[index] = msgspec.structs.replace(wanted, value=match.value)
+    if problems:
+        raise ProcessError(problems)
+    return msgspec.structs.replace(process, variables=tuple(variables))
+
+
+def _same_slot(a: Variable, b: Variable) -> bool:
+    """Whether two variables are the same name with the same scopes."""
+    return (a.name, set(a.environments), set(a.roles), set(a.machines)) == (
+        b.name,
+        set(b.environments),
+        set(b.roles),
+        set(b.machines),
+    )
 
 
 def get_project(conn: sqlite3.Connection, space: str, name: str) -> Process:
@@ -97,16 +157,21 @@ def _project_document(conn: sqlite3.Connection, space: str, name: str) -> tuple[
     row = _project_row(conn, space, name) if _storable(name) else None
     if row is None:
         raise ProjectNotFound(f"project {_shown(name)} does not exist in space {_shown(space)}")
-    return row["document"], stored_process(row["document"], name)
+    return row["document"], _process_of(conn, row["document"], name)
+
+
+def _process_of(conn: sqlite3.Connection, document: str, name: str) -> Process:
+    """The process of a stored document text, its sealed values opened: parsed once per text."""
+    return _stored_process(document, name, sealing.of(conn))
 
 
 @functools.lru_cache(maxsize=512)
-def stored_process(document: str, name: str) -> Process:
-    """A stored (normalized) document's process, parsed once per text: every create reads one.
+def _stored_process(document: str, name: str, sealer: Sealer | None) -> Process:
+    """A stored (normalized, sealed) document's process; every create reads one.
 
     `Process` is immutable, so one parsed value serves every caller with the same text.
     """
-    return parse_process(json.loads(document), name)
+    return parse_process(sealing.opened(sealer, json.loads(document)), name)
 
 
 def _storable(text: str) -> bool:
@@ -185,7 +250,7 @@ def get_release(conn: sqlite3.Connection, space: str, project: str, version: str
         row = None  # no release has an unparsable version
     if row is None:
         raise ReleaseNotFound(f"release {_shown(version)} of project {_shown(project)} does not exist")
-    return _release_from_row(row)
+    return _release_from_row(conn, row)
 
 
 def latest_release(conn: sqlite3.Connection, space: str, project: str) -> Release | None:
@@ -193,7 +258,7 @@ def latest_release(conn: sqlite3.Connection, space: str, project: str) -> Releas
     rows = conn.execute("SELECT * FROM releases WHERE space = ? AND project = ?", (space, project)).fetchall()
     if not rows:
         return None
-    return _release_from_row(max(rows, key=lambda row: NuGetVersion.parse(row["version"])))
+    return _release_from_row(conn, max(rows, key=lambda row: NuGetVersion.parse(row["version"])))
 
 
 def _release_row(conn: sqlite3.Connection, space: str, project: str, version: str) -> sqlite3.Row | None:
@@ -205,12 +270,12 @@ def _release_row(conn: sqlite3.Connection, space: str, project: str, version: st
     return row
 
 
-def _release_from_row(row: sqlite3.Row) -> Release:
+def _release_from_row(conn: sqlite3.Connection, row: sqlite3.Row) -> Release:
     packages = {
         key: PackageRef(p["id"], p["version"], p["sha512"], p["size"], p["fileName"])
         for key, p in json.loads(row["packages"]).items()
     }
-    process = stored_process(row["process"], row["project"])
+    process = _process_of(conn, row["process"], row["project"])
     return Release(row["project"], row["version"], process, packages, row["channel"])
 
 

@@ -6,6 +6,8 @@ every event. Log lines are keyed by (task, machine, the machine's own sequence
 number), so a line delivered twice (a retried status call) is stored once; the
 task-wide ``seq`` is what ``log/v1?since=`` pages by. They are written by
 `server_shim.store.log_rows` (in batches, with a limit per target) and read here.
+Sensitive values in the stored plans are sealed (`server_shim.store.sealing`) and opened
+as a task is read.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from server_shim.store import sealing
 from tentacle.errors import NotFound
 from tentacle.protocol.plan import Plan
 
@@ -57,18 +60,21 @@ class TaskRecord:
         return frozenset((self.space, name) for name in self.plans)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> TaskRecord:
-        """Build from a ``tasks`` row (one without a ``plans`` column gets no plans)."""
+    def from_row(cls, row: sqlite3.Row, conn: sqlite3.Connection) -> TaskRecord:
+        """Build from a ``tasks`` row read on ``conn`` (one without a ``plans`` column gets no plans)."""
         values = dict(row)
         plans = json.loads(values["plans"]) if "plans" in values else {}
-        values["plans"] = {name: Plan.from_json(p) for name, p in plans.items()}
+        values["plans"] = {name: Plan.from_json(sealing.unseal(conn, p)) for name, p in plans.items()}
         values["coordinator"] = json.loads(values["coordinator"])
         return cls(**values)
 
 
 def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
     """Store a new (queued) task."""
-    plans = msgspec.json.encode(record.plans).decode()  # the wire form (`Plan.to_json`), in one pass
+    if any(plan.sensitive_values() for plan in record.plans.values()):
+        plans = json.dumps({name: sealing.seal(conn, plan.to_json()) for name, plan in record.plans.items()})
+    else:  # nothing to seal: the wire form (`Plan.to_json`) in one pass
+        plans = msgspec.json.encode(record.plans).decode()
     conn.execute(
         "INSERT INTO tasks (task_id, space, kind, project, release_version, runbook, environment, state,"
         " error, created_at, finished_at, plans, coordinator, tenant, run_at, no_run_after)"
@@ -109,13 +115,13 @@ def get(conn: sqlite3.Connection, task_id: str, *, with_plans: bool = True) -> T
     row = conn.execute(query, (task_id,)).fetchone()
     if row is None:
         raise TaskNotFound(f"task {task_id!r} does not exist")
-    return TaskRecord.from_row(row)
+    return TaskRecord.from_row(row, conn)
 
 
 def unfinished(conn: sqlite3.Connection) -> list[TaskRecord]:
     """Queued and running tasks, oldest first (what a starting server picks up)."""
     rows = conn.execute("SELECT * FROM tasks WHERE state IN ('queued', 'running') ORDER BY created_at, rowid")
-    return [TaskRecord.from_row(row) for row in rows]
+    return [TaskRecord.from_row(row, conn) for row in rows]
 
 
 def save_progress(
@@ -163,7 +169,7 @@ def get_many(conn: sqlite3.Connection, space: str, task_ids: Sequence[str]) -> l
         f"{_HEADER} WHERE space = ? AND task_id IN ({marks}) ORDER BY created_at DESC, task_id",
         (space, *wanted),
     )
-    return [TaskRecord.from_row(row) for row in rows]
+    return [TaskRecord.from_row(row, conn) for row in rows]
 
 
 def page(conn: sqlite3.Connection, space: str, skip: int, take: int) -> tuple[int, list[TaskRecord]]:
@@ -173,4 +179,4 @@ def page(conn: sqlite3.Connection, space: str, skip: int, take: int) -> tuple[in
         f"{_HEADER} WHERE space = ? ORDER BY created_at DESC, task_id LIMIT ? OFFSET ?",
         (space, take, skip),
     )
-    return int(total), [TaskRecord.from_row(row) for row in rows]
+    return int(total), [TaskRecord.from_row(row, conn) for row in rows]

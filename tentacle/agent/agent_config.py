@@ -9,6 +9,8 @@
     url = "https://deploy.example:8443"
     polling_url = "wss://deploy.example:10943/poll/v1"
     thumbprints = ["3f2a..."]       # pinned: only these certificates are the server
+    signing_key = "ed25519:..."     # pinned at registration: task requests must be signed by it
+                                    # (a rotation's successor is kept in <state>/signing-key.json)
 
     [listen]
     host = "0.0.0.0"
@@ -38,6 +40,7 @@ from tentacle.common import configfile
 from tentacle.common.atomicfile import write_private
 from tentacle.common.paths import InstancePaths
 from tentacle.errors import ConfigError
+from tentacle.protocol import signing
 from tentacle.protocol.identity import check_name, normalize_thumbprint
 
 CONFIG_FILE = "tentacle.toml"
@@ -53,6 +56,7 @@ class ServerConfig:
     url: str = ""
     polling_url: str = ""
     thumbprints: tuple[str, ...] = ()
+    signing_key: str = ""  # empty: registered before signed requests, none pinned yet
 
     def __post_init__(self) -> None:
         for i, value in enumerate(self.thumbprints):
@@ -60,6 +64,11 @@ class ServerConfig:
                 normalize_thumbprint(value)
             except ValueError as exc:
                 raise ValueError(f"server.thumbprints[{i}]: {exc}") from exc
+        if self.signing_key:
+            try:
+                signing.public_raw(self.signing_key)
+            except ValueError as exc:
+                raise ValueError(f"server.signing_key: {exc}") from exc
 
 
 @dataclass(frozen=True)

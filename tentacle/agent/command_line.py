@@ -55,7 +55,12 @@ def _register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     mode.add_argument("--listen", metavar="HOST:PORT", help="listening mode: the server connects here")
     mode.add_argument("--polling", action="store_true", help="polling mode: this agent connects out")
     reg.add_argument("--public-hostname", help="the host name the server should use (listening)")
-    reg.add_argument("--force", action="store_true", help="replace a machine of the same name")
+    reg.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the machine of the same name; needs a token made for it"
+        " (`server-shim machines replace NAME` or `token create --machine NAME`)",
+    )
     reg.add_argument("--space", default="Default", help="the space to register into (default: Default)")
     reg.add_argument(
         "--tenant", action="append", default=[], help="a tenant this machine serves (repeatable; must exist)"
@@ -164,6 +169,7 @@ def cmd_run(paths: InstancePaths, args: argparse.Namespace) -> int:
 def status_report(paths: InstancePaths) -> dict[str, object]:
     """What `tentacle status` shows, as data."""
     from tentacle.net import pki
+    from tentacle.protocol import signing
 
     config = config_mod.load(paths)
     cert_path = config_mod.file(paths, config_mod.CERT_FILE)
@@ -177,6 +183,7 @@ def status_report(paths: InstancePaths) -> dict[str, object]:
         "mode": config.mode or None,
         "server": config.server.url or None,
         "serverThumbprints": list(config.server.thumbprints),
+        "signingKeyId": signing.key_id(pinned) if (pinned := _pinned_key(paths, config)) else None,
         "thumbprint": pki.cert_thumbprint(pki.load_cert(cert_path)) if cert_path.exists() else None,
         "environments": list(config.environments),
         "roles": list(config.roles),
@@ -184,6 +191,18 @@ def status_report(paths: InstancePaths) -> dict[str, object]:
         "home": str(paths.config),
         "cacheBytes": _tree_size(paths.cache),
     }
+
+
+def _pinned_key(paths: InstancePaths, config: config_mod.TentacleConfig) -> str:
+    from tentacle.agent.signatures import PinFile
+
+    return PinFile(paths.state, config.server.signing_key).pinned()
+
+
+def _signing_line(key_id: object) -> str:
+    if key_id is None:
+        return "unsigned accepted: no signing key pinned yet (the server hands one over when it connects)"
+    return f"signed by key {key_id} only"
 
 
 def _tree_size(root: Path) -> int:
@@ -203,6 +222,7 @@ def cmd_status(paths: InstancePaths, args: argparse.Namespace) -> int:
         ("mode", report["mode"] or "-"),
         ("server", report["server"] or "-"),
         ("trusts", ", ".join(report["serverThumbprints"]) or "-"),  # type: ignore[arg-type]
+        ("plans", _signing_line(report["signingKeyId"])),
         ("thumbprint", report["thumbprint"] or "-"),
         ("connection", f"{conn.get('state')} {conn.get('detail', '')} {since}".strip()),
         ("cache", f"{report['cacheBytes']} bytes"),

@@ -25,6 +25,7 @@ from tentacle.agent import agent_config as config_mod
 from tentacle.agent.agent_config import TentacleConfig
 from tentacle.agent.polling_client import PollingClient
 from tentacle.agent.rpc import Service
+from tentacle.agent.signatures import PinFile, SignatureCheck
 from tentacle.common import heap, sdnotify
 from tentacle.common.atomicfile import write_private
 from tentacle.common.logs import event
@@ -32,6 +33,7 @@ from tentacle.common.paths import InstancePaths
 from tentacle.errors import ConfigError, TentacleError
 from tentacle.net.tls import client_context, server_context
 from tentacle.protocol.backoff import Backoff
+from tentacle.protocol.rpc_messages import TRUST_ROTATE
 from tentacle.runner.runner import TaskRunner
 
 if TYPE_CHECKING:
@@ -50,7 +52,11 @@ class Agent:
     def __init__(self, paths: InstancePaths, config: TentacleConfig) -> None:
         self.paths = paths
         self.config = config.require_registered(paths)
-        self.service = Service(config.name, config.mode)
+        # Signed requests are checked in the service layer, before any handler (the runner's).
+        pins = PinFile(paths.state, config.server.signing_key)
+        self.signatures = SignatureCheck(config.name, pins.pinned(), pins.save)
+        self.service = Service(config.name, config.mode, guard=self.signatures.check)
+        self.service.serve(TRUST_ROTATE, self.signatures.rotate)
         self.packages = Packages(paths, self.config)
         self.runner = TaskRunner(
             paths.state,
@@ -176,6 +182,9 @@ class Agent:
             event(log, "config.reload_failed", logging.ERROR, reason=exc.message)
             return
         self.config = self.config.with_changes(server=fresh.server, log_level=fresh.log_level)
+        pinned = PinFile(self.paths.state, fresh.server.signing_key).pinned()
+        if pinned and pinned != self.signatures.pinned:  # registered again meanwhile: never unpinned
+            self.signatures.pinned = pinned
         logging.getLogger().setLevel(fresh.log_level.upper())
         if self.listener is not None:
             self.listener.set_pins(self.pins)

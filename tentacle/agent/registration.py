@@ -3,7 +3,9 @@
 Trust on first use, made safe like ``kubeadm join``: the operator passes the server's
 thumbprint, and the connection is pinned to it before the token leaves this host.
 The answer carries our signed certificate and the server's CA; both are checked
-against what we sent before anything is written.
+against what we sent before anything is written. It also carries the public half of the
+server's plan-signing key (`tentacle.protocol.signing`), pinned in ``tentacle.toml``
+beside the server's thumbprint: from then on this tentacle acts only on signed requests.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tentacle.common.paths import InstancePaths
 from tentacle.errors import TrustError, UsageError
 from tentacle.net import httpclient, pki
 from tentacle.net.tls import client_context, pinned_connector
+from tentacle.protocol import signing
 from tentacle.protocol.identity import check_name, normalize_thumbprint
 
 REGISTER_PATH = "/api/machines/register/v1"
@@ -116,7 +119,7 @@ async def register(paths: InstancePaths, reg: Registration) -> TentacleConfig:
             ssl_context=client_context(None),
         )
     cert, ca = _check_answer(answer, key)
-    return _save(paths, reg, cert, ca, answer)
+    return _save(paths, reg, cert, ca, answer, _signing_key(answer))
 
 
 def _check_answer(answer: object, key: pki.PrivateKey) -> tuple[x509.Certificate, x509.Certificate]:
@@ -133,12 +136,25 @@ def _check_answer(answer: object, key: pki.PrivateKey) -> tuple[x509.Certificate
     return cert, ca
 
 
+def _signing_key(answer: dict[str, object]) -> str:
+    """The server's plan-signing key, checked; "" from a server that does not sign (an older one)."""
+    key = answer.get("signingKey")
+    if key is None:
+        return ""
+    try:
+        signing.public_raw(str(key))
+    except ValueError as exc:
+        raise TrustError(f"the server's registration answer has a bad signing key: {exc}") from exc
+    return str(key)
+
+
 def _save(
     paths: InstancePaths,
     reg: Registration,
     cert: x509.Certificate,
     ca: x509.Certificate,
     answer: dict[str, object],
+    signing_key: str,
 ) -> TentacleConfig:
     pki.write_private(config_mod.file(paths, config_mod.CERT_FILE), pki.cert_pem(cert), 0o644)
     pki.write_private(config_mod.file(paths, config_mod.SERVER_CA_FILE), pki.cert_pem(ca), 0o644)
@@ -148,7 +164,12 @@ def _save(
         mode="polling" if reg.listen is None else "listening",
         environments=reg.environments,
         roles=reg.roles,
-        server=ServerConfig(url=reg.server, polling_url=polling_url, thumbprints=(reg.server_thumbprint,)),
+        server=ServerConfig(
+            url=reg.server,
+            polling_url=polling_url,
+            thumbprints=(reg.server_thumbprint,),
+            signing_key=signing_key,
+        ),
         listen=reg.listen or ListenConfig(),
     )
     config_mod.save(paths, config)

@@ -25,6 +25,7 @@ from tentacle.protocol.rpc_messages import PING, Call, Mode, NoParams, PingResul
 from tentacle.protocol.wire import Wire
 
 log = logging.getLogger("tentacle.agent.rpc")
+Guard = Callable[[Request], None]  # raises a TentacleError to refuse a request before its handler
 Answer = Callable[[Request], Awaitable[Wire]]
 P = TypeVar("P", bound=Wire)
 R = TypeVar("R", bound=Wire)
@@ -33,11 +34,12 @@ R = TypeVar("R", bound=Wire)
 class Service:
     """Routes requests to handlers by method; `serve` adds the methods of later layers."""
 
-    def __init__(self, name: str, mode: str) -> None:
+    def __init__(self, name: str, mode: str, guard: Guard | None = None) -> None:
         if mode not in get_args(Mode):
             raise ValueError(f"mode: must be 'listening' or 'polling', not {mode!r}")
         self.name = name
         self.mode = cast(Mode, mode)
+        self.guard = guard
         self.last_contact: float | None = None
         self._answers: dict[Method, Answer] = {}
         self.serve(PING, self._ping)
@@ -57,6 +59,8 @@ class Service:
         if answer is None:
             return Response.failure(request.id, "unknown-method", f"unknown method {request.method.value!r}")
         try:
+            if self.guard is not None:
+                self.guard(request)
             return Response.success(request.id, await answer(request))
         except TentacleError as exc:
             return Response.failure(request.id, type(exc).__name__, exc.message)

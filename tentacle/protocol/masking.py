@@ -3,9 +3,14 @@
 How it works: every sensitive value goes into one compiled regex alternation, longest
 first. Python's ``re`` takes the first alternative that matches at the leftmost position,
 so at any position the longest secret wins: ``s3cret-s3cret`` is masked whole instead of
-as two masks, and a secret that contains another is never left half visible. Output is
-masked line by line, so a multi-line value also contributes each of its lines as a value
-of its own: a private key printed with ``echo "$KEY"`` arrives one line at a time.
+as two masks, and a secret that contains another is never left half visible.
+
+Output is masked line by line, and a shell strips what surrounds a value (``echo $X``
+drops leading and trailing blanks; ``$(cat file)`` drops a trailing newline). So besides
+the value itself, each value contributes its stripped form, and a value with line breaks
+each of its non-blank lines, stripped: a private key printed with ``echo "$KEY"`` arrives
+one line at a time, and ``"s3cret\n"`` prints as ``s3cret``. A value that is nothing but
+blanks is masked as it is (it would otherwise mask nothing at all).
 """
 
 from __future__ import annotations
@@ -36,12 +41,12 @@ class Masker:
         return self._pattern.sub(MASK, text)
 
 
-def _values(secret: str) -> list[str]:
-    """The value itself and, for a multi-line value, each of its non-blank lines."""
+def _values(secret: str) -> set[str]:
+    """The value, its stripped form, and each of its non-blank lines (stripped)."""
     if not secret:
-        return []
-    lines = [line.strip() for line in secret.splitlines()]
-    return [secret, *(line for line in lines if line and len(lines) > 1)]
+        return set()
+    lines = (line.strip() for line in secret.splitlines())
+    return {secret, *(piece for piece in (secret.strip(), *lines) if piece)}
 
 
 def shell_name(name: str) -> str:

@@ -4,11 +4,13 @@ One service layer, two transports: a listening tentacle receives each request as
 the body of ``POST /rpc/v1`` and answers in the response body; a polling tentacle
 receives the same request as a websocket text message and answers with another.
 
-    request  {"kind": "request",  "id": "...", "method": "ping", "params": {...}}
+    request  {"kind": "request",  "id": "...", "method": "ping", "params": {...}, "signature"?: {...}}
     response {"kind": "response", "id": "...", "result": {...}}
            | {"kind": "response", "id": "...", "error": {"code": "...", "message": "..."}}
 
 `Request` and `Response` are one union tagged by ``kind``; ``method`` is a `Method`.
+``signature`` (`tentacle.protocol.signing`) is the server's signature over the method and
+the params' exact bytes; a request without one is encoded without the field.
 ``params`` and ``result`` stay raw JSON here: their type depends on the method, and
 `tentacle.protocol.rpc_messages` reads them (`read_params`, `read_result`) into the
 method's own structs, so each body is parsed once, straight into its type.
@@ -27,6 +29,7 @@ from typing import Annotated, Any, Final, TypeVar
 import msgspec
 
 from tentacle.protocol import wire
+from tentacle.protocol.signing import Signature
 from tentacle.protocol.wire import Wire, WireError
 
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
@@ -47,6 +50,7 @@ class Method(StrEnum):
     TASK_STATUS = "task.status"
     TASK_CANCEL = "task.cancel"
     TASK_FINISH = "task.finish"
+    TRUST_ROTATE = "trust.rotate"
 
 
 class MessageError(WireError):
@@ -60,12 +64,13 @@ class ErrorBody(Wire, frozen=True):
     message: Annotated[str, msgspec.Meta(max_length=MAX_ERROR_TEXT)]
 
 
-class Request(Wire, frozen=True, tag="request", tag_field="kind"):
+class Request(Wire, frozen=True, tag="request", tag_field="kind", omit_defaults=True):
     """A call from the server to a tentacle; ``params`` is the method's params struct as JSON."""
 
     id: MessageId
     method: Method
     params: msgspec.Raw = EMPTY_PARAMS
+    signature: Signature | None = None
 
     @classmethod
     def of(cls, request_id: str, method: Method | str, params: Any = None) -> Request:

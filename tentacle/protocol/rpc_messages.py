@@ -8,6 +8,11 @@ The methods (camelCase on the wire; ``?`` marks a field with a default)::
     task.status  {taskId, logSince?, version?, wait?}  -> {taskId, state, version, gates, log, more}
     task.cancel  {taskId}                              -> {taskId, state}
     task.finish  {taskId}                              -> {taskId, state}
+    trust.rotate {keyId, publicKey}                    -> {keyId}
+
+`SIGNED_METHODS` are those a tentacle with a pinned signing key runs only when signed
+(`tentacle.protocol.signing`): everything that makes it act. trust.rotate hands it the
+server's next signing key, signed by the one it pinned.
 
 A task's state is `tentacle.protocol.states.TaskState`, the one vocabulary of the server,
 the API and the tentacle; a task the tentacle does not know reads ``unknown-task`` (and
@@ -37,6 +42,7 @@ from tentacle.errors import RemoteError
 from tentacle.protocol.messages import MessageError, Method, Request, Response, parse
 from tentacle.protocol.plan import Plan, PlanError
 from tentacle.protocol.process import MAX_STEPS
+from tentacle.protocol.signing import KeyId, PublicKeyText
 from tentacle.protocol.states import ACQUISITION, PRE_ACQUISITION, GateState, TaskState
 from tentacle.protocol.wire import Wire
 
@@ -176,6 +182,19 @@ def reported(state: TaskState) -> ReportedState:
     return state.value
 
 
+class RotateParams(Wire, frozen=True):
+    """trust.rotate: pin this signing key from now on (the request is signed by the pinned one)."""
+
+    key_id: KeyId
+    public_key: PublicKeyText
+
+
+class RotateResult(Wire, frozen=True):
+    """trust.rotate: the key now pinned."""
+
+    key_id: KeyId
+
+
 def unknown_task_status(task_id: str) -> StatusResult:
     """The task.status answer for a task this tentacle has no record of."""
     return StatusResult(task_id=task_id, state=UNKNOWN_TASK, version=0, gates=[], log=[], more=False)
@@ -234,9 +253,14 @@ TASK_GATE: Final = Call(Method.TASK_GATE, GateParams, GateResult)
 TASK_STATUS: Final = Call(Method.TASK_STATUS, StatusParams, StatusResult)
 TASK_CANCEL: Final = Call(Method.TASK_CANCEL, StopParams, StopResult)
 TASK_FINISH: Final = Call(Method.TASK_FINISH, StopParams, StopResult)
+TRUST_ROTATE: Final = Call(Method.TRUST_ROTATE, RotateParams, RotateResult)
 CALLS: Final[dict[Method, Call[Any, Any]]] = {
-    call.method: call for call in (PING, TASK_START, TASK_GATE, TASK_STATUS, TASK_CANCEL, TASK_FINISH)
+    call.method: call
+    for call in (PING, TASK_START, TASK_GATE, TASK_STATUS, TASK_CANCEL, TASK_FINISH, TRUST_ROTATE)
 }
+SIGNED_METHODS: Final = frozenset(
+    {Method.TASK_START, Method.TASK_GATE, Method.TASK_CANCEL, Method.TASK_FINISH, Method.TRUST_ROTATE}
+)
 
 
 @functools.cache
