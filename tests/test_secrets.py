@@ -101,6 +101,32 @@ def test_a_copied_database_reveals_no_secret_yet_the_tentacle_gets_it(
     assert b"not-secret" in copied  # the search does see clear text: plain values are stored as they are
 
 
+def test_a_tenants_secret_is_sealed_at_rest_and_write_only(real_fleet: RealFleet) -> None:
+    """A tenant's sensitive variable is in neither the database files nor GET; a PUT back keeps it."""
+    _running_web(real_fleet, "polling")
+    assert _put(real_fleet, _project())[0] == 201
+    tenant = {
+        "projects": {"Vault": ["Dev"]},
+        "variables": [
+            {"name": "TenantKey", "value": SECRET, "sensitive": True},
+            {"name": "Plain", "value": "x"},
+        ],
+    }
+    status, answer = real_fleet.server.api("PUT", "/api/Default/tenants/Acme/v1", tenant)
+    assert status in (200, 201), answer
+    copied = _database_bytes(real_fleet)
+    for piece in _clear_pieces():
+        assert piece not in copied, piece
+    status, shown = real_fleet.server.api("GET", "/api/Default/tenants/Acme/v1")
+    assert status == 200 and SECRET not in json.dumps(shown)
+    status, answer = real_fleet.server.api("PUT", "/api/Default/tenants/Acme/v1", shown)
+    assert status in (200, 201), answer
+    with sqlite3.connect(real_fleet.server.home / "state" / "server.db") as conn:
+        stored = conn.execute("SELECT document FROM tenants WHERE name = 'Acme'").fetchone()[0]
+    variable = next(v for v in json.loads(stored)["variables"] if v["name"] == "TenantKey")
+    assert sealing.is_sealed(variable["value"])  # kept, and still sealed
+
+
 def test_a_value_ending_in_a_newline_is_masked_everywhere(real_fleet: RealFleet, mode: str) -> None:
     """`echo "$X"` of a value ending in a newline, and each line of a key, never reach a log in clear."""
     _running_web(real_fleet, mode)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from server_shim.store import tenants as tenant_rows
 from tests.conftest import LiveServer, Tentacles, eventually
 from tests.deploying import log_lines, wait_task
 
@@ -284,7 +285,10 @@ async def test_sensitive_tenant_values_are_never_given_back_and_kept_when_left_o
     stored = await live.server.db.run(
         lambda conn: conn.execute("SELECT document FROM tenants WHERE name = 'Acme'").fetchone()[0]
     )
-    assert "acme-s3cret" in stored
+    assert "acme-s3cret" not in stored  # sealed at rest, as projects' secrets are
+    kept = await live.server.db.run(tenant_rows.find, "Default", "Acme")
+    assert kept is not None
+    assert next(v.value for v in kept.document.variables if v.name == "Secret") == "acme-s3cret"
     changed = {**acme, "variables": [{"name": "Secret", "sensitive": True, "environments": ["Dev"]}]}
     status, message = await _refused(
         live, "/api/Default/tenants/Acme/v1", changed

@@ -5,7 +5,7 @@ A tenant has tags, the projects it is connected to with the environments of each
 variables (``{name, value, environments?, projects?, sensitive?}``, empty scopes meaning
 every one). Its document is kept whole (``tenants.document``) with rows for its project
 links and tags beside it, so "the tenants of this project" and "the tenants with this tag"
-are index lookups. Sensitive values are stored as project variables are and never given
+are index lookups. Sensitive values are sealed at rest as project variables are and never given
 back: a document read back shows a sensitive variable without its value, and a document
 written with a sensitive variable without a value keeps the value stored for it.
 
@@ -33,6 +33,7 @@ from typing import Annotated, Final
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from server_shim.store import sealing
 from tentacle.errors import Conflict, NotFound
 from tentacle.protocol.documents import (
     NAME_MAX,
@@ -257,7 +258,7 @@ def put_tenant(conn: sqlite3.Connection, space: str, name: str, tenant: Tenant) 
         "INSERT INTO tenants (space, name, document, updated_at) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (space, name) DO UPDATE SET document = excluded.document,"
         " updated_at = excluded.updated_at",
-        (space, name, msgspec.json.encode(tenant).decode(), time.time()),
+        (space, name, json.dumps(sealing.seal(conn, json.loads(msgspec.json.encode(tenant)))), time.time()),
     )
     for table in ("tenant_projects", "tenant_tags"):
         conn.execute(f"DELETE FROM {table} WHERE space = ? AND tenant = ?", (space, name))  # noqa: S608 - a constant
@@ -290,8 +291,10 @@ def _keep_sensitive(tenant: Tenant, old: Tenant | None) -> Tenant:
     return msgspec.structs.replace(tenant, variables=tuple(kept))
 
 
-def _from_row(row: sqlite3.Row) -> StoredTenant:
-    return StoredTenant(row["name"], msgspec.json.decode(row["document"], type=Tenant))
+def _from_row(conn: sqlite3.Connection, row: sqlite3.Row) -> StoredTenant:
+    """A stored tenant, its sealed sensitive values opened (they are sealed at rest, as projects' are)."""
+    document = sealing.unseal(conn, json.loads(row["document"]))
+    return StoredTenant(row["name"], msgspec.convert(document, type=Tenant))
 
 
 def find(conn: sqlite3.Connection, space: str, name: str) -> StoredTenant | None:
@@ -299,7 +302,7 @@ def find(conn: sqlite3.Connection, space: str, name: str) -> StoredTenant | None
     row = conn.execute(
         "SELECT name, document FROM tenants WHERE space = ? AND name = ?", (space, name)
     ).fetchone()
-    return None if row is None else _from_row(row)
+    return None if row is None else _from_row(conn, row)
 
 
 def get(conn: sqlite3.Connection, space: str, name: str) -> StoredTenant:
@@ -313,7 +316,7 @@ def get(conn: sqlite3.Connection, space: str, name: str) -> StoredTenant:
 def listing(conn: sqlite3.Connection, space: str) -> list[StoredTenant]:
     """Every tenant of the space, by name."""
     rows = conn.execute("SELECT name, document FROM tenants WHERE space = ? ORDER BY name", (space,))
-    return [_from_row(row) for row in rows]
+    return [_from_row(conn, row) for row in rows]
 
 
 def names(conn: sqlite3.Connection, space: str) -> set[str]:
