@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -22,6 +23,7 @@ from server_shim.api import feed_routes as feed_api
 from server_shim.api import machine_routes as api
 from server_shim.api import polling_site as polling
 from server_shim.api import project_routes as projects_api
+from server_shim.api import reaction_routes as reactions_api
 from server_shim.api import space_routes as spaces_api
 from server_shim.api import task_routes as tasks_api
 from server_shim.api import tenant_routes as tenants_api
@@ -31,6 +33,7 @@ from server_shim.ca import Authority
 from server_shim.dispatch.dispatcher import Dispatcher
 from server_shim.dispatch.fleet import Fleet
 from server_shim.dispatch.pusher import Pusher
+from server_shim.dispatch.reactor import Reactor
 from server_shim.server_config import ServerConfig
 from server_shim.store import feed_store as feed
 from server_shim.store.database import Database
@@ -76,6 +79,13 @@ class Server:
         )
         self.pusher = Pusher(self.fleet, feed.store_dir(paths.state), self.fleet.client_ctx)
         self.dispatcher.gate_hooks.append(self.pusher)
+        self.reactor = Reactor(
+            self.db,
+            self.dispatcher,
+            work=paths.state / "reactions",
+            ca=self.files[cfg.CA_CERT],
+            server_url=self.api_url,
+        )
         self.stop = asyncio.Event()
         self.bound = Bound()
         self._runners: list[web.AppRunner] = []
@@ -93,7 +103,15 @@ class Server:
         app[tasks_api.DISPATCHER] = self.dispatcher
         tasks_api.add_routes(app)
         tenants_api.add_routes(app)
+        reactions_api.add_routes(app)
         return app
+
+    def api_url(self) -> str:
+        """Where the API is reached (what reaction scripts are told): public_url, on the bound port."""
+        if self.config.listen.port != 0:
+            return self.config.public_url.rstrip("/")
+        host = urlsplit(self.config.public_url).hostname or "127.0.0.1"
+        return f"https://{f'[{host}]' if ':' in host else host}:{self.bound.api}"
 
     def settings(self) -> api.ApiSettings:
         """What the registration answer tells tentacles about this server."""
@@ -133,6 +151,7 @@ class Server:
         base[api.SETTINGS] = self.settings()  # after binding: port 0 becomes the real polling port
         self.bound.api = await self._site(base, self.config.listen.host, self.config.listen.port, False)
         await self.dispatcher.start()
+        await self.reactor.start()
         event(log, "server.started", api=self.bound.api, polling=self.bound.polling)
 
     async def serve(self) -> None:
@@ -154,6 +173,7 @@ class Server:
         for runner in self._runners:  # first, so that closed tentacles do not reconnect to us
             for site in list(runner.sites):
                 await site.stop()
+        await self.reactor.close()
         await self.dispatcher.close()
         self.pusher.close()
         await self.fleet.close()

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from server_shim.store import events
 from server_shim.store import release_channels as channels
 from server_shim.store.release_channels import PackageMissing as PackageMissing
 from tentacle.errors import Conflict, InvalidInput, NotFound
@@ -84,6 +85,7 @@ def put_project(conn: sqlite3.Connection, space: str, name: str, process: Proces
         " updated_at = excluded.updated_at",
         (space, name, document, time.time()),
     )
+    events.record(conn, "projectUpdated", space, project=name, details={"created": created})
     return created
 
 
@@ -169,6 +171,8 @@ def create_release(
             chosen.name,
         ),
     )
+    pinned = {"channel": chosen.name, "packages": {ref.id: ref.version for ref in packages.values()}}
+    events.record(conn, "releaseCreated", space, project=project, release=normalized, details=pinned)
     return release
 
 
