@@ -23,6 +23,7 @@ import hmac
 import ipaddress
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urljoin, urlsplit
@@ -102,18 +103,25 @@ def signature(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class CheckingResolver(ThreadedResolver):
-    """Resolves a name and refuses it unless every address it has may be reached."""
+Lookup = Callable[[str, int, socket.AddressFamily], Awaitable[list[ResolveResult]]]
 
-    def __init__(self, allow_private: bool) -> None:
+
+class CheckingResolver(ThreadedResolver):
+    """Resolves a name and refuses it unless every address it has may be reached.
+
+    ``lookup`` is the system's resolver (getaddrinfo) unless a test gives another.
+    """
+
+    def __init__(self, allow_private: bool, lookup: Lookup | None = None) -> None:
         super().__init__()
         self.allow_private = allow_private
+        self.lookup = lookup or super().resolve
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         """The checked addresses of ``host`` (all of them pass, or `AddressRefused`)."""
-        found = await super().resolve(host, port, family)
+        found = await self.lookup(host, port, family)
         for result in found:
             refused = address_refusal(result["host"], self.allow_private)
             if refused is not None:
@@ -124,14 +132,18 @@ class CheckingResolver(ThreadedResolver):
 class HttpSender:
     """Sends reactions' requests; one connection pool per setting of ``allowPrivateNetworks``."""
 
-    def __init__(self) -> None:
+    def __init__(self, lookup: Lookup | None = None) -> None:
         self._sessions: dict[bool, aiohttp.ClientSession] = {}
+        self.lookup = lookup
 
     def _session(self, allow_private: bool) -> aiohttp.ClientSession:
         session = self._sessions.get(allow_private)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(
-                resolver=CheckingResolver(allow_private), use_dns_cache=False, limit=200, limit_per_host=20
+                resolver=CheckingResolver(allow_private, self.lookup),
+                use_dns_cache=False,
+                limit=200,
+                limit_per_host=20,
             )
             session = self._sessions[allow_private] = aiohttp.ClientSession(
                 connector=connector, trust_env=False, auto_decompress=False
@@ -156,7 +168,8 @@ class HttpSender:
         except aiohttp.InvalidURL as exc:
             return Attempt("failed", started, time.monotonic() - clock, error=f"url: invalid: {exc}")
         except NETWORK_ERRORS as exc:
-            return Attempt("retrying", started, time.monotonic() - clock, error=reason(exc))
+            cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+            return Attempt("retrying", started, time.monotonic() - clock, error=reason(cause))
 
     async def _send(self, request: Request, http: HttpAction, started: float, clock: float) -> Attempt:
         url, method, body = request.url, request.method, request.body

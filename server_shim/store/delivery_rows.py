@@ -165,7 +165,7 @@ def finish_attempt(
             due.delivery_id,
             due.attempt,
             attempt.started_at,
-            "retrying" if state == "pending" else attempt.status,
+            "retrying" if state == "pending" else state,  # a retryable failure past the window: failed
             attempt.response_code,
             attempt.duration,
             attempt.error,
