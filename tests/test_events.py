@@ -94,8 +94,16 @@ async def test_a_deployment_and_a_machine_life(live_server: LiveServer, tentacle
     ]
     assert [e["seq"] for e in seen] == sorted(e["seq"] for e in seen)
     succeeded = seen[6]
-    assert (succeeded["projectName"], succeeded["releaseVersion"], succeeded["taskId"]) == ("Shop", version, task_id)
-    assert (succeeded["environmentNames"], succeeded["taskState"], succeeded["space"]) == (["Dev"], "success", "Default")
+    assert (succeeded["projectName"], succeeded["releaseVersion"], succeeded["taskId"]) == (
+        "Shop",
+        version,
+        task_id,
+    )
+    assert (succeeded["environmentNames"], succeeded["taskState"], succeeded["space"]) == (
+        ["Dev"],
+        "success",
+        "Default",
+    )
     assert seen[11]["details"] == {"error": "web-1 failed in step:0 (Hello): exit code 3"}
     assert seen[13]["taskId"] == queued["taskId"] and seen[13]["taskState"] == "cancelled"
 
@@ -139,13 +147,25 @@ async def test_events_belong_to_their_space(live_server: LiveServer, tmp_path: P
     zipped = make_zip(tmp_path / "Web.1.2.3.zip")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):  # the local command: another connection, as another process
-        assert await asyncio.to_thread(
-            server_cli.main, ["--home", str(live_server.paths.config), "package", "push", str(zipped)]
-        ) == 0
+        assert (
+            await asyncio.to_thread(
+                server_cli.main, ["--home", str(live_server.paths.config), "package", "push", str(zipped)]
+            )
+            == 0
+        )
     default, other = (await page(live_server))["items"], (await page(live_server, space="Other"))["items"]
-    assert [(e["kind"], e["projectName"]) for e in default] == [("projectUpdated", "Shop"), ("packagePushed", None)]
-    assert [(e["kind"], e["projectName"]) for e in other] == [("projectUpdated", "Lab"), ("packagePushed", None)]
-    assert default[1]["details"] == {"packageId": "Web", "packageVersion": "1.2.3"} and default[1]["space"] is None
+    assert [(e["kind"], e["projectName"]) for e in default] == [
+        ("projectUpdated", "Shop"),
+        ("packagePushed", None),
+    ]
+    assert [(e["kind"], e["projectName"]) for e in other] == [
+        ("projectUpdated", "Lab"),
+        ("packagePushed", None),
+    ]
+    assert (
+        default[1]["details"] == {"packageId": "Web", "packageVersion": "1.2.3"}
+        and default[1]["space"] is None
+    )
     status, answer = await live_server.api("GET", "/api/Nowhere/events/v1")
     assert status == 404, answer
 
@@ -163,7 +183,9 @@ async def test_no_event_for_a_change_that_rolled_back(live_server: LiveServer) -
     results = await asyncio.gather(
         db.run(projects.put_project, "Default", "Kept", process),
         db.run(put_then_fail),
-        db.run(projects.put_project, "Default", "Kept2", parse_process({"name": "Kept2", "steps": []}, "Kept2")),
+        db.run(
+            projects.put_project, "Default", "Kept2", parse_process({"name": "Kept2", "steps": []}, "Kept2")
+        ),
         return_exceptions=True,
     )
     assert isinstance(results[1], RuntimeError) and results[0] is True and results[2] is True

@@ -44,7 +44,10 @@ async def put_reaction(live: LiveServer, name: str, doc: dict[str, Any], status:
 
 def http_reaction(url: str, events: list[str], **http: Any) -> dict[str, Any]:
     """A reaction sending to ``url`` on ``events`` (loopback allowed: the receiver is there)."""
-    return {"trigger": {"events": events}, "action": {"http": {"url": url, "allowPrivateNetworks": True, **http}}}
+    return {
+        "trigger": {"events": events},
+        "action": {"http": {"url": url, "allowPrivateNetworks": True, **http}},
+    }
 
 
 async def deliveries(live: LiveServer, name: str) -> list[dict[str, Any]]:
@@ -88,7 +91,9 @@ async def test_body_headers_signature_and_order(live_server: LiveServer, receive
     history = await settled(live_server, "notify", 5)
     assert [d["deliveryId"] for d in history] == receiver.deliveries()
     first = history[0]
-    assert (first["state"], first["status"], first["responseCode"], first["attempt"]) == ("succeeded",) * 2 + (
+    assert (first["state"], first["status"], first["responseCode"], first["attempt"]) == (
+        "succeeded",
+    ) * 2 + (
         200,
         1,
     )
@@ -114,6 +119,7 @@ async def test_secret_is_write_only(live_server: LiveServer, receiver: Receiver)
     doc = http_reaction(receiver.url, ["releaseCreated"], secret=SECRET)
     await put_reaction(live_server, "signed", doc)
     status, shown = await live_server.api("GET", "/api/Default/reactions/signed/v1")
+    assert status == 200
     listed = await live_server.api("GET", "/api/Default/reactions/v1")
     assert SECRET not in json.dumps(shown) + json.dumps(listed[1])
     assert shown["action"]["http"]["hasSecret"] is True and "secret" not in shown["action"]["http"]
@@ -122,7 +128,9 @@ async def test_secret_is_write_only(live_server: LiveServer, receiver: Receiver)
     await release(live_server, "Shop")
     await eventually(lambda: len(receiver.got) == 1, 20)
     assert receiver.got[0].signed_by(SECRET)
-    await put_reaction(live_server, "signed", http_reaction(receiver.url, ["releaseCreated"], secret=None), 200)
+    await put_reaction(
+        live_server, "signed", http_reaction(receiver.url, ["releaseCreated"], secret=None), 200
+    )
     await release(live_server, "Shop")
     await eventually(lambda: len(receiver.got) == 2, 20)
     assert "X-Tentacle-Signature" not in receiver.got[1].headers
@@ -140,7 +148,11 @@ async def test_503_then_200_retries_with_the_same_id_after_retry_after(live_serv
         [delivery] = await settled(live_server, "flaky", 1)
         assert delivery["state"] == "succeeded" and delivery["attempt"] == 2
         first, second = delivery["attempts"]
-        assert (first["status"], first["responseCode"], first["error"]) == ("retrying", 503, "HTTP 503 Service Unavailable")
+        assert (first["status"], first["responseCode"], first["error"]) == (
+            "retrying",
+            503,
+            "HTTP 503 Service Unavailable",
+        )
         assert (second["status"], second["responseCode"]) == ("succeeded", 200)
     finally:
         await receiver.stop()
@@ -160,12 +172,16 @@ async def test_a_later_event_waits_for_the_earlier_one(live_server: LiveServer) 
         await receiver.stop()
 
 
-async def test_a_4xx_is_final_and_records_reaction_failed(live_server: LiveServer, receiver: Receiver) -> None:
+async def test_a_4xx_is_final_and_records_reaction_failed(
+    live_server: LiveServer, receiver: Receiver
+) -> None:
     """A 404 fails the delivery at once and records reactionFailed, which other reactions get
     and the failing reaction itself never does (even when it listens for reactionFailed)."""
     refusing = await Receiver(answers=[(404, {})]).start()
     try:
-        await put_reaction(live_server, "broken", http_reaction(refusing.url, ["releaseCreated", "reactionFailed"]))
+        await put_reaction(
+            live_server, "broken", http_reaction(refusing.url, ["releaseCreated", "reactionFailed"])
+        )
         await put_reaction(live_server, "alarm", http_reaction(receiver.url, ["reactionFailed"]))
         await apply(live_server, PROJECT)
         await release(live_server, "Shop")
@@ -184,14 +200,20 @@ async def test_a_failure_about_a_failure_triggers_nothing(live_server: LiveServe
     """Two reactions that watch each other's failures, both failing, cannot loop."""
     refusing = await Receiver(answers=[(400, {})]).start()
     try:
-        await put_reaction(live_server, "a", http_reaction(refusing.url, ["projectUpdated", "reactionFailed"]))
+        await put_reaction(
+            live_server, "a", http_reaction(refusing.url, ["projectUpdated", "reactionFailed"])
+        )
         await put_reaction(live_server, "b", http_reaction(refusing.url, ["reactionFailed"]))
         await apply(live_server, PROJECT)
         await settled(live_server, "b", 1)  # a's failure; b's failure is about a failure
         # b's failure was matched in the transaction that recorded it: a had its delivery by now.
         assert len(await settled(live_server, "a", 1)) == 1  # projectUpdated only
         status, page = await live_server.api("GET", "/api/Default/events/v1?kind=reactionFailed")
-        assert [(e["details"]["reaction"], e["details"]["chain"]) for e in page["items"]] == [("a", 0), ("b", 1)]
+        assert status == 200
+        assert [(e["details"]["reaction"], e["details"]["chain"]) for e in page["items"]] == [
+            ("a", 0),
+            ("b", 1),
+        ]
         assert len(refusing.got) == 2
     finally:
         await refusing.stop()

@@ -60,7 +60,9 @@ async def test_allow_private_networks_reaches_loopback(live_server: LiveServer) 
     """The same loopback URL is reached when the reaction allows private networks."""
     receiver = await Receiver().start()
     try:
-        await put_reaction(live_server, "inside", http_reaction(f"http://localhost:{receiver.port}/", ["releaseCreated"]))
+        await put_reaction(
+            live_server, "inside", http_reaction(f"http://localhost:{receiver.port}/", ["releaseCreated"])
+        )
         delivery_id = await fire(live_server, "inside")
         await eventually(lambda: len(receiver.got) == 1, 20)
         assert receiver.got[0].headers["X-Tentacle-Delivery"] == delivery_id

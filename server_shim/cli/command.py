@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -83,11 +84,32 @@ class LocalCommand(Command):
 
 
 def add_client_flags(parser: argparse.ArgumentParser) -> None:
-    """Where the server is and how to prove who we are (defaults: the instance home)."""
-    parser.add_argument("--server", help="server URL (default: public_url of the instance)")
-    parser.add_argument("--api-key", help="API key (default: the instance's admin key)")
-    parser.add_argument("--ca", help="CA certificate to trust (default: the instance's CA)")
-    parser.add_argument("--space", default="Default", help="the space to act in (default: Default)")
+    """Where the server is and how to prove who we are (defaults: $SERVER_SHIM_*, then the instance home).
+
+    A reaction's script finds SERVER_SHIM_URL, SERVER_SHIM_API_KEY, SERVER_SHIM_CA and
+    SERVER_SHIM_SPACE in its environment, so `server-shim deploy ...` there needs no flags.
+    """
+    env = os.environ.get
+    parser.add_argument(
+        "--server",
+        default=env("SERVER_SHIM_URL"),
+        help="server URL (default: $SERVER_SHIM_URL, else public_url)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=env("SERVER_SHIM_API_KEY"),
+        help="API key (default: $SERVER_SHIM_API_KEY, else the instance's admin key)",
+    )
+    parser.add_argument(
+        "--ca",
+        default=env("SERVER_SHIM_CA"),
+        help="CA certificate to trust (default: $SERVER_SHIM_CA, else the instance's)",
+    )
+    parser.add_argument(
+        "--space",
+        default=env("SERVER_SHIM_SPACE") or "Default",
+        help="the space to act in (default: $SERVER_SHIM_SPACE, else Default)",
+    )
 
 
 def build_parser(

@@ -168,8 +168,8 @@ class HttpSender:
         except aiohttp.InvalidURL as exc:
             return Attempt("failed", started, time.monotonic() - clock, error=f"url: invalid: {exc}")
         except NETWORK_ERRORS as exc:
-            cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
-            return Attempt("retrying", started, time.monotonic() - clock, error=reason(cause))
+            unwrapped = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+            return Attempt("retrying", started, time.monotonic() - clock, error=reason(unwrapped))
 
     async def _send(self, request: Request, http: HttpAction, started: float, clock: float) -> Attempt:
         url, method, body = request.url, request.method, request.body
