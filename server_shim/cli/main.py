@@ -16,6 +16,7 @@ from server_shim.cli import (
     access_commands,
     feed_commands,
     project_commands,
+    reaction_commands,
     server_commands,
     task_commands,
     tenant_commands,
@@ -31,6 +32,7 @@ COMMANDS: list[Command] = [
     *project_commands.COMMANDS,
     *task_commands.COMMANDS,
     *tenant_commands.COMMANDS,
+    *reaction_commands.COMMANDS,
 ]
 
 GROUPS = {
@@ -46,6 +48,7 @@ GROUPS = {
     "space": "spaces (everything belongs to one; --space NAME on client commands)",
     "tagset": "tag sets (tenant tags are named SET/TAG)",
     "tenant": "tenants",
+    "reaction": "reactions: events in, actions out (HTTP requests, scripts, deployments)",
 }
 
 
