@@ -71,7 +71,8 @@ class Receiver:
         """Listen on 127.0.0.1 (``port`` 0: any free one)."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A held request ends when its client goes away (a killed server), and stopping waits for none.
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
