@@ -19,13 +19,22 @@ other's failures cannot loop. Pure: no I/O.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from tentacle.protocol.documents import NAME_MAX, TEXT, DocumentError, Names, convert_document, over_bytes
+from tentacle.protocol.documents import (
+    NAME_MAX,
+    TEXT,
+    DocumentError,
+    Names,
+    convert_document,
+    key_path,
+    over_bytes,
+)
 from tentacle.protocol.wire import Wire
 
 EventKind = Literal[
@@ -57,15 +66,15 @@ RESERVED_HEADERS: Final = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "x-tentacle-event"}
     | {"x-tentacle-delivery", "x-tentacle-signature"}
 )
-_HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z"
-_HEADER_VALUE = "^[^\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]*$"  # no control characters (no CR/LF injection)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # in a header value: CR/LF would inject headers
 
 ReactionName = Annotated[
     str, Meta(min_length=1, max_length=NAME_MAX, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 ]
 Text = Annotated[str, Meta(pattern=TEXT)]
-HeaderName = Annotated[str, Meta(min_length=1, max_length=100, pattern=_HEADER_NAME)]
-HeaderValue = Annotated[str, Meta(max_length=8000, pattern=_HEADER_VALUE)]
+HeaderName = Annotated[str, Meta(min_length=1, max_length=100, pattern=TEXT)]
+HeaderValue = Annotated[str, Meta(max_length=8000, pattern=TEXT)]
 Seconds = Annotated[float, Meta(ge=1, le=3600)]
 
 
@@ -200,9 +209,14 @@ def _http_problems(http: HttpAction) -> list[tuple[str, str]]:
         found.append(("action.http.url", "must be an http:// or https:// URL"))
     elif url.username or url.password:
         found.append(("action.http.url", "must not carry credentials (give an Authorization header)"))
-    for header in http.headers:
-        if header.lower() in RESERVED_HEADERS:
-            found.append((f"action.http.headers.{header}", "is set by the server"))
+    for header, value in http.headers.items():
+        path = key_path("action.http.headers", header)
+        if not _HEADER_NAME.match(header):
+            found.append((path, "must be a header name (letters, digits and !#$%&'*+.^_`|~-)"))
+        elif header.lower() in RESERVED_HEADERS:
+            found.append((path, "is set by the server"))
+        if _CONTROL.search(value):
+            found.append((path, "must not contain control characters (CR, LF)"))
     if http.body is not None and len(msgspec.json.encode(http.body)) > MAX_BODY_BYTES:
         found.append(("action.http.body", f"must be at most {MAX_BODY_BYTES} bytes"))
     return found
