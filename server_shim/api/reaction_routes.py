@@ -17,6 +17,7 @@ at all is ``null``); the action gets the body and the rest of the query.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -46,6 +47,7 @@ from tentacle.protocol.reactions import EVENT_KINDS, WEBHOOK_KIND, Event, Trigge
 log = logging.getLogger("server_shim.api.reaction_routes")
 MAX_HOOK_BODY = 1024 * 1024
 MAX_PAGE = 1000
+_DIGITS = re.compile(r"^[0-9]{1,19}\Z")  # ASCII digits only, and no 5,000-digit number to convert
 
 
 class HookNotFound(NotFound):
@@ -56,7 +58,7 @@ def _number(request: web.Request, name: str, default: int, low: int, high: int) 
     text = request.query.get(name)
     if text is None:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not _DIGITS.match(text) or not low <= int(text) <= high:
         raise refusal(name, f"must be a whole number from {low} to {high}")
     return int(text)
 
