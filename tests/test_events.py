@@ -192,3 +192,34 @@ async def test_no_event_for_a_change_that_rolled_back(live_server: LiveServer) -
     seen = (await page(live_server))["items"]
     assert [e["projectName"] for e in seen] == ["Kept", "Kept2"]
     assert await db.run(events.last_seq) == seen[-1]["seq"]
+
+
+async def test_tenanted_events_name_their_tenant(live_server: LiveServer, tentacles: Tentacles) -> None:
+    """A machine serving one tenant, and a tenanted deployment's events, carry the tenant's name;
+    a reaction filtered on that tenant gets them."""
+    live = live_server
+    await apply(live, {"name": "Shop", "steps": [step("Hello", "echo hi")]})
+    status, answer = await live.api("PUT", "/api/Default/tenants/Acme/v1", {"projects": {"Shop": ["Dev"]}})
+    assert status == 201, answer
+    script = {"syntax": "bash", "body": "true"}
+    doc = {"trigger": {"events": ["deploymentSucceeded"], "tenants": ["Acme"]}, "action": {"script": script}}
+    status, answer = await live.api("PUT", "/api/Default/reactions/acme/v1", doc)
+    assert status == 201, answer
+    await tentacles.register("web-acme", "polling", tenants=("Acme",), tenanted_deployment="tenanted")
+    await tentacles.start("web-acme")
+    version = await release(live, "Shop")
+    body = {
+        "projectName": "Shop",
+        "releaseVersion": version,
+        "environmentName": "Dev",
+        "tenantNames": ["Acme"],
+    }
+    status, created = await live.api("POST", "/api/Default/deployments/create/tenanted/v1", body)
+    assert status == 201, created
+    assert (await wait_task(live, created["deployments"][0]["taskId"]))["state"] == "success"
+    [registered] = await wait_kind(live, "machineRegistered")
+    [succeeded] = await wait_kind(live, "deploymentSucceeded")
+    assert registered["tenantName"] == "Acme" and registered["details"]["tenants"] == ["Acme"]
+    assert succeeded["tenantName"] == "Acme"
+    status, got = await live.api("GET", "/api/Default/reactions/acme/deliveries/v1")
+    assert [d["eventKind"] for d in got["items"]] == ["deploymentSucceeded"]

@@ -112,21 +112,24 @@ json.dump({{"stdin": event, "env": seen}}, open({str(out)!r}, "w"))
 async def test_the_script_key_opens_its_space_only_and_dies_with_the_script(
     live_server: LiveServer, tmp_path: Path
 ) -> None:
-    """The key works in the reaction's space, is refused in another (403), and not at all afterwards."""
+    """The key works in the reaction's space (reading reactions, not changing them), is refused in
+    another (403), and not at all afterwards."""
     status, _ = await live_server.api("POST", "/api/spaces/v1", {"name": "Other"})
     keep = tmp_path / "key"
     body = f"""
 code() {{
   curl -s -o /dev/null -w '%{{http_code}}' --cacert "$SERVER_SHIM_CA" \
-    -H "X-Api-Key: $SERVER_SHIM_API_KEY" "$SERVER_SHIM_URL$1"
+    -H "X-Api-Key: $SERVER_SHIM_API_KEY" "$SERVER_SHIM_URL$1" "${{@:2}}"
 }}
 echo "own=$(code /api/Default/machines/v1) other=$(code /api/Other/machines/v1) spaces=$(code /api/spaces/v1)"
+echo "reactions=$(code /api/Default/reactions/v1) delete=$(code /api/Default/reactions/keyed/v1 -X DELETE)"
 printf %s "$SERVER_SHIM_API_KEY" > {keep}
 """
     await put_reaction(live_server, "keyed", script_reaction(body))
     status, _ = await call_hook(live_server, "keyed", b"")
     [delivery] = await settled(live_server, "keyed", 1)
-    assert "own=200 other=403 spaces=403" in delivery["attempts"][0]["log"], delivery
+    log = delivery["attempts"][0]["log"]
+    assert "own=200 other=403 spaces=403" in log and "reactions=200 delete=403" in log, delivery
     status, answer = await live_server.api("GET", "/api/Default/machines/v1", key=keep.read_text())
     assert status == 401, answer
 

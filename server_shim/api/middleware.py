@@ -211,7 +211,7 @@ async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
     )
     found = await _known_key(request.app[DB], key) if key else None
     if found is None and key.startswith(reaction_keys.PREFIX):  # a reaction script's key: its space only
-        name = await request.app[DB].run(reaction_keys.check, key, request.path)
+        name = await request.app[DB].run(reaction_keys.check, key, request.method, request.path)
         if name is not None:
             request[API_KEY_NAME] = name
             return await handler(request)

@@ -2,10 +2,11 @@
 
 A script run by a reaction gets a key in ``SERVER_SHIM_API_KEY`` so that it can call the
 API (create a release, deploy). The key opens only routes of the reaction's space
-(``/api/{space}/...``), expires shortly after the script's time limit, is deleted when the
-script ends, and is stored hashed like every other key. Errors::
+(``/api/{space}/...``), and there it may read reactions but not change them (a script cannot
+make itself a new one); it expires shortly after the script's time limit, is deleted when
+the script ends, and is stored hashed like every other key. Errors::
 
-    KeyOutsideSpace   403   a reaction's key used outside its space
+    KeyOutsideSpace   403   a reaction's key used outside its space, or to change a reaction
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ def revoke(conn: sqlite3.Connection, key: str) -> None:
     conn.execute("DELETE FROM reaction_keys WHERE key_hash = ?", (digest(key),))
 
 
-def check(conn: sqlite3.Connection, key: str, path: str) -> str | None:
+def check(conn: sqlite3.Connection, key: str, method: str, path: str) -> str | None:
     """The name to log for a valid reaction key used on ``path``; None when ``key`` is not one.
 
-    Raises `KeyOutsideSpace` for a valid key on a route of another space (or of no space).
+    Raises `KeyOutsideSpace` for a valid key on a route of another space (or of no space), or
+    on one that changes a reaction.
     """
     if not key.startswith(PREFIX):
         return None
@@ -62,4 +64,6 @@ def check(conn: sqlite3.Connection, key: str, path: str) -> str | None:
             " only",
             details={"space": row["space"]},
         )
+    if parts[3] == "reactions" and method not in ("GET", "HEAD"):
+        raise KeyOutsideSpace(f"a reaction's key may not change reactions ({method} {path[:200]})")
     return f"reaction:{row['reaction']}"
