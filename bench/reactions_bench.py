@@ -34,7 +34,7 @@ from rigs.instances import Server, print_table, raise_fd_limit, wait_until
 from rigs.loadgen import LoadGen, provision
 from tentacle.protocol.reactions import EVENT_KINDS
 
-ROUNDS = 5
+ROUNDS = 9
 SETTLE = 1.5  # seconds between deployments: the last task's task.finish calls to every target end
 EVENTS = 200
 REACTIONS = ("chat", "audit", "metrics")

@@ -25,7 +25,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -36,6 +36,7 @@ from server_shim.store.delivery_rows import Attempt, AttemptStatus, Due
 from tentacle import __version__
 from tentacle.net.failures import NETWORK_ERRORS, reason
 from tentacle.protocol.delivery_rules import (
+    Verdict,
     address_refusal,
     http_verdict,
     redirect_allowed,
@@ -54,7 +55,11 @@ from tentacle.protocol.templates import (
 from tentacle.protocol.wire import encode
 
 ANSWER_SHOWN: Final = 4096  # bytes of the receiver's answer kept in the attempt's log
-_STATUS_FOR: Final = {"succeeded": "delivered", "retrying": "retry", "failed": "final"}
+_STATUS_OF: Final[dict[Verdict, AttemptStatus]] = {
+    "delivered": "succeeded",
+    "retry": "retrying",
+    "final": "failed",
+}
 
 
 class AddressRefused(OSError):
@@ -216,13 +221,12 @@ def _check_literal(url: str, allow_private: bool) -> None:
 async def _result(answer: aiohttp.ClientResponse, started: float, clock: float, note: str | None) -> Attempt:
     shown = await answer.content.read(ANSWER_SHOWN)
     verdict = http_verdict(answer.status)
-    status: Any = {v: k for k, v in _STATUS_FOR.items()}[verdict]
     error = None
     if verdict != "delivered":
         error = note or f"HTTP {answer.status} {answer.reason or ''}".strip()
     retry_after = retry_after_seconds(answer.headers.get("Retry-After"), time.time())
     return Attempt(
-        status,
+        _STATUS_OF[verdict],
         started,
         time.monotonic() - clock,
         response_code=answer.status,

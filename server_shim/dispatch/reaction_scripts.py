@@ -30,12 +30,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from server_shim.dispatch import books
 from server_shim.store import reaction_keys
 from server_shim.store.database import Database
-from server_shim.store.delivery_rows import Attempt, Due
+from server_shim.store.delivery_rows import Attempt, AttemptStatus, Due
 from tentacle.protocol.masking import Masker, shell_name
 from tentacle.protocol.process import Variable
 from tentacle.protocol.reactions import Event, ScriptAction
@@ -90,7 +90,7 @@ class ScriptRunner:
                 await self.db.run(reaction_keys.revoke, key)
         return Attempt(status, started, time.monotonic() - clock, error=error, log=masker.mask(output))
 
-    async def _run(self, due: Due, script: ScriptAction, key: str) -> tuple[Any, str | None, str]:
+    async def _run(self, due: Due, script: ScriptAction, key: str) -> tuple[AttemptStatus, str | None, str]:
         path = self.work / f"{due.delivery_id}{_SUFFIX[script.syntax]}"
         await asyncio.to_thread(_write_script, path, script.body)
         reader, writer = os.pipe()
@@ -115,7 +115,7 @@ class ScriptRunner:
 
     async def _follow(
         self, proc: asyncio.subprocess.Process, reader: int, payload: Event, script: ScriptAction, path: Path
-    ) -> tuple[Any, str | None, str]:
+    ) -> tuple[AttemptStatus, str | None, str]:
         loop = asyncio.get_running_loop()
         transport, output = await loop.connect_read_pipe(_Output, os.fdopen(reader, "rb", buffering=0))
         feeding = asyncio.create_task(_feed(proc, encode(payload)))  # a script need not read it all

@@ -46,6 +46,7 @@ from tentacle.protocol.reactions import chain_of
 
 log = logging.getLogger("server_shim.dispatch.reactor")
 POLL_SECONDS: Final = 1.0
+RETRY_FOR: Final = 86400.0  # how long a deployment the database could not store is retried
 
 
 class Reactor:
@@ -141,7 +142,7 @@ class Reactor:
                 attempt=due.attempt,
                 first_at=due.created_at,
                 now=time.time(),
-                retry_for=http.retry_for_seconds if http is not None else 0.0,
+                retry_for=http.retry_for_seconds if http is not None else RETRY_FOR,
                 retry_after=attempt.retry_after,
                 rand=self.rand(),
             )
