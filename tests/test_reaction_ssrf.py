@@ -172,3 +172,18 @@ def _no_private(http: Any) -> Any:
     import msgspec
 
     return msgspec.structs.replace(http, allow_private_networks=False)
+
+
+async def test_a_request_that_cannot_be_made_fails_once(live_server: LiveServer) -> None:
+    """A URL or header that its filled-in values break fails the delivery at once, saying why."""
+    doc = http_reaction(
+        "http://#{Project.Name}:99999/", ["projectUpdated"], headers={"X-Who": "#{Project.Name}"}
+    )
+    await put_reaction(live_server, "broken", doc)
+    status, _ = await live_server.api(
+        "PUT", "/api/Default/projects/Sh%C3%B6p/v1", {"name": "Shöp", "steps": []}
+    )
+    assert status == 201
+    [delivery] = await settled(live_server, "broken", 1)
+    assert delivery["state"] == "failed" and delivery["attempt"] == 1, delivery
+    assert delivery["error"] == "url: invalid: http://Sh%C3%B6p:99999/"

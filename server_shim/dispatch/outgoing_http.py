@@ -175,6 +175,8 @@ class HttpSender:
         except NETWORK_ERRORS as exc:
             unwrapped = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
             return Attempt("retrying", started, time.monotonic() - clock, error=reason(unwrapped))
+        except (ValueError, UnicodeError) as exc:  # what the filled-in URL or headers cannot carry
+            return Attempt("failed", started, time.monotonic() - clock, error=f"request: {exc}")
 
     async def _send(self, request: Request, http: HttpAction, started: float, clock: float) -> Attempt:
         url, method, body = request.url, request.method, request.body

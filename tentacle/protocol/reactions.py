@@ -67,6 +67,7 @@ RESERVED_HEADERS: Final = frozenset(
     | {"x-tentacle-delivery", "x-tentacle-signature"}
 )
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_TEMPLATE = re.compile(r"#\{[^{}\r\n]{1,200}\}")  # as tentacle.protocol.templates fills them
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # in a header value: CR/LF would inject headers
 
 ReactionName = Annotated[
@@ -204,7 +205,7 @@ def _problems(reaction: Reaction, name: str) -> list[tuple[str, str]]:
 
 def _http_problems(http: HttpAction) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
-    url = urlsplit(http.url)
+    url = urlsplit(_TEMPLATE.sub("x", http.url))  # a template may fill the host in
     if url.scheme not in ("http", "https") or not url.netloc:
         found.append(("action.http.url", "must be an http:// or https:// URL"))
     elif url.username or url.password:
