@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -25,6 +26,7 @@ from server_shim.api import octopus_routes as octopus_api
 from server_shim.api import octopus_tasks as octopus_tasks_api
 from server_shim.api import polling_site as polling
 from server_shim.api import project_routes as projects_api
+from server_shim.api import reaction_routes as reactions_api
 from server_shim.api import signing_routes as signing_api
 from server_shim.api import space_routes as spaces_api
 from server_shim.api import task_routes as tasks_api
@@ -36,6 +38,7 @@ from server_shim.ca import Authority
 from server_shim.dispatch.dispatcher import Dispatcher
 from server_shim.dispatch.fleet import Fleet
 from server_shim.dispatch.pusher import Pusher
+from server_shim.dispatch.reactor import Reactor
 from server_shim.dispatch.signer import Signer
 from server_shim.server_config import ServerConfig
 from server_shim.store import feed_store as feed
@@ -88,6 +91,13 @@ class Server:
         )
         self.pusher = Pusher(self.fleet, feed.store_dir(paths.state), self.fleet.client_ctx)
         self.dispatcher.gate_hooks.append(self.pusher)
+        self.reactor = Reactor(
+            self.db,
+            self.dispatcher,
+            work=paths.state / "reactions",
+            ca=self.files[cfg.CA_CERT],
+            server_url=self.api_url,
+        )
         self.stop = asyncio.Event()
         self.bound = Bound()
         self._runners: list[web.AppRunner] = []
@@ -114,7 +124,15 @@ class Server:
         octopus_api.add_routes(app)  # after ours: Octopus's paths that look like ours are ours
         octopus_tasks_api.add_routes(app)
         octopus_lookups_api.add_routes(app)
+        reactions_api.add_routes(app)
         return app
+
+    def api_url(self) -> str:
+        """Where the API is reached (what reaction scripts are told): public_url, on the bound port."""
+        if self.config.listen.port != 0:
+            return self.config.public_url.rstrip("/")
+        host = urlsplit(self.config.public_url).hostname or "127.0.0.1"
+        return f"https://{f'[{host}]' if ':' in host else host}:{self.bound.api}"
 
     def settings(self) -> api.ApiSettings:
         """What the registration answer tells tentacles about this server."""
@@ -177,6 +195,7 @@ class Server:
         self.bound.api = await self._site(base, listen.host, listen.port, False, limits.per_address)
         await self.dispatcher.start()
         self._courier = asyncio.create_task(self.signer.courier_loop(self.fleet, self.config.checks.interval))
+        await self.reactor.start()
         event(log, "server.started", api=self.bound.api, polling=self.bound.polling)
 
     async def _seal_legacy_values(self) -> None:
@@ -208,6 +227,7 @@ class Server:
         if self._courier is not None:
             self._courier.cancel()
             await asyncio.gather(self._courier, return_exceptions=True)
+        await self.reactor.close()
         await self.dispatcher.close()
         self.pusher.close()
         await self.fleet.close()

@@ -106,6 +106,8 @@ VALID_TEMPLATES = (  # the routes that take a body; `_valid_bodies` holds one ea
     "/api/{space}/deployments/create/untenanted/v1",
     "/api/{space}/runbook-runs/create/v1",
     "/api/{space}/machines/{name}/replace/v1",
+    "/api/{space}/reactions/{name}/v1",
+    "/api/{space}/hooks/{name}/v1",
 )
 
 
@@ -227,6 +229,18 @@ def _valid_bodies(live: LiveServer, machine: InstancePaths) -> dict[str, dict[st
             "environmentNames": ["Dev"],
         },
         "/api/{space}/machines/{name}/replace/v1": {"expires": "30m"},
+        "/api/{space}/reactions/{name}/v1": {  # to a reserved address: refused, never sent
+            "trigger": {"events": ["releaseCreated"], "environments": ["Dev"]},
+            "action": {
+                "http": {
+                    "url": "https://192.0.2.1/#{Project.Name}",
+                    "headers": {"X-Release": "#{Release.Version}"},
+                    "body": {"text": "#{Project.Name}"},
+                    "secret": "s3cret",
+                }
+            },
+        },
+        "/api/{space}/hooks/{name}/v1": {"ref": "main", "commits": [{"id": "abc"}]},
     }
 
 

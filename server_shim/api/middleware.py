@@ -25,7 +25,7 @@ import msgspec
 from aiohttp import web
 
 from server_shim.api.bodies import Body, ErrorBody, ErrorDetail, refusal
-from server_shim.store import accounts
+from server_shim.store import accounts, reaction_keys
 from server_shim.store.database import Database
 from tentacle.common.logs import event
 from tentacle.errors import BadJson, TentacleError, TooLarge, kebab
@@ -232,8 +232,15 @@ async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Routes under /api/{space}/ need a valid X-Api-Key without a narrower scope than "all"."""
     if not _needs_key(request.path):
         return await handler(request)
-    key = request.headers.get("X-Api-Key", "")
+    key = request.headers.get("X-Api-Key", "") or (
+        request.query.get("apiKey", "") if _HOOK.match(request.path) else ""
+    )
     found = await _known_key(request.app[DB], key) if key else None
+    if found is None and key.startswith(reaction_keys.PREFIX):  # a reaction script's key: its space only
+        name = await request.app[DB].run(reaction_keys.check, key, request.method, request.path)
+        if name is not None:
+            request[API_KEY_NAME] = name
+            return await handler(request)
     if found is None:
         event(log, "api.unauthorized", logging.WARNING, path=request.path, peer=request.remote)
         reason = "missing X-Api-Key header" if not key else "invalid API key"
@@ -248,6 +255,9 @@ async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[API_KEY_NAME] = found.name
     return await handler(request)
 
+
+# A webhook's sender may put the key in the query (?apiKey=), as many services can only give a URL.
+_HOOK = re.compile(r"^/api/[^/]+/hooks/[^/]+/v1\Z")
 
 # Tentacles call these: registration proves itself with a token, the port report with the
 # machine's registered certificate.

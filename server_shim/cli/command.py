@@ -97,27 +97,41 @@ class LocalCommand(Command):
 def add_client_flags(parser: argparse.ArgumentParser) -> None:
     """Where the server is, how to prove who we are and how to know the server.
 
-    Defaults come from --home, else the user's `server-shim login`, else the default home.
+    Defaults come from $SERVER_SHIM_* (a reaction's script finds SERVER_SHIM_URL,
+    SERVER_SHIM_API_KEY, SERVER_SHIM_CA and SERVER_SHIM_SPACE in its environment, so
+    `server-shim deploy ...` there needs no flags), then --home, else the user's
+    `server-shim login`, else the default home.
     """
+    env = os.environ.get
     parser.add_argument(
-        "--server", help="server URL, https:// only (default: the login's, or public_url of the instance)"
+        "--server",
+        default=env("SERVER_SHIM_URL"),
+        help="server URL, https:// only (default: $SERVER_SHIM_URL, the login's, or the public_url)",
     )
     parser.add_argument(
-        "--api-key", help="API key (default: $SERVER_SHIM_API_KEY, the login's, or the instance's admin key)"
+        "--api-key",
+        default=env("SERVER_SHIM_API_KEY"),
+        help="API key (default: $SERVER_SHIM_API_KEY, the login's, or the instance's admin key)",
     )
     parser.add_argument(
         "--server-thumbprint",
         metavar="SHA256",
+        default=env("SERVER_SHIM_THUMBPRINT"),
         help="accept only the server certificate with this thumbprint (`server-shim show-thumbprint`;"
-        " default: the login's, or the instance's own certificate)",
+        " default: $SERVER_SHIM_THUMBPRINT, the login's, or the instance's own certificate)",
     )
     parser.add_argument(
         "--ca",
         metavar="FILE",
+        default=env("SERVER_SHIM_CA"),
         help="without a thumbprint: accept a certificate of this CA that names the URL's host"
-        " (checked against its subjectAltName)",
+        " (checked against its subjectAltName; default: $SERVER_SHIM_CA)",
     )
-    parser.add_argument("--space", default="Default", help="the space to act in (default: Default)")
+    parser.add_argument(
+        "--space",
+        default=env("SERVER_SHIM_SPACE") or "Default",
+        help="the space to act in (default: $SERVER_SHIM_SPACE, else Default)",
+    )
 
 
 def build_parser(

@@ -17,6 +17,7 @@ from server_shim.cli import (
     feed_commands,
     login_commands,
     project_commands,
+    reaction_commands,
     server_commands,
     signing_commands,
     task_commands,
@@ -35,6 +36,7 @@ COMMANDS: list[Command] = [
     *task_commands.COMMANDS,
     *tenant_commands.COMMANDS,
     *signing_commands.COMMANDS,
+    *reaction_commands.COMMANDS,
 ]
 
 GROUPS = {
@@ -51,6 +53,7 @@ GROUPS = {
     "tagset": "tag sets (tenant tags are named SET/TAG)",
     "tenant": "tenants",
     "signing-key": "the key that signs every plan and gate (rotate it, see who has it)",
+    "reaction": "reactions: events in, actions out (HTTP requests, scripts, deployments)",
 }
 
 

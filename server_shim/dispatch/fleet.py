@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from server_shim.dispatch.links import Link, ListeningLink, PollingLink
+from server_shim.dispatch.presence import Presence
 from server_shim.dispatch.signer import Signer
 from server_shim.store import machine_rows as machines
 from server_shim.store.database import Database
@@ -56,6 +57,7 @@ class Fleet:
         self.closing = False
         self.on_forget: list[Callable[[str, str], None]] = []  # told (space, name) of each machine dropped
         self.signer: Signer | None = None  # set by the server: None sends everything unsigned
+        self.presence = Presence(db)  # records machineOnline and machineOffline events
 
     async def machine(self, name: str, space: str = DEFAULT_SPACE) -> Machine | None:
         """The registered machine `name` of `space`, or None; cached."""
@@ -83,6 +85,8 @@ class Fleet:
         self.polling[machine.key] = link
         self.touch(machine.key)
         event(log, "machine.online", space=machine.space, machine=machine.name, mode="polling")
+        if old is None:
+            self.presence.changed("machineOnline", *machine.key)
         return old
 
     def detach(self, key: Key, link: PollingLink, reason: str) -> None:
@@ -93,6 +97,7 @@ class Fleet:
             self.touch(key)
             if not self.closing:  # the server stopping is one event (fleet.closed), not thousands
                 event(log, "machine.offline", space=key[0], machine=key[1], mode="polling", reason=reason)
+                self.presence.changed("machineOffline", *key, reason)
 
     def link(self, machine: Machine) -> Link:
         """The way to call this machine now (raises TransportError when there is none)."""
@@ -161,10 +166,12 @@ class Fleet:
                     mode="listening",
                     reason=exc.message,
                 )
+                self.presence.changed("machineOffline", *machine.key, exc.message)
             return
         if machine.key not in self.online_listening:
             self.online_listening.add(machine.key)
             event(log, "machine.online", space=machine.space, machine=machine.name, mode="listening")
+            self.presence.changed("machineOnline", *machine.key)
 
     async def check_loop(self) -> None:
         """Run `check_once` forever, every `interval` seconds."""
@@ -180,6 +187,7 @@ class Fleet:
         self.closing = True
         links: list[Link] = [*self.polling.values(), *self.listening.values()]
         await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
+        await self.presence.close()
         event(log, "fleet.closed", links=len(links))
 
 

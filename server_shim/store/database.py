@@ -178,6 +178,46 @@ MIGRATIONS: list[str] = [
     CREATE TABLE machine_keys (
         thumbprint TEXT PRIMARY KEY, key_id TEXT NOT NULL, pinned_at DOUBLE PRECISION NOT NULL);
     """,
+    # Reactions (issue 14). Events are numbered (seq) and written in the transaction of the
+    # change they record; a NULL space is the server's own (a package of the built-in feed).
+    # Deliveries are the outbox: one row per event and reaction (UNIQUE: matching twice adds
+    # nothing), kept in seq order per reaction, claimed by a node for a lease while it sends;
+    # each attempt gets a row. A script's short-lived API key lives in reaction_keys.
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, space TEXT, kind TEXT NOT NULL,
+        time DOUBLE PRECISION NOT NULL, project TEXT, release_version TEXT,
+        environments TEXT NOT NULL, tenant TEXT, machine TEXT, task_id TEXT, task_state TEXT,
+        roles TEXT NOT NULL, details TEXT NOT NULL);
+    CREATE INDEX events_by_space ON events(space, seq);
+    CREATE INDEX events_by_kind ON events(space, kind, seq);
+    CREATE TABLE reactions (
+        space TEXT NOT NULL REFERENCES spaces(name), name TEXT NOT NULL,
+        document TEXT NOT NULL, webhook INTEGER NOT NULL, secret TEXT,
+        created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (space, name));
+    CREATE TABLE deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, delivery_id TEXT NOT NULL UNIQUE,
+        space TEXT NOT NULL, reaction TEXT NOT NULL, event_seq INTEGER, kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'succeeded', 'failed')),
+        attempts INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+        next_at DOUBLE PRECISION NOT NULL, finished_at DOUBLE PRECISION,
+        claimed_by TEXT, claimed_until DOUBLE PRECISION,
+        UNIQUE (space, reaction, event_seq),
+        FOREIGN KEY (space, reaction) REFERENCES reactions(space, name) ON DELETE CASCADE);
+    CREATE INDEX deliveries_waiting ON deliveries(state, space, reaction, seq);
+    CREATE INDEX deliveries_of_reaction ON deliveries(space, reaction, seq);
+    CREATE TABLE delivery_attempts (
+        delivery_id TEXT NOT NULL REFERENCES deliveries(delivery_id) ON DELETE CASCADE,
+        attempt INTEGER NOT NULL, time DOUBLE PRECISION NOT NULL, status TEXT NOT NULL,
+        response_code INTEGER, duration DOUBLE PRECISION NOT NULL, error TEXT, log TEXT NOT NULL,
+        PRIMARY KEY (delivery_id, attempt));
+    CREATE TABLE reaction_keys (
+        key_hash TEXT PRIMARY KEY, space TEXT NOT NULL, reaction TEXT NOT NULL,
+        delivery_id TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL);
+    CREATE INDEX reaction_keys_by_expiry ON reaction_keys(expires_at);
+    """,
 ]
 
 

@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from server_shim.store import events, spaces
 from server_shim.store import feed_catalog as catalog
-from server_shim.store import spaces
 from server_shim.store.database import Database
 from server_shim.store.feed_staging import Staged, clean_stale, stage_file
 
@@ -188,6 +188,7 @@ def record(conn: sqlite3.Connection, feed_dir: Path, found: Candidate, allow_ide
         ),
     )
     catalog.refresh_id(conn, ref.id.lower())
+    events.record(conn, "packagePushed", None, details={"packageId": ref.id, "packageVersion": ref.version})
     return ref
 
 

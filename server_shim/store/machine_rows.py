@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
+from server_shim.store import events
 from tentacle.errors import Conflict, NotFound
 
 
@@ -98,6 +99,7 @@ def insert(conn: sqlite3.Connection, machine: Machine, *, force: bool) -> None:
             machine.tenanted_deployment,
         ),
     )
+    events.machine_event(conn, "machineRegistered", machine)
 
 
 def find(conn: sqlite3.Connection, space: str, name: str) -> Machine | None:
@@ -166,6 +168,7 @@ def revoke(conn: sqlite3.Connection, space: str, name: str) -> Machine:
         (machine.thumbprint, name, time.time(), machine.certificate),
     )
     conn.execute("DELETE FROM machines WHERE space = ? AND name = ?", (space, name))
+    events.machine_event(conn, "machineRemoved", machine)
     return machine
 
 

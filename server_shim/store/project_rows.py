@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import msgspec
 
+from server_shim.store import events, sealing
 from server_shim.store import release_channels as channels
-from server_shim.store import sealing
 from server_shim.store.release_channels import PackageMissing as PackageMissing
 from server_shim.store.sealing import Sealer
 from tentacle.errors import Conflict, InvalidInput, NotFound
@@ -100,6 +100,7 @@ def put_project(
         " updated_at = excluded.updated_at",
         (space, name, document, time.time()),
     )
+    events.record(conn, "projectUpdated", space, project=name, details={"created": created})
     return created
 
 
@@ -238,6 +239,8 @@ def create_release(
             chosen.name,
         ),
     )
+    pinned = {"channel": chosen.name, "packages": {ref.id: ref.version for ref in packages.values()}}
+    events.record(conn, "releaseCreated", space, project=project, release=normalized, details=pinned)
     return release
 
 

@@ -146,6 +146,16 @@ def unseal(conn: sqlite3.Connection, document: dict[str, Any]) -> dict[str, Any]
     return opened(of(conn), document)
 
 
+def seal_value(conn: sqlite3.Connection, text: str) -> str:
+    """One sensitive value (a reaction's secret) sealed; one already sealed stays as it is."""
+    return text if is_sealed(text) else _sealer(conn).seal(text)
+
+
+def open_value(conn: sqlite3.Connection, text: str) -> str:
+    """One stored value opened (a clear one from before sealing is given as it is)."""
+    return _sealer(conn).open(text) if is_sealed(text) else text
+
+
 def opened(sealer: Sealer | None, document: dict[str, Any]) -> dict[str, Any]:
     """`unseal` with the sealer given (for callers that cache by it)."""
     return _with_values(document, lambda value: _needed(sealer).open(value) if is_sealed(value) else value)

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from server_shim.store import sealing
+from server_shim.store import events, sealing
 from tentacle.errors import NotFound
 from tentacle.protocol.plan import Plan
 
@@ -98,6 +98,7 @@ def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
             record.no_run_after,
         ),
     )
+    events.task_queued(conn, record)
 
 
 # Every column but the plans: what reading a task needs (5,000 plans take 0.2 s to parse).
@@ -129,6 +130,7 @@ def save_progress(
 ) -> None:
     """Record the coordinator's snapshot and the task state it implies."""
     finished = time.time() if state in FINAL_STATES else None
+    events.task_moving(conn, task_id, state, error)
     conn.execute(
         "UPDATE tasks SET state = ?, error = ?, coordinator = ?, finished_at = COALESCE(finished_at, ?)"
         " WHERE task_id = ?",
