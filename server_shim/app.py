@@ -59,7 +59,7 @@ class Server:
     def __init__(self, paths: InstancePaths, config: ServerConfig) -> None:
         self.paths, self.config = paths, config
         conf = paths.config
-        self.db = Database(paths.state / cfg.DATABASE_FILE)
+        self.db = Database(config.database_location(paths))
         self.files = {n: conf / n for n in (cfg.CA_CERT, cfg.CA_KEY, cfg.SERVER_CERT, cfg.SERVER_KEY)}
         self.fleet = Fleet(
             self.db,

@@ -74,8 +74,7 @@ class LocalCommand(Command):
     @contextlib.contextmanager
     def database(paths: InstancePaths) -> Iterator[Database]:
         """The instance's database, closed afterwards; a clear error when never initialised."""
-        cfg.load(paths)
-        db = Database(paths.state / cfg.DATABASE_FILE)
+        db = Database(cfg.load(paths).database_location(paths))
         try:
             yield db
         finally:

@@ -111,7 +111,9 @@ def get(conn: sqlite3.Connection, task_id: str, *, with_plans: bool = True) -> T
 
 def unfinished(conn: sqlite3.Connection) -> list[TaskRecord]:
     """Queued and running tasks, oldest first (what a starting server picks up)."""
-    rows = conn.execute("SELECT * FROM tasks WHERE state IN ('queued', 'running') ORDER BY created_at, rowid")
+    rows = conn.execute(
+        "SELECT * FROM tasks WHERE state IN ('queued', 'running') ORDER BY created_at, task_id"
+    )
     return [TaskRecord.from_row(row) for row in rows]
 
 
