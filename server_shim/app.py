@@ -9,16 +9,19 @@ require them; the polling site requires one. Stops gracefully on SIGTERM/SIGINT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
 import signal
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from server_shim import server_config as cfg
 from server_shim.api import feed_routes as feed_api
+from server_shim.api import list_routes as lists_api
 from server_shim.api import machine_routes as api
 from server_shim.api import polling_site as polling
 from server_shim.api import project_routes as projects_api
@@ -30,6 +33,7 @@ from server_shim.api.tls_site import LeanTLSSite
 from server_shim.ca import Authority
 from server_shim.dispatch.dispatcher import Dispatcher
 from server_shim.dispatch.fleet import Fleet
+from server_shim.dispatch.nodes import Node
 from server_shim.dispatch.pusher import Pusher
 from server_shim.server_config import ServerConfig
 from server_shim.store import feed_store as feed
@@ -58,6 +62,7 @@ class Server:
 
     def __init__(self, paths: InstancePaths, config: ServerConfig) -> None:
         self.paths, self.config = paths, config
+        self.stop = asyncio.Event()
         conf = paths.config
         self.db = Database(config.database_location(paths))
         self.files = {n: conf / n for n in (cfg.CA_CERT, cfg.CA_KEY, cfg.SERVER_CERT, cfg.SERVER_KEY)}
@@ -67,16 +72,20 @@ class Server:
             config.checks.interval,
             config.checks.timeout,
         )
+        self.fleet.node = config.node_name()
         self.dispatcher = Dispatcher(
             self.db,
             self.fleet,
             config.tasks.target_lost_after,
             cancel_timeout=config.tasks.cancel_timeout,
             log_limit=config.tasks.log_limit_bytes,
+            node=self.fleet.node,
         )
+        self.node = Node(self.fleet.node, self.db, self.dispatcher, self.fleet)
+        self.node.on_stopped = self.stop.set
+        self._node_loop: asyncio.Task[None] | None = None
         self.pusher = Pusher(self.fleet, feed.store_dir(paths.state), self.fleet.client_ctx)
         self.dispatcher.gate_hooks.append(self.pusher)
-        self.stop = asyncio.Event()
         self.bound = Bound()
         self._runners: list[web.AppRunner] = []
 
@@ -93,6 +102,7 @@ class Server:
         app[tasks_api.DISPATCHER] = self.dispatcher
         tasks_api.add_routes(app)
         tenants_api.add_routes(app)
+        lists_api.add_routes(app)
         return app
 
     def settings(self) -> api.ApiSettings:
@@ -132,8 +142,19 @@ class Server:
         )
         base[api.SETTINGS] = self.settings()  # after binding: port 0 becomes the real polling port
         self.bound.api = await self._site(base, self.config.listen.host, self.config.listen.port, False)
+        await self.node.register(self.api_url(), base[api.SETTINGS].polling_url)
         await self.dispatcher.start()
-        event(log, "server.started", api=self.bound.api, polling=self.bound.polling)
+        self._node_loop = asyncio.create_task(self.node.loop())
+        event(log, "server.started", api=self.bound.api, polling=self.bound.polling, node=self.node.name)
+
+    def api_url(self) -> str:
+        """The URL of this node's API (the public URL, with the bound port when it was 0)."""
+        url = self.config.public_url.rstrip("/")
+        if self.config.listen.port == 0:
+            parts = urlsplit(url)
+            host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+            url = f"{parts.scheme}://{host}:{self.bound.api}"
+        return url
 
     async def serve(self) -> None:
         """Run until `stop` is set, then close everything."""
@@ -154,7 +175,11 @@ class Server:
         for runner in self._runners:  # first, so that closed tentacles do not reconnect to us
             for site in list(runner.sites):
                 await site.stop()
+        if self._node_loop is not None:
+            self._node_loop.cancel()
         await self.dispatcher.close()
+        with contextlib.suppress(Exception):  # the others take its tasks at once, not after the lease
+            await self.node.stop()
         self.pusher.close()
         await self.fleet.close()
         for runner in reversed(self._runners):

@@ -60,7 +60,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """On PostgreSQL, run only the tests that use the server's database (the rest ran on SQLite)."""
     if config.getoption("--db-backend") != "postgresql":
         return
-    keep = [item for item in items if "database_url" in getattr(item, "fixturenames", ())]
+    uses = ("database_url", "module_database_url")
+    keep = [item for item in items if any(n in getattr(item, "fixturenames", ()) for n in uses)]
     config.hook.pytest_deselected(items=[item for item in items if item not in keep])
     items[:] = keep
 
@@ -268,10 +269,7 @@ def pg_cluster() -> Iterator[Cluster]:
 _DATABASES = iter(range(1, 1 << 30))
 
 
-@pytest.fixture
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh PostgreSQL database's URL under ``--db-backend postgresql`` (migrated, empty), else ""
-    (SQLite). Tests of migrating itself make their own (`pg_cluster.create_database`)."""
+def _fresh_database(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.config.getoption("--db-backend") != "postgresql":
         yield ""
         return
@@ -280,6 +278,19 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     url = cluster.create_database(name, template=MIGRATED)
     yield url
     cluster.drop_database(name)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database's URL under ``--db-backend postgresql`` (migrated, empty), else ""
+    (SQLite). Tests of migrating itself make their own (`pg_cluster.create_database`)."""
+    yield from _fresh_database(request)
+
+
+@pytest.fixture(scope="module")
+def module_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """`database_url` for a module's shared server."""
+    yield from _fresh_database(request)
 
 
 @pytest.fixture

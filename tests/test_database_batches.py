@@ -41,7 +41,9 @@ async def test_a_failing_call_in_a_batch_undoes_only_itself(db_location: Path | 
         first, failed, third, duplicate = await waiting
         assert (first, third) == ("A", "C")
         assert isinstance(failed, ValueError) and str(failed) == "B refused"
-        assert is_integrity_error(duplicate)  # saw A's uncommitted row: same transaction
+        assert isinstance(duplicate, BaseException) and is_integrity_error(
+            duplicate
+        )  # saw A's uncommitted row: same transaction
         assert db.sync(_names) == ["A", "C", "Default"]
     finally:
         db.close()

@@ -18,7 +18,6 @@ from aiohttp import web
 from server_shim.api.bodies import (
     EndpointMoved,
     ListeningPort,
-    MachineList,
     MachineRemoved,
     MachineView,
     RegistrationAnswer,
@@ -149,15 +148,6 @@ async def listening_port(request: web.Request) -> web.Response:
     return answer(EndpointMoved(name=machine.name, endpoint=machine.endpoint))
 
 
-async def list_machines(request: web.Request) -> web.Response:
-    """GET the machines of a space with their live status."""
-    space = await space_of(request)
-    rows = await request.app[DB].run(machines.listing, space)
-    fleet = request.app[FLEET]
-    items = [machine_view(m, fleet.is_online(m.name, m.space), fleet.seen.get(m.key)) for m in rows]
-    return answer(MachineList(items=items))
-
-
 async def remove_machine(request: web.Request) -> web.Response:
     """DELETE a machine: its certificate is revoked and its connection dropped."""
     space = await space_of(request)
@@ -175,5 +165,4 @@ def add_routes(app: web.Application) -> None:
     """Mount this module's routes."""
     app.router.add_post("/api/machines/register/v1", register)
     app.router.add_post("/api/machines/listening-port/v1", listening_port)
-    app.router.add_get("/api/{space}/machines/v1", list_machines)
     app.router.add_delete("/api/{space}/machines/{name}/v1", remove_machine)

@@ -117,9 +117,19 @@ class Run(Command):
         parser.add_argument(
             "--polling-listen", metavar="HOST:PORT", help="polling address (overrides the config)"
         )
+        parser.add_argument(
+            "--node",
+            help="this node's name among the nodes on one database (overrides the config;"
+            " default: the host name)",
+        )
 
     def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
         config = _with_listen(cfg.load(paths), args)
+        if args.node:
+            try:
+                config = config.with_changes(node=args.node)
+            except ValueError as exc:
+                raise UsageError(f"--node: {exc}") from exc
         setup_logging(config.log_level)
         return asyncio.run(app.run(paths, config))
 

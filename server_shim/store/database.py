@@ -210,6 +210,32 @@ MIGRATIONS: list[str | Dialects] = [
     ALTER TABLE tasks ADD COLUMN run_at DOUBLE PRECISION;
     ALTER TABLE tasks ADD COLUMN no_run_after DOUBLE PRECISION;
     """,
+    # Several nodes on one database (issue 16). A node row is its lease: a node whose heartbeat
+    # is older than the lease time is dead, and another node takes over the running tasks it
+    # owns (tasks.owner). machine_presence says which node holds a link to which machine now
+    # (a polling websocket, a listening machine that answers its pings), so that every node's
+    # machines list shows one status built in the database. A cancel asked of a node that does
+    # not own the task waits in tasks.cancel_reason for its owner. The task and log lists page by
+    # keyset on these indexes.
+    """
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY, api_url TEXT NOT NULL, polling_url TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL, heartbeat DOUBLE PRECISION NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('running', 'draining', 'stopped')),
+        agents INTEGER NOT NULL DEFAULT 0, tasks INTEGER NOT NULL DEFAULT 0,
+        schema_version INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE machine_presence (
+        space TEXT NOT NULL, machine TEXT NOT NULL, node TEXT NOT NULL,
+        since DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (space, machine, node));
+    ALTER TABLE tasks ADD COLUMN owner TEXT;
+    ALTER TABLE tasks ADD COLUMN cancel_reason TEXT;
+    CREATE INDEX tasks_by_owner ON tasks(owner, state);
+    CREATE INDEX tasks_by_space_age ON tasks(space, created_at, task_id);
+    CREATE INDEX tasks_by_space_state_age ON tasks(space, state, created_at, task_id);
+    CREATE INDEX tasks_by_space_project_age ON tasks(space, project, created_at, task_id);
+    CREATE INDEX task_log_by_task_seq ON task_log(task_id, seq);
+    """,
 ]
 
 
