@@ -137,6 +137,7 @@ class RegistrationAnswer(Wire, frozen=True):
     server_thumbprint: str
     polling_url: str
     machine: MachineView
+    polling_urls: tuple[str, ...] = ()  # every live node's polling URL: a polling tentacle keeps each
 
 
 class ListeningPort(Body, frozen=True):

@@ -27,7 +27,7 @@ from server_shim.api.middleware import DB, answer, read_body
 from server_shim.api.space_routes import space_of as space_of
 from server_shim.ca import Authority
 from server_shim.dispatch.fleet import Fleet
-from server_shim.store import accounts, spaces, tenants
+from server_shim.store import accounts, node_rows, spaces, tenants
 from server_shim.store import machine_rows as machines
 from server_shim.store.machine_rows import Machine, MachineConflict, MachineNotFound
 from tentacle.common.logs import event
@@ -95,7 +95,9 @@ async def register(request: web.Request) -> web.Response:
         thumbprint=machine.thumbprint,
     )
     settings = request.app[SETTINGS]
+    nodes = await db.run(node_rows.polling_urls)
     registered = RegistrationAnswer(
+        polling_urls=(settings.polling_url, *(url for url in nodes if url != settings.polling_url)),
         certificate=machine.certificate,
         ca_certificate=settings.ca_pem,
         server_thumbprint=settings.server_thumbprint,

@@ -174,12 +174,17 @@ def save_owned(
 
 
 def present(conn: sqlite3.Connection, space: str, machine: str, node: str, up: bool) -> None:
-    """Record that ``node`` holds (or no longer holds) a link to the machine."""
+    """Record that ``node`` holds (or no longer holds) a link to the machine, seen now."""
+    now = time.time()
+    conn.execute(
+        "UPDATE machines SET last_seen = ? WHERE space = ? AND name = ? AND COALESCE(last_seen, 0) < ?",
+        (now, space, machine, now),
+    )
     if up:
         conn.execute(
             "INSERT INTO machine_presence (space, machine, node, since) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (space, machine, node) DO NOTHING",
-            (space, machine, node, time.time()),
+            (space, machine, node, now),
         )
     else:
         conn.execute(

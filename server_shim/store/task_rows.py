@@ -10,6 +10,7 @@ task-wide ``seq`` is what ``log/v1?since=`` pages by. They are written by
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sqlite3
@@ -57,12 +58,16 @@ class TaskRecord:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRecord:
-        """Build from a ``tasks`` row (one without a ``plans`` column gets no plans)."""
-        values = dict(row)
+        """Build from a ``tasks`` row (one without a ``plans`` column gets no plans); columns that
+        are not fields (the owning node's, say) are left out."""
+        values = {key: row[key] for key in row.keys() if key in _FIELDS}  # noqa: SIM118 - a row iterates values
         plans = json.loads(values["plans"]) if "plans" in values else {}
         values["plans"] = {name: Plan.from_json(p) for name, p in plans.items()}
         values["coordinator"] = json.loads(values["coordinator"])
         return cls(**values)
+
+
+_FIELDS = frozenset(field.name for field in dataclasses.fields(TaskRecord))
 
 
 def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
