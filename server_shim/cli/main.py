@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from server_shim.cli import (
     access_commands,
     feed_commands,
+    node_commands,
     project_commands,
     server_commands,
     task_commands,
@@ -31,6 +32,7 @@ COMMANDS: list[Command] = [
     *project_commands.COMMANDS,
     *task_commands.COMMANDS,
     *tenant_commands.COMMANDS,
+    *node_commands.COMMANDS,
 ]
 
 GROUPS = {
@@ -46,6 +48,7 @@ GROUPS = {
     "space": "spaces (everything belongs to one; --space NAME on client commands)",
     "tagset": "tag sets (tenant tags are named SET/TAG)",
     "tenant": "tenants",
+    "node": "server nodes sharing one PostgreSQL database",
 }
 
 

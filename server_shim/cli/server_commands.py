@@ -39,7 +39,8 @@ def parse_endpoint(text: str, flag: str) -> Endpoint:
         raise UsageError(f"{flag}: {exc}") from exc
 
 
-def _with_listen(config: ServerConfig, args: argparse.Namespace) -> ServerConfig:
+def with_listen(config: ServerConfig, args: argparse.Namespace) -> ServerConfig:
+    """The configuration with ``--listen`` and ``--polling-listen`` applied."""
     if args.listen:
         config = config.with_changes(listen=parse_endpoint(args.listen, "--listen"))
     if args.polling_listen:
@@ -76,7 +77,7 @@ class Init(Command):
         if (paths.config / cfg.CONFIG_FILE).exists():
             raise UsageError(f"{paths.config} is already initialised")
         try:
-            config = _with_listen(
+            config = with_listen(
                 ServerConfig(public_url=args.public_url, database=args.database, node=args.node), args
             )
         except ValueError as exc:
@@ -124,7 +125,7 @@ class Run(Command):
         )
 
     def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
-        config = _with_listen(cfg.load(paths), args)
+        config = with_listen(cfg.load(paths), args)
         if args.node:
             try:
                 config = config.with_changes(node=args.node)
