@@ -139,8 +139,9 @@ def main(quick: bool) -> dict[str, Any]:
     try:
         psycopg_figures = run_psycopg(cluster.create_database("psycopg"), rounds)
         asyncpg_url = cluster.create_database("asyncpg")
-        Database(asyncpg_url).close()  # the schema
-        Database(asyncpg_url).sync(_seed)
+        seeded = Database(asyncpg_url)  # the schema and the project
+        _seed(seeded)
+        seeded.close()
         asyncpg_figures = asyncio.run(run_asyncpg(asyncpg_url, rounds))
     finally:
         cluster.stop()
