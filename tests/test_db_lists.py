@@ -219,3 +219,16 @@ async def test_migrate_moves_a_sqlite_server_to_postgresql(tmp_path: Path, pg_cl
             assert status == 200 and now == answer, path
     finally:
         await stop_server(again)
+
+
+def test_init_refuses_a_database_that_holds_a_server(
+    tmp_path: Path, pg_cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second `init --database` on the same database stops and points at `node join`."""
+    url = pg_cluster.create_database(f"taken{time.monotonic_ns()}")
+    assert server_cli.main(init_argv(tmp_path / "one", url)) == 0
+    capsys.readouterr()
+    assert server_cli.main(init_argv(tmp_path / "two", url)) == 2
+    err = capsys.readouterr().err
+    assert "already holds a server" in err and "node join" in err
+    assert not (tmp_path / "two").exists()

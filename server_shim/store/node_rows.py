@@ -121,11 +121,14 @@ def release_all(conn: sqlite3.Connection, name: str) -> int:
 
 
 def claim_new(conn: sqlite3.Connection, task_ids: list[str], me: str) -> set[str]:
-    """Own the tasks this node just created (unless another node was quicker)."""
+    """Own the tasks this node just created (unless another node was quicker, or this node is
+    draining or stopped: then they stay for the running nodes to take)."""
     won = set()
     for task_id in task_ids:
         changed = conn.execute(
-            "UPDATE tasks SET owner = ? WHERE task_id = ? AND owner IS NULL", (me, task_id)
+            "UPDATE tasks SET owner = ? WHERE task_id = ? AND owner IS NULL"
+            " AND EXISTS (SELECT 1 FROM nodes WHERE name = ? AND state = 'running')",
+            (me, task_id, me),
         ).rowcount
         if changed:
             won.add(task_id)
