@@ -7,6 +7,7 @@ that need PostgreSQL take the run's cluster whatever the backend.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from server_shim.store.log_rows import Batch, LogRow
 from server_shim.store.task_rows import TaskRecord
 from tentacle.common.paths import resolve
 from tentacle.errors import ConfigError
-from tests.conftest import LiveServer, init_argv, start_server, stop_server
+from tests.conftest import LiveServer, init_argv, shim_command, start_server, stop_server
 
 ALL_STATES = ("success", "failed", "running", "cancelled", "queued")
 STEP = {"name": "Hello", "roles": ["web"], "script": {"syntax": "bash", "body": "echo hi"}}
@@ -232,3 +233,19 @@ def test_init_refuses_a_database_that_holds_a_server(
     err = capsys.readouterr().err
     assert "already holds a server" in err and "node join" in err
     assert not (tmp_path / "two").exists()
+
+
+async def test_list_commands_show_the_database_built_pages(live_server: LiveServer, tmp_path: Path) -> None:
+    """`task list`, `release list` and `project list` print the list routes' answers, as JSON or a table."""
+    await _fill(live_server, tmp_path)
+    code, out = await shim_command(live_server, "task", "list", "--state", "failed", "--take", "3", "--json")
+    status, answer = await live_server.api("GET", "/api/Default/tasks/v1?state=failed&take=3")
+    assert code == 0 and status == 200 and json.loads(out) == answer
+    code, out = await shim_command(live_server, "task", "list", "--project", "Shop", "--take", "2")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("ServerTasks-47") and "Shop 1.0.2 -> Dev" in lines[0]
+    assert lines[-1] == "(2 of 24); next page: --after ServerTasks-45"
+    code, out = await shim_command(live_server, "release", "list", "--project", "Shop")
+    assert code == 0 and out.splitlines()[-1] == "(3 of 3)" and "2.0.0-beta" in out
+    code, out = await shim_command(live_server, "project", "list", "--json")
+    assert code == 0 and [p["name"] for p in json.loads(out)["items"]] == ["Shop", 'Web "Front" ✓']

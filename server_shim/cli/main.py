@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from server_shim.cli import (
     access_commands,
     feed_commands,
+    list_commands,
     node_commands,
     project_commands,
     server_commands,
@@ -33,6 +34,7 @@ COMMANDS: list[Command] = [
     *task_commands.COMMANDS,
     *tenant_commands.COMMANDS,
     *node_commands.COMMANDS,
+    *list_commands.COMMANDS,
 ]
 
 GROUPS = {
