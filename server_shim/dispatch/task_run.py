@@ -312,7 +312,10 @@ def masked_rows(masker: Masker, status: StatusResult) -> list[LogRow]:
 
 
 def _text(value: str) -> str:
-    """``value`` storable as UTF-8: a lone surrogate (JSON allows ``\\ud800``) becomes U+FFFD."""
+    """``value`` storable as UTF-8 text in either database: a lone surrogate (JSON allows
+    ``\\ud800``) and a NUL (which PostgreSQL's text cannot hold) become U+FFFD."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
     if value.isascii():
         return value
     return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")

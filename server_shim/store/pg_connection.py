@@ -24,6 +24,8 @@ import psycopg
 from psycopg import RawCursor, pq
 from psycopg.rows import RowMaker
 
+from tentacle.errors import InvalidInput
+
 DIALECT = "postgresql"
 # Errors that may pass by themselves: another transaction won a race, or the connection
 # went (a restart of PostgreSQL, a failover); the database layer reconnects for the next call.
@@ -88,6 +90,18 @@ def placeholders(sql: str) -> str:
     return "".join(out)
 
 
+class NulInText(InvalidInput):
+    """A text value holds a NUL character, which PostgreSQL's text type cannot hold."""
+
+
+def _no_nul(params: Sequence[Any]) -> None:
+    """Refuse a NUL in a text parameter by name of the rule (PostgreSQL would fail the statement
+    with a driver error; SQLite keeps it, but no value of ours has one)."""
+    for value in params:
+        if isinstance(value, str) and "\x00" in value:
+            raise NulInText("text must not contain NUL (\\0) characters")
+
+
 class Cursor:
     """The answer of one statement: iterate it, or fetch one or all rows."""
 
@@ -124,6 +138,7 @@ class PgConnection:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         """Run one statement with ``?`` placeholders."""
+        _no_nul(params)
         cursor = self.raw.cursor()
         cursor.execute(placeholders(sql), tuple(params) or None)
         return Cursor(cursor)
@@ -131,6 +146,8 @@ class PgConnection:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement once per parameter row (pipelined: one round trip for many)."""
         batch = [tuple(row) for row in rows]
+        for row in batch:
+            _no_nul(row)
         if batch:
             self.raw.cursor().executemany(placeholders(sql), batch)
 
