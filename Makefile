@@ -30,8 +30,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The whole suite on SQLite, then every test that uses the server's database again on PostgreSQL
+# (a throwaway cluster of Debian's postgresql package, started by the tests themselves).
 unit: $(STAMP) system-deps $(NUGET_EXE) $(OCTOPUS_CLIENT)
 	$(BIN)/pytest -q
+	$(BIN)/pytest -q --db-backend postgresql
 
 # NuGet.exe 5.8 for tests/test_nuget_clients.py and tests/test_nuget_packs.py, from the npm
 # registry's nuget-exe package into .tools/ (git-ignored); Mono, NuGet 2.8.7 and npm come from

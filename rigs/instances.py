@@ -130,8 +130,9 @@ class Server:
     for the same ones, where the tentacles look for it.
     """
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, database: str = "", node: str = "") -> None:
         self.home = home
+        self.database, self.node = database, node  # a postgresql:// URL (else SQLite); a node name
         self.api_port = self.polling_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -160,7 +161,8 @@ class Server:
     def init(self) -> None:
         """`server-shim init` on 127.0.0.1, port 0 for both sites."""
         ports = ["--listen", "127.0.0.1:0", "--polling-listen", "127.0.0.1:0"]
-        run_cli("server_shim", "--home", str(self.home), "init", *ports)
+        more = ["--database", self.database] if self.database else []
+        run_cli("server_shim", "--home", str(self.home), "init", *ports, *more)
 
     def cli(self, *args: str) -> str:
         """A `server-shim` command on this instance; its stdout stripped."""
@@ -170,7 +172,9 @@ class Server:
         """`server-shim run` in the background; returns the seconds until it served."""
         self.starts += 1
         start = time.monotonic()
-        argv = python("server_shim", "--home", str(self.home), "run")
+        argv = python(
+            "server_shim", "--home", str(self.home), "run", *(["--node", self.node] * bool(self.node))
+        )
         if self.api_port:
             argv += ["--listen", f"127.0.0.1:{self.api_port}"]
             argv += ["--polling-listen", f"127.0.0.1:{self.polling_port}"]

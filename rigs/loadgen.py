@@ -90,9 +90,10 @@ class AgentIdentity:
 
 
 def provision(
-    server_home: Path, names: list[str], environment: str, role: str, out: Path
+    server_home: Path, names: list[str], environment: str, role: str, out: Path, database: str = ""
 ) -> list[AgentIdentity]:
-    """Keys, CA-signed certificates and machine rows for `names` (server not running)."""
+    """Keys, CA-signed certificates and machine rows for `names` (server not running); the rows go
+    to ``database`` (a PostgreSQL URL) when given, else to the instance's SQLite file."""
     out.mkdir(parents=True, exist_ok=True)
     authority = Authority(server_home)
     now = time.time()
@@ -117,7 +118,7 @@ def provision(
                 registered_at=now,
             )
         )
-    db = Database(server_home / "state" / DATABASE_FILE)
+    db = Database(database or server_home / "state" / DATABASE_FILE)
     try:
         db.sync(_insert_all, rows)
     finally:

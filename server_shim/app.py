@@ -9,6 +9,7 @@ require them; the polling site requires one. Stops gracefully on SIGTERM/SIGINT
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from server_shim import server_config as cfg
 from server_shim.api import feed_routes as feed_api
+from server_shim.api import list_routes as lists_api
 from server_shim.api import machine_routes as api
 from server_shim.api import octopus_lookups as octopus_lookups_api
 from server_shim.api import octopus_routes as octopus_api
@@ -37,6 +39,7 @@ from server_shim.api.tls_site import LeanTLSSite
 from server_shim.ca import Authority
 from server_shim.dispatch.dispatcher import Dispatcher
 from server_shim.dispatch.fleet import Fleet
+from server_shim.dispatch.nodes import Node
 from server_shim.dispatch.pusher import Pusher
 from server_shim.dispatch.reactor import Reactor
 from server_shim.dispatch.signer import Signer
@@ -68,10 +71,11 @@ class Server:
 
     def __init__(self, paths: InstancePaths, config: ServerConfig) -> None:
         self.paths, self.config = paths, config
+        self.stop = asyncio.Event()
         conf = paths.config
         # A home made before sealing existed gets its key at its first start (init makes it now).
         sealing.create_key(paths.config, paths.state)
-        self.db = Database(paths.state / cfg.DATABASE_FILE, sealing.load(paths.config, paths.state))
+        self.db = Database(config.database_location(paths), sealing.load(paths.config, paths.state))
         self.files = {n: conf / n for n in (cfg.CA_CERT, cfg.CA_KEY, cfg.SERVER_CERT, cfg.SERVER_KEY)}
         self.fleet = Fleet(
             self.db,
@@ -82,13 +86,18 @@ class Server:
         # The plan-signing key (its first one made here for a home made before keys existed).
         self.signer = Signer.open(self.db, paths.config, paths.state)
         self.fleet.signer = self.signer
+        self.fleet.node = config.node_name()
         self.dispatcher = Dispatcher(
             self.db,
             self.fleet,
             config.tasks.target_lost_after,
             cancel_timeout=config.tasks.cancel_timeout,
             log_limit=config.tasks.log_limit_bytes,
+            node=self.fleet.node,
         )
+        self.node = Node(self.fleet.node, self.db, self.dispatcher, self.fleet)
+        self.node.on_stopped = self.stop.set
+        self._node_loop: asyncio.Task[None] | None = None
         self.pusher = Pusher(self.fleet, feed.store_dir(paths.state), self.fleet.client_ctx)
         self.dispatcher.gate_hooks.append(self.pusher)
         self.reactor = Reactor(
@@ -97,8 +106,8 @@ class Server:
             work=paths.state / "reactions",
             ca=self.files[cfg.CA_CERT],
             server_url=self.api_url,
+            node=self.fleet.node,
         )
-        self.stop = asyncio.Event()
         self.bound = Bound()
         self._runners: list[web.AppRunner] = []
         self._courier: asyncio.Task[None] | None = None
@@ -125,6 +134,7 @@ class Server:
         octopus_tasks_api.add_routes(app)
         octopus_lookups_api.add_routes(app)
         reactions_api.add_routes(app)
+        lists_api.add_routes(app)
         return app
 
     def api_url(self) -> str:
@@ -193,10 +203,12 @@ class Server:
         base[api.SETTINGS] = self.settings()  # after binding: port 0 becomes the real polling port
         listen = self.config.listen
         self.bound.api = await self._site(base, listen.host, listen.port, False, limits.per_address)
+        await self.node.register(self.api_url(), base[api.SETTINGS].polling_url)
         await self.dispatcher.start()
+        self._node_loop = asyncio.create_task(self.node.loop())
         self._courier = asyncio.create_task(self.signer.courier_loop(self.fleet, self.config.checks.interval))
         await self.reactor.start()
-        event(log, "server.started", api=self.bound.api, polling=self.bound.polling)
+        event(log, "server.started", api=self.bound.api, polling=self.bound.polling, node=self.node.name)
 
     async def _seal_legacy_values(self) -> None:
         """Once per home: seal the sensitive values it stored in clear, then rewrite the file."""
@@ -224,11 +236,15 @@ class Server:
         for runner in self._runners:  # first, so that closed tentacles do not reconnect to us
             for site in list(runner.sites):
                 await site.stop()
+        if self._node_loop is not None:
+            self._node_loop.cancel()
         if self._courier is not None:
             self._courier.cancel()
             await asyncio.gather(self._courier, return_exceptions=True)
         await self.reactor.close()
         await self.dispatcher.close()
+        with contextlib.suppress(Exception):  # the others take its tasks at once, not after the lease
+            await self.node.stop()
         self.pusher.close()
         await self.fleet.close()
         for runner in reversed(self._runners):

@@ -1,6 +1,8 @@
 """The server's configuration: ``server-shim.toml`` in the instance's config folder.
 
     public_url = "https://deploy.example:8443"     # what tentacles and operators use
+    database = "postgresql://deploy@db.example/deploy"  # empty (the default): SQLite, state/server.db
+    node = "node-a"                                 # this node's name (default: the host name)
     [listen]   host = "0.0.0.0"  port = 8443       # API and built-in feed
     [polling]  host = "0.0.0.0"  port = 10943      # polling tentacles' websockets
     [checks]   interval = 5.0    timeout = 5.0     # how often listening tentacles are pinged
@@ -18,10 +20,14 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from urllib.parse import urlsplit
 
+from server_shim.store.database import is_postgresql
 from tentacle.common import configfile
 from tentacle.common.paths import InstancePaths
 from tentacle.errors import ConfigError
@@ -32,6 +38,7 @@ DATABASE_FILE = "server.db"
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.pem", "server.key"
 ADMIN_KEY_FILE = "admin-api-key"
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,8 @@ class ServerConfig:
 
     public_url: str = "https://127.0.0.1:8443"
     polling_public_url: str = ""
+    database: str = ""
+    node: str = ""
     log_level: str = "info"
     listen: Endpoint = field(default_factory=Endpoint)
     polling: Endpoint = field(default_factory=lambda: Endpoint(port=10943))
@@ -134,6 +143,21 @@ class ServerConfig:
         url = urlsplit(self.public_url)
         if url.scheme != "https" or not url.hostname:
             raise ValueError(f"public_url: must be an https:// URL, not {self.public_url!r}")
+        if self.database and not is_postgresql(self.database):
+            raise ValueError(
+                "database: must be a postgresql://USER@HOST/DB URL (or empty for SQLite),"
+                f" not {self.database!r}"
+            )
+        if self.node and not NODE_NAME.fullmatch(self.node):
+            raise ValueError(f"node: 1-64 letters, digits, '.', '_' or '-', not {self.node!r}")
+
+    def database_location(self, paths: InstancePaths) -> Path | str:
+        """The PostgreSQL URL, or the SQLite file in the instance's state folder."""
+        return self.database or paths.state / DATABASE_FILE
+
+    def node_name(self) -> str:
+        """This node's name: the configured one, else the host's name."""
+        return self.node or socket.gethostname()[:64] or "node"
 
     def polling_url(self) -> str:
         """Where polling tentacles connect."""

@@ -27,6 +27,7 @@ import pytest
 from aiohttp import web
 
 from rigs.instances import python
+from rigs.pgcluster import Cluster
 from server_shim import server_config
 from server_shim.app import Server
 from server_shim.cli import main as server_cli
@@ -40,6 +41,30 @@ from tests.loop_watch import LoopWatch, SlowCallbackLog
 from tests.real_fleet import RealFleet
 
 WATCH = LoopWatch()
+
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--db-backend postgresql`` runs every test that uses the server's database on PostgreSQL."""
+    parser.addoption(
+        "--db-backend",
+        choices=BACKENDS,
+        default="sqlite",
+        help="the database the server tests use (postgresql: a throwaway cluster, and only the"
+        " tests that use a database are collected)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On PostgreSQL, run only the tests that use the server's database (the rest ran on SQLite)."""
+    if config.getoption("--db-backend") != "postgresql":
+        return
+    uses = ("database_url", "module_database_url")
+    keep = [item for item in items if any(n in getattr(item, "fixturenames", ()) for n in uses)]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -225,12 +250,67 @@ class LiveServer:
         return {m["name"]: m for m in body["items"]}
 
 
+MIGRATED = "migrated"  # the template every test database is copied from: migrating takes longer
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL cluster of this test run (Debian's postgresql package, a temporary folder),
+    with a migrated template database."""
+    from server_shim.store.database import Database
+
+    cluster = Cluster.start()
+    try:
+        Database(cluster.create_database(MIGRATED)).close()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+_DATABASES = iter(range(1, 1 << 30))
+
+
+def _fresh_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.config.getoption("--db-backend") != "postgresql":
+        yield ""
+        return
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    name = f"test{next(_DATABASES)}"
+    url = cluster.create_database(name, template=MIGRATED)
+    yield url
+    cluster.drop_database(name)
+
+
 @pytest.fixture
-def server_home(tmp_path: Path) -> InstancePaths:
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database's URL under ``--db-backend postgresql`` (migrated, empty), else ""
+    (SQLite). Tests of migrating itself make their own (`pg_cluster.create_database`)."""
+    yield from _fresh_database(request)
+
+
+@pytest.fixture(scope="module")
+def module_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """`database_url` for a module's shared server."""
+    yield from _fresh_database(request)
+
+
+@pytest.fixture
+def db_location(tmp_path: Path, database_url: str) -> Path | str:
+    """Where a test's own `Database` lives: the PostgreSQL database, or a SQLite file."""
+    return database_url or tmp_path / "server.db"
+
+
+def init_argv(home: Path, database_url: str, *more: str) -> list[str]:
+    """``server-shim --home HOME init`` on port 0 for both sites, on the test's backend."""
+    argv = ["--home", str(home), "init", "--listen", "127.0.0.1:0", "--polling-listen", "127.0.0.1:0"]
+    return [*argv, *(["--database", database_url] if database_url else []), *more]
+
+
+@pytest.fixture
+def server_home(tmp_path: Path, database_url: str) -> InstancePaths:
     """An initialised server instance (CA, certificate, database, admin key)."""
     home = tmp_path / "server"
-    argv = ["--home", str(home), "init", "--public-url", "https://127.0.0.1:8443"]
-    assert server_cli.main([*argv, "--listen", "127.0.0.1:0", "--polling-listen", "127.0.0.1:0"]) == 0
+    assert server_cli.main(init_argv(home, database_url, "--public-url", "https://127.0.0.1:8443")) == 0
     return resolve("server-shim", str(home))
 
 

@@ -22,7 +22,7 @@ from server_shim.api.middleware import answer
 from server_shim.cli import main as server_cli
 from tentacle.common.paths import resolve
 from tentacle.net.tls import client_context
-from tests.conftest import LiveServer, start_server, stop_server
+from tests.conftest import LiveServer, init_argv, start_server, stop_server
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the tests share one server
 
@@ -46,11 +46,12 @@ RUN = {"projectName": "Shop", "runbookName": "Restart", "environmentNames": ["De
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveServer]:
+async def live(
+    tmp_path_factory: pytest.TempPathFactory, module_database_url: str
+) -> AsyncIterator[LiveServer]:
     """One initialised, running server for the module."""
     home = tmp_path_factory.mktemp("bodies") / "server"
-    argv = ["--home", str(home), "init", "--listen", "127.0.0.1:0", "--polling-listen", "127.0.0.1:0"]
-    assert server_cli.main(argv) == 0
+    assert server_cli.main(init_argv(home, module_database_url)) == 0
     server = await start_server(resolve("server-shim", str(home)))
     try:
         yield server

@@ -97,9 +97,9 @@ class Store:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(tmp_path: Path, db_location: Path | str) -> Iterator[Store]:
     """An empty built-in feed."""
-    db = Database(tmp_path / "server.db")
+    db = Database(db_location)
     yield Store(db, tmp_path / "state" / "feed", tmp_path / "src")
     db.close()
 

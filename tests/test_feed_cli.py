@@ -23,7 +23,7 @@ def test_api_key_create_with_scopes(server_home: InstancePaths, capsys: pytest.C
     home = ["--home", str(server_home.config)]
     assert cli.main([*home, "api-key", "create", "ci", "--scope", "feed:push"]) == 0
     key = capsys.readouterr().out.strip()
-    db = Database(server_home.state / server_config.DATABASE_FILE)
+    db = Database(server_config.load(server_home).database_location(server_home))
     try:
         found = db.sync(accounts.api_key, key)
         assert found is not None and (found.name, found.scopes) == ("ci", frozenset({"feed:push"}))

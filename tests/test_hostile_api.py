@@ -45,7 +45,7 @@ from tentacle.protocol.nuget_versions import InvalidVersion, NuGetVersion
 from tentacle.protocol.plan import Plan, PlanError
 from tentacle.protocol.process import ProcessError, parse_process
 from tests import hostile
-from tests.conftest import LiveServer, start_server, stop_server, tentacle_context
+from tests.conftest import LiveServer, init_argv, start_server, stop_server, tentacle_context
 from tests.test_feed import make_nupkg
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the tests share one server
@@ -251,11 +251,10 @@ async def _ok(live: LiveServer, method: str, path: str, body: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def server_root(tmp_path_factory: pytest.TempPathFactory) -> InstancePaths:
+def server_root(tmp_path_factory: pytest.TempPathFactory, module_database_url: str) -> InstancePaths:
     """An initialised server instance shared by this module's tests."""
     home = tmp_path_factory.mktemp("hostile") / "server"
-    argv = ["--home", str(home), "init", "--listen", "127.0.0.1:0", "--polling-listen", "127.0.0.1:0"]
-    assert server_cli.main(argv) == 0
+    assert server_cli.main(init_argv(home, module_database_url)) == 0
     return resolve("server-shim", str(home))
 
 

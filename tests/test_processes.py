@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rigs.instances import bound_ports, python, wait_until
-from tests.conftest import daemon, run_tentacle
+from tests.conftest import daemon, init_argv, run_tentacle
 
 
 def cli(program: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -38,7 +38,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def test_two_tentacles_register_and_show_online_then_offline(
-    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]], database_url: str
 ) -> None:
     """Everything on port 0: both modes online within 10 s of starting, offline within 20 s of stopping.
 
@@ -46,7 +46,7 @@ def test_two_tentacles_register_and_show_online_then_offline(
     server, whose machines list then shows that port as the endpoint.
     """
     server = ["--home", str(tmp_path / "server")]
-    cli("server-shim", *server, "init", "--listen", "127.0.0.1:0", "--polling-listen", "127.0.0.1:0")
+    cli("server-shim", *init_argv(tmp_path / "server", database_url))
     server_log = tmp_path / "server.log"
     processes.append(daemon("server_shim", *server, "run", log=server_log))
     wait_until(lambda: bound_ports(server_log.read_text()) is not None, 15)

@@ -64,9 +64,9 @@ def test_machine_lookups_by_name_use_an_index(tmp_path: Path) -> None:
         db.close()
 
 
-async def test_fleet_caches_machines_until_they_are_forgotten(tmp_path: Path) -> None:
+async def test_fleet_caches_machines_until_they_are_forgotten(db_location: Path | str) -> None:
     """A target's record is read once; removal (`forget`) makes the next lookup see it is gone."""
-    db = Database(tmp_path / "server.db")
+    db = Database(db_location)
     fleet = Fleet(db, ssl.create_default_context())
     try:
         db.sync(lambda conn: machines.insert(conn, _machine("web-01"), force=False))
@@ -81,7 +81,7 @@ async def test_fleet_caches_machines_until_they_are_forgotten(tmp_path: Path) ->
         db.close()
 
 
-def test_reading_a_task_can_skip_its_plans(tmp_path: Path) -> None:
+def test_reading_a_task_can_skip_its_plans(db_location: Path | str) -> None:
     """The API's reads get the task's header and snapshot without parsing every target's plan."""
     process = parse_process(
         {
@@ -121,7 +121,7 @@ def test_reading_a_task_can_skip_its_plans(tmp_path: Path) -> None:
         plans=plans,
         coordinator=snapshot,
     )
-    db = Database(tmp_path / "server.db")
+    db = Database(db_location)
     try:
         db.sync(tasks.insert, record)
         read = db.sync(lambda conn: tasks.get(conn, "T-1", with_plans=False))

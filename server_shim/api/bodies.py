@@ -139,6 +139,7 @@ class RegistrationAnswer(Wire, frozen=True):
     polling_url: str
     machine: MachineView
     signing_key: str
+    polling_urls: tuple[str, ...] = ()  # every live node's polling URL: a polling tentacle keeps each
 
 
 class ListeningPort(Body, frozen=True):

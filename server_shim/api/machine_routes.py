@@ -23,7 +23,6 @@ from aiohttp import web
 from server_shim.api.bodies import (
     EndpointMoved,
     ListeningPort,
-    MachineList,
     MachineRemoved,
     MachineView,
     RegistrationAnswer,
@@ -37,7 +36,7 @@ from server_shim.api.space_routes import space_of as space_of
 from server_shim.ca import Authority
 from server_shim.dispatch.fleet import Fleet
 from server_shim.dispatch.signer import Signer
-from server_shim.store import accounts, signing_keys, spaces, tenants
+from server_shim.store import accounts, node_rows, signing_keys, spaces, tenants
 from server_shim.store import machine_rows as machines
 from server_shim.store.machine_rows import Machine, MachineConflict, MachineNotFound
 from tentacle.common.logs import event
@@ -115,7 +114,9 @@ async def register(request: web.Request) -> web.Response:
         thumbprint=machine.thumbprint,
     )
     settings = request.app[SETTINGS]
+    nodes = await db.run(node_rows.polling_urls)
     registered = RegistrationAnswer(
+        polling_urls=(settings.polling_url, *(url for url in nodes if url != settings.polling_url)),
         certificate=machine.certificate,
         ca_certificate=settings.ca_pem,
         server_thumbprint=settings.server_thumbprint,
@@ -167,15 +168,6 @@ async def listening_port(request: web.Request) -> web.Response:
     await request.app[FLEET].reconnect(machine.name, machine.space)
     event(log, "machine.endpoint_changed", machine=machine.name, endpoint=machine.endpoint)
     return answer(EndpointMoved(name=machine.name, endpoint=machine.endpoint))
-
-
-async def list_machines(request: web.Request) -> web.Response:
-    """GET the machines of a space with their live status."""
-    space = await space_of(request)
-    rows = await request.app[DB].run(machines.listing, space)
-    fleet = request.app[FLEET]
-    items = [machine_view(m, fleet.is_online(m.name, m.space), fleet.seen.get(m.key)) for m in rows]
-    return answer(MachineList(items=items))
 
 
 async def remove_machine(request: web.Request) -> web.Response:
@@ -233,6 +225,5 @@ def add_routes(app: web.Application) -> None:
     """Mount this module's routes."""
     app.router.add_post("/api/machines/register/v1", register)
     app.router.add_post("/api/machines/listening-port/v1", listening_port)
-    app.router.add_get("/api/{space}/machines/v1", list_machines)
     app.router.add_delete("/api/{space}/machines/{name}/v1", remove_machine)
     app.router.add_post("/api/{space}/machines/{name}/replace/v1", replacement_token)

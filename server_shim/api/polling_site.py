@@ -78,6 +78,7 @@ async def poll(request: web.Request) -> web.StreamResponse:
     fleet = request.app[FLEET]
     link = PollingLink(ws, identified.name)
     watch(request, link)
+    await fleet.mark(identified.key, True)  # before it counts as online here: every node's list agrees
     replaced = fleet.attach(identified, link)
     if replaced is not None:
         await replaced.close()
@@ -86,7 +87,8 @@ async def poll(request: web.Request) -> web.StreamResponse:
         await _serve(ws, link, fleet, identified.key)
         reason = f"closed ({ws.close_code})"
     finally:
-        fleet.detach(identified.key, link, reason)
+        if fleet.detach(identified.key, link, reason) and not fleet.closing:
+            await fleet.mark(identified.key, False)
     return ws
 
 

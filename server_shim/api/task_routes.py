@@ -30,8 +30,6 @@ from server_shim.api.bodies import (
     CancelAnswer,
     DeploymentOptions,
     DeploymentRequest,
-    LogLine,
-    LogPage,
     RunbookRunRequest,
     TargetView,
     TaskCreated,
@@ -41,9 +39,10 @@ from server_shim.api.middleware import API_KEY_NAME, DB, answer, read_body
 from server_shim.api.space_routes import space_of
 from server_shim.dispatch.dispatcher import Dispatcher
 from server_shim.dispatch.timetable import iso
-from server_shim.store import deployments
+from server_shim.store import deployments, list_rows
 from server_shim.store import task_rows as tasks
 from tentacle.errors import Conflict, InvalidInput, NotFound
+from tentacle.protocol import wire
 from tentacle.protocol.coordinator import TaskCoordinator
 from tentacle.protocol.states import TaskState
 
@@ -183,26 +182,25 @@ async def get_log(request: web.Request) -> web.Response:
         raise InvalidInput("since: must be an integer", details={"field": "since"}) from exc
     if not -(2**63) <= since < 2**63:  # SQLite's integers are 64-bit: a bigger one would crash the query
         raise InvalidInput("since: must be a 64-bit integer", details={"field": "since"})
-    lines = await request.app[DB].run(tasks.read_log, record.task_id, since, MAX_LOG_PAGE)
-    page = LogPage(
-        task_id=record.task_id,
-        task_state=TaskState(record.state),
-        items=[_log_line(line) for line in lines],
-        next_since=lines[-1]["seq"] if lines else since,
-        more=len(lines) == MAX_LOG_PAGE,
-    )
-    return answer(page)
+    python = request.query.get("render") == "python"
+    body = await request.app[DB].run(log_page, record.task_id, since, python)
+    head = wire.encode({"taskId": record.task_id, "taskState": record.state})
+    return web.Response(body=head[:-1] + b"," + body[1:], content_type="application/json")
 
 
-def _log_line(row: dict[str, Any]) -> LogLine:
-    return LogLine(
-        seq=row["seq"],
-        time=row["time"],
-        machine_name=row["machineName"],
-        stream=row["stream"],
-        step=row["step"],
-        text=row["text"],
-    )
+def log_page(conn: Any, task_id: str, since: int, python: bool) -> bytes:
+    """``nextSince``, ``more``, ``items`` and ``totalCount`` of one log page; the items and count
+    as the database wrote them (or, with ``python``, as rows serialized here)."""
+    query = list_rows.log_query(task_id, since, MAX_LOG_PAGE)
+    build = list_rows.page_python if python else list_rows.page_json
+    items = build(conn, list_rows.LOG_FIELDS, query)
+    last, count = conn.execute(
+        "SELECT MAX(seq), COUNT(*) FROM (SELECT seq FROM task_log WHERE task_id = ? AND seq > ?"
+        " ORDER BY seq LIMIT ?) AS page",
+        (task_id, since, MAX_LOG_PAGE),
+    ).fetchone()
+    more = b"true" if count == MAX_LOG_PAGE else b"false"
+    return b'{"nextSince":%d,"more":%s,' % (last if last is not None else since, more) + items[1:]
 
 
 async def cancel_task(request: web.Request) -> web.Response:

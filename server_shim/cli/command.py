@@ -85,9 +85,9 @@ class LocalCommand(Command):
     @contextlib.contextmanager
     def database(paths: InstancePaths) -> Iterator[Database]:
         """The instance's database, closed afterwards; a clear error when never initialised."""
-        cfg.load(paths)
+        config = cfg.load(paths)
         # The key is only read here, never made: the server's first start makes it, as its user.
-        db = Database(paths.state / cfg.DATABASE_FILE, sealing.load(paths.config, paths.state))
+        db = Database(config.database_location(paths), sealing.load(paths.config, paths.state))
         try:
             yield db
         finally:

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from server_shim.cli import (
     access_commands,
     feed_commands,
+    list_commands,
     login_commands,
+    node_commands,
     project_commands,
     reaction_commands,
     server_commands,
@@ -37,6 +39,8 @@ COMMANDS: list[Command] = [
     *tenant_commands.COMMANDS,
     *signing_commands.COMMANDS,
     *reaction_commands.COMMANDS,
+    *node_commands.COMMANDS,
+    *list_commands.COMMANDS,
 ]
 
 GROUPS = {
@@ -54,6 +58,7 @@ GROUPS = {
     "tenant": "tenants",
     "signing-key": "the key that signs every plan and gate (rotate it, see who has it)",
     "reaction": "reactions: events in, actions out (HTTP requests, scripts, deployments)",
+    "node": "server nodes sharing one PostgreSQL database",
 }
 
 

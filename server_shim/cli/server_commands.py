@@ -1,7 +1,8 @@
 """`init`, `run`, `show-thumbprint`, `show-ca`, `show-crl` and `service`: the server itself.
 
 server-shim init [--public-url URL] [--listen HOST:PORT] [--polling-listen HOST:PORT]
-server-shim run [--listen HOST:PORT] [--polling-listen HOST:PORT]
+                 [--database postgresql://USER@HOST/DB] [--node NAME]
+server-shim run [--listen HOST:PORT] [--polling-listen HOST:PORT] [--node NAME]
 server-shim show-thumbprint | show-ca | show-crl
 server-shim service install [--user NAME] [--start] [--dry-run] | service uninstall
 """
@@ -18,7 +19,7 @@ from server_shim import app, ca
 from server_shim import server_config as cfg
 from server_shim.cli.command import Command, LocalCommand
 from server_shim.server_config import Endpoint, ServerConfig
-from server_shim.store import accounts, sealing
+from server_shim.store import accounts, node_rows, sealing
 from server_shim.store import machine_rows as machines_store
 from server_shim.store.database import Database
 from server_shim.store.signing_keys import Keyring
@@ -39,7 +40,8 @@ def parse_endpoint(text: str, flag: str) -> Endpoint:
         raise UsageError(f"{flag}: {exc}") from exc
 
 
-def _with_listen(config: ServerConfig, args: argparse.Namespace) -> ServerConfig:
+def with_listen(config: ServerConfig, args: argparse.Namespace) -> ServerConfig:
+    """The configuration with ``--listen`` and ``--polling-listen`` applied."""
     if args.listen:
         config = config.with_changes(listen=parse_endpoint(args.listen, "--listen"))
     if args.polling_listen:
@@ -63,18 +65,36 @@ class Init(Command):
         parser.add_argument(
             "--polling-listen", metavar="HOST:PORT", help="polling address (default 0.0.0.0:10943)"
         )
+        parser.add_argument(
+            "--database",
+            metavar="URL",
+            default="",
+            help="a postgresql://USER@HOST/DB URL to keep everything in PostgreSQL 15+"
+            " (default: SQLite, state/server.db); more nodes join it with `node join`",
+        )
+        parser.add_argument("--node", default="", help="this node's name (default: the host name)")
 
     def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
         if (paths.config / cfg.CONFIG_FILE).exists():
             raise UsageError(f"{paths.config} is already initialised")
         try:
-            config = _with_listen(ServerConfig(public_url=args.public_url), args)
+            config = with_listen(
+                ServerConfig(public_url=args.public_url, database=args.database, node=args.node), args
+            )
         except ValueError as exc:
-            raise UsageError(f"--public-url: {exc}") from exc
+            raise UsageError(f"{exc}") from exc
+        db = Database(config.database_location(paths)) if config.database else None
+        if db is not None and db.sync(node_rows.holds_server):
+            db.close()
+            raise UsageError(
+                f"{db.describe()} already holds a server: add a node to it with `server-shim node join`"
+            )
         paths.create()
         thumb = ca.create(paths.config, urlsplit(config.public_url).hostname or "localhost")
         sealing.create_key(paths.config)
-        db = Database(paths.state / cfg.DATABASE_FILE, sealing.load(paths.config))
+        if db is not None:
+            db.close()
+        db = Database(config.database_location(paths), sealing.load(paths.config))
         admin_key = db.sync(accounts.create_api_key, "admin")
         db.sync(Keyring.open, paths.config)  # the first plan-signing key
         token = db.sync(accounts.create_token, 1, 24 * 3600)
@@ -103,9 +123,19 @@ class Run(Command):
         parser.add_argument(
             "--polling-listen", metavar="HOST:PORT", help="polling address (overrides the config)"
         )
+        parser.add_argument(
+            "--node",
+            help="this node's name among the nodes on one database (overrides the config;"
+            " default: the host name)",
+        )
 
     def run(self, paths: InstancePaths, args: argparse.Namespace) -> int:
-        config = _with_listen(cfg.load(paths), args)
+        config = with_listen(cfg.load(paths), args)
+        if args.node:
+            try:
+                config = config.with_changes(node=args.node)
+            except ValueError as exc:
+                raise UsageError(f"--node: {exc}") from exc
         setup_logging(config.log_level)
         return asyncio.run(app.run(paths, config))
 

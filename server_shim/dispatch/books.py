@@ -11,23 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import sqlite3
 from collections.abc import Callable
 from typing import Final, TypeVar
 
+from server_shim.store import database
 from server_shim.store.database import Database
 from tentacle.errors import StorageError
 
 T = TypeVar("T")
 ATTEMPTS: Final = 4
 FIRST_DELAY: Final = 0.25  # seconds; doubled after each failed attempt
-_TRANSIENT: Final = ("locked", "busy")
 
 
 def is_bookkeeping(exc: BaseException) -> bool:
     """Whether ``exc`` is the server's own storage failing (not a target's doing)."""
-    return isinstance(exc, StorageError | sqlite3.Error) or (
-        isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+    return (
+        isinstance(exc, StorageError)
+        or database.is_database_error(exc)
+        or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO))
     )
 
 
@@ -39,7 +40,7 @@ def storage_error(exc: BaseException) -> StorageError:
     full = "full" in text.lower() or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
     if full:
         return StorageError(f"disk full: the server cannot store the task ({text})")
-    transient = isinstance(exc, sqlite3.OperationalError) and any(word in text for word in _TRANSIENT)
+    transient = database.is_transient(exc)
     return StorageError(f"the server's storage failed: {text}", retryable=transient)
 
 

@@ -34,7 +34,7 @@ from server_shim.dispatch.fleet import Fleet
 from server_shim.dispatch.log_sink import LogSink
 from server_shim.dispatch.reply_limits import Misbehaved
 from server_shim.dispatch.task_run import GateHook, TargetGone, TaskRun
-from server_shim.store import log_rows
+from server_shim.store import log_rows, node_rows
 from server_shim.store import task_rows as tasks
 from server_shim.store.database import Database
 from server_shim.store.machine_rows import Machine
@@ -67,8 +67,10 @@ class Dispatcher:
         *,
         cancel_timeout: float = 10.0,
         log_limit: int = 64 * 1024 * 1024,
+        node: str = "",
     ) -> None:
         self.db, self.fleet = db, fleet
+        self.node = node  # tasks are owned by node name in the database (server_shim.store.node_rows)
         self.lost_after = lost_after
         self.cancel_timeout = cancel_timeout
         self.sink = LogSink(db, log_limit)
@@ -81,13 +83,40 @@ class Dispatcher:
         fleet.on_forget.append(self.machine_removed)
 
     async def start(self) -> None:
-        """Pick up the tasks a previous server left unfinished."""
-        for record in await self.db.run(tasks.unfinished):
-            if record.state == "running":
-                self._launch(record, resume=True)
-            else:
-                self.queue.append(record)
+        """Pick up the tasks this node left unfinished, and those no live node owns."""
+        for record in await self.db.run(node_rows.take_unfinished, self.node):
+            self.adopt(record)
         await self.schedule()
+
+    def adopt(self, record: TaskRecord) -> None:
+        """A task this node owns now: resume it when it was running, else queue it."""
+        if record.task_id in self.runs or any(r.task_id == record.task_id for r in self.queue):
+            return
+        if record.state == "running":
+            self._launch(record, resume=True)
+        else:
+            self.queue.append(record)
+
+    def let_go(self, run: TaskRun | None = None) -> None:
+        """Stop driving ``run`` (or every task) here, writing nothing: another node owns it now.
+
+        Its machines are not told to finish and no state is saved: the new owner resumes
+        it from the last snapshot, and re-sends what may not have arrived.
+        """
+        for each in [run] if run is not None else list(self.runs.values()):
+            each.finished.set()
+            self.runs.pop(each.task_id, None)
+            self.sink.forget(each.task_id)
+            for job in (*each.jobs, *each.drivers.values()):
+                if job is not asyncio.current_task():
+                    job.cancel()
+            event(log, "task.let_go", task=each.task_id, node=self.node)
+        if run is None:
+            self.queue.clear()
+
+    async def save(self, task_id: str, state: str, error: str | None, coordinator: dict[str, Any]) -> None:
+        """Store a task's snapshot while this node owns it (`node_rows.LeaseLost` otherwise)."""
+        await books.write(self.db, node_rows.save_owned, task_id, self.node, state, error, coordinator)
 
     async def submit(self, *records: TaskRecord) -> None:
         """New tasks were stored: start those that are due and whose machines are free, queue the rest.
@@ -95,9 +124,10 @@ class Dispatcher:
         Only the new tasks are looked at: for those queued before, nothing has changed (no
         machine was freed), so a create costs the same with a thousand tasks queued as with none.
         """
+        won = await self.db.run(node_rows.claim_new, [r.task_id for r in records], self.node)
         now, busy = time.time(), self.busy()
         timed = False
-        for record in records:
+        for record in (r for r in records if r.task_id in won):
             timed = timed or record.run_at is not None or record.no_run_after is not None
             if timetable.due(record, now) and not record.machine_keys & busy:
                 busy |= record.machine_keys
@@ -126,9 +156,7 @@ class Dispatcher:
             if timetable.expired(record, now):
                 self.queue.remove(record)
                 reason = timetable.expiry_reason(record)
-                await books.write(
-                    self.db, tasks.save_progress, record.task_id, "cancelled", reason, record.coordinator
-                )
+                await self.save(record.task_id, "cancelled", reason, record.coordinator)
                 event(log, "task.cancelled", task=record.task_id, error=reason)
                 continue
             keys = record.machine_keys
@@ -163,10 +191,8 @@ class Dispatcher:
         run.launch(resume=resume)
 
     async def _fail_stored(self, record: TaskRecord, reason: str) -> None:
-        with contextlib.suppress(StorageError):
-            await books.write(
-                self.db, tasks.save_progress, record.task_id, "failed", reason, record.coordinator
-            )
+        with contextlib.suppress(StorageError, node_rows.LeaseLost):
+            await self.save(record.task_id, "failed", reason, record.coordinator)
 
     async def call_until(self, run: TaskRun, name: str, call: Call[P, R], params: P, timeout: float) -> R:
         """Call a target, retrying transport failures for up to `lost_after` seconds."""
@@ -279,14 +305,16 @@ class Dispatcher:
         """Cancel a queued or running task; returns the state it is now in."""
         for record in self.queue:
             if record.task_id == task_id:
-                await books.write(
-                    self.db, tasks.save_progress, task_id, "cancelled", reason, record.coordinator
-                )
+                await self.save(task_id, "cancelled", reason, record.coordinator)
                 self.queue.remove(record)
                 return "cancelled"
         run = self.runs.get(task_id)
         if run is None:
-            return str((await self.db.run(functools.partial(tasks.get, with_plans=False), task_id)).state)
+            state = str((await self.db.run(functools.partial(tasks.get, with_plans=False), task_id)).state)
+            if state in tasks.FINAL_STATES:
+                return state
+            await self.db.run(node_rows.ask_cancel, task_id, reason)  # its owner is another node
+            return "cancelling"
         await run.event(lambda c: c.cancel(reason))
         return "cancelling"
 

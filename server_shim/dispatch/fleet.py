@@ -24,6 +24,7 @@ from server_shim.dispatch.links import Link, ListeningLink, PollingLink
 from server_shim.dispatch.presence import Presence
 from server_shim.dispatch.signer import Signer
 from server_shim.store import machine_rows as machines
+from server_shim.store import node_rows
 from server_shim.store.database import Database
 from server_shim.store.machine_rows import Machine
 from server_shim.store.spaces import DEFAULT_SPACE
@@ -58,6 +59,15 @@ class Fleet:
         self.on_forget: list[Callable[[str, str], None]] = []  # told (space, name) of each machine dropped
         self.signer: Signer | None = None  # set by the server: None sends everything unsigned
         self.presence = Presence(db)  # records machineOnline and machineOffline events
+        self.node = ""  # this node's name: whose links `machine_presence` rows record
+
+    async def mark(self, key: Key, up: bool) -> None:
+        """Record in the database that this node holds (or lost) a link to the machine, so that
+        every node's machines list shows it; a failure is logged, the link goes on."""
+        try:
+            await self.db.run(node_rows.present, key[0], key[1], self.node, up)
+        except Exception as exc:
+            event(log, "machine.presence_failed", logging.WARNING, machine=key[1], reason=str(exc))
 
     async def machine(self, name: str, space: str = DEFAULT_SPACE) -> Machine | None:
         """The registered machine `name` of `space`, or None; cached."""
@@ -89,15 +99,17 @@ class Fleet:
             self.presence.changed("machineOnline", *machine.key)
         return old
 
-    def detach(self, key: Key, link: PollingLink, reason: str) -> None:
-        """A polling tentacle's websocket closed."""
+    def detach(self, key: Key, link: PollingLink, reason: str) -> bool:
+        """A polling tentacle's websocket closed; whether it was the machine's current link."""
         link.fail_all(reason)
-        if self.polling.get(key) is link:
-            del self.polling[key]
-            self.touch(key)
-            if not self.closing:  # the server stopping is one event (fleet.closed), not thousands
-                event(log, "machine.offline", space=key[0], machine=key[1], mode="polling", reason=reason)
-                self.presence.changed("machineOffline", *key, reason)
+        if self.polling.get(key) is not link:
+            return False
+        del self.polling[key]
+        self.touch(key)
+        if not self.closing:  # the server stopping is one event (fleet.closed), not thousands
+            event(log, "machine.offline", space=key[0], machine=key[1], mode="polling", reason=reason)
+            self.presence.changed("machineOffline", *key, reason)
+        return True
 
     def link(self, machine: Machine) -> Link:
         """The way to call this machine now (raises TransportError when there is none)."""
@@ -141,7 +153,9 @@ class Fleet:
         for link in links:
             if link is not None:
                 await link.close()
-        self.online_listening.discard(key)
+        if key in self.online_listening or links[0] is not None:
+            self.online_listening.discard(key)
+            await self.mark(key, False)
 
     async def check_once(self) -> None:
         """Ping every listening machine once; save lastSeen."""
@@ -157,6 +171,7 @@ class Fleet:
         except TentacleError as exc:
             if machine.key in self.online_listening:
                 self.online_listening.discard(machine.key)
+                await self.mark(machine.key, False)
                 event(
                     log,
                     "machine.offline",
@@ -169,6 +184,7 @@ class Fleet:
                 self.presence.changed("machineOffline", *machine.key, exc.message)
             return
         if machine.key not in self.online_listening:
+            await self.mark(machine.key, True)
             self.online_listening.add(machine.key)
             event(log, "machine.online", space=machine.space, machine=machine.name, mode="listening")
             self.presence.changed("machineOnline", *machine.key)

@@ -24,10 +24,10 @@ from typing import Any, Protocol, TypeVar, cast
 from server_shim.dispatch import books
 from server_shim.dispatch.log_sink import LogSink
 from server_shim.store import log_rows
-from server_shim.store import task_rows as tasks
 from server_shim.store.database import Database
 from server_shim.store.log_rows import LogRow
 from server_shim.store.machine_rows import Machine
+from server_shim.store.node_rows import LeaseLost
 from server_shim.store.task_rows import TaskRecord
 from tentacle.common.logs import event
 from tentacle.errors import StorageError
@@ -86,6 +86,12 @@ class Host(Protocol):
 
     async def finished(self, run: TaskRun) -> None:
         """The task ended: drain, release its machines, start the next."""
+
+    async def save(self, task_id: str, state: str, error: str | None, coordinator: dict[str, Any]) -> None:
+        """Store a snapshot while this node owns the task."""
+
+    def let_go(self, run: TaskRun | None = None) -> None:
+        """Stop driving the task here: another node owns it."""
 
 
 class TaskRun:
@@ -160,6 +166,10 @@ class TaskRun:
                 return
             try:
                 await self.save()
+            except LeaseLost as exc:  # another node took the task over: not one more action from here
+                event(log, "task.lease_lost", logging.WARNING, task=self.task_id, reason=exc.message)
+                self.host.let_go(self)
+                return
             except StorageError as exc:
                 self.unsaved = True
                 event(log, "task.save_failed", logging.ERROR, task=self.task_id, reason=exc.message)
@@ -168,11 +178,10 @@ class TaskRun:
                 self._act(action)
 
     async def save(self) -> None:
-        """Store the coordinator's snapshot and the task state it implies; raises `StorageError`."""
+        """Store the coordinator's snapshot and the task state it implies; raises `StorageError`,
+        or `LeaseLost` when another node owns the task now."""
         state, error = self.coordinator.state, self.coordinator.error
-        await books.write(
-            self.host.db, tasks.save_progress, self.task_id, state, error, self.coordinator.snapshot()
-        )
+        await self.host.save(self.task_id, state, error, self.coordinator.snapshot())
 
     def _act(self, action: Action) -> None:
         if isinstance(action, OpenGate):
@@ -309,7 +318,10 @@ def masked_rows(masker: Masker, status: StatusResult) -> list[LogRow]:
 
 
 def _text(value: str) -> str:
-    """``value`` storable as UTF-8: a lone surrogate (JSON allows ``\\ud800``) becomes U+FFFD."""
+    """``value`` storable as UTF-8 text in either database: a lone surrogate (JSON allows
+    ``\\ud800``) and a NUL (which PostgreSQL's text cannot hold) become U+FFFD."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
     if value.isascii():
         return value
     return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")

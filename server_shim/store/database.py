@@ -1,11 +1,23 @@
-"""The server's database: SQLite in WAL mode, schema by numbered migrations.
+"""The server's database: a SQLite file in WAL mode, or PostgreSQL; schema by numbered migrations.
 
 All access goes through `Database`. The daemon calls it from the event loop with
 `await db.run(fn, ...)`, which runs `fn(connection)` on one dedicated thread, so the
 loop never blocks on disk and SQLite sees a single writer; calls that wait together
 share one transaction (each in its own savepoint) and one commit. Command-line tools call
-`db.sync(fn)` directly. Migrations are applied in order and recorded in
-``PRAGMA user_version``; a later PostgreSQL backend keeps the same function shapes.
+`db.sync(fn)` directly.
+
+Both databases take the same functions: ``conn.execute(sql, params)`` with ``?``
+placeholders, rows by index or by name. For SQLite ``conn`` is a `sqlite3.Connection`; for
+PostgreSQL (a ``postgresql://`` URL) it is `server_shim.store.pg_connection.PgConnection`,
+which takes the same calls. SQL is written once where the dialects agree (the conventions
+say how); the few queries that differ ask `dialect(conn)`.
+
+Migrations are one numbered list for both. A migration is one text, in which PostgreSQL
+reads SQLite's INTEGER as BIGINT and REAL as DOUBLE PRECISION (what SQLite stores under
+those names), or a `Dialects` pair where the two need different SQL. SQLite records the
+number applied in ``PRAGMA user_version``; PostgreSQL in ``schema_migrations``, under an
+advisory lock so that nodes starting together migrate once. A server older than its
+database refuses to start, saying so.
 """
 
 from __future__ import annotations
@@ -13,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,13 +32,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from server_shim.store import dialects
+from server_shim.store.dialects import POSTGRESQL as POSTGRESQL
+from server_shim.store.dialects import SQLITE as SQLITE
+from server_shim.store.dialects import Dialects as Dialects
+from server_shim.store.dialects import dialect as dialect
+from server_shim.store.dialects import is_database_error as is_database_error
+from server_shim.store.dialects import is_integrity_error as is_integrity_error
+from server_shim.store.dialects import is_postgresql as is_postgresql
+from server_shim.store.dialects import is_transient as is_transient
+from server_shim.store.dialects import redacted as redacted
+from server_shim.store.dialects import schema_version as schema_version
 from server_shim.store.sealing import Sealer
-from tentacle.errors import ConfigError
 
 T = TypeVar("T")
 P = ParamSpec("P")
 
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[str | Dialects] = [
     """
     CREATE TABLE spaces (name TEXT PRIMARY KEY);
     INSERT INTO spaces (name) VALUES ('Default');
@@ -218,42 +239,33 @@ MIGRATIONS: list[str] = [
         delivery_id TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL);
     CREATE INDEX reaction_keys_by_expiry ON reaction_keys(expires_at);
     """,
+    # Several nodes on one database (issue 16). A node row is its lease: a node whose heartbeat
+    # is older than the lease time is dead, and another node takes over the running tasks it
+    # owns (tasks.owner). machine_presence says which node holds a link to which machine now
+    # (a polling websocket, a listening machine that answers its pings), so that every node's
+    # machines list shows one status built in the database. A cancel asked of a node that does
+    # not own the task waits in tasks.cancel_reason for its owner. The task and log lists page by
+    # keyset on these indexes.
+    """
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY, api_url TEXT NOT NULL, polling_url TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL, heartbeat DOUBLE PRECISION NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('running', 'draining', 'stopped')),
+        agents INTEGER NOT NULL DEFAULT 0, tasks INTEGER NOT NULL DEFAULT 0,
+        schema_version INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE machine_presence (
+        space TEXT NOT NULL, machine TEXT NOT NULL, node TEXT NOT NULL,
+        since DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (space, machine, node));
+    ALTER TABLE tasks ADD COLUMN owner TEXT;
+    ALTER TABLE tasks ADD COLUMN cancel_reason TEXT;
+    CREATE INDEX tasks_by_owner ON tasks(owner, state);
+    CREATE INDEX tasks_by_space_age ON tasks(space, created_at, task_id);
+    CREATE INDEX tasks_by_space_state_age ON tasks(space, state, created_at, task_id);
+    CREATE INDEX tasks_by_space_project_age ON tasks(space, project, created_at, task_id);
+    CREATE INDEX task_log_by_task_seq ON task_log(task_id, seq);
+    """,
 ]
-
-
-class StoreConnection(sqlite3.Connection):
-    """A connection that carries the home's `Sealer` for the store's sensitive values."""
-
-    sealer: Sealer | None = None
-
-
-def connect(path: Path, sealer: Sealer | None = None) -> sqlite3.Connection:
-    """Open (and migrate) the database file; ``sealer`` seals and opens sensitive values."""
-    try:
-        conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=30, factory=StoreConnection
-        )
-        conn.sealer = sealer
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        # LIKE compares case-sensitively, as in PostgreSQL; callers lowercase both sides where
-        # case must not count (the feed's search), and SQLite's case-folding LIKE is 40% slower.
-        conn.execute("PRAGMA case_sensitive_like=ON")
-        migrate(conn)
-    except sqlite3.DatabaseError as exc:
-        raise ConfigError(f"{path}: cannot open database: {exc}") from exc
-    return conn
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    """Apply the migrations this file knows and the database lacks."""
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version > len(MIGRATIONS):
-        raise ConfigError(f"database schema {version} is newer than this server ({len(MIGRATIONS)})")
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
 
 
 MAX_BATCH = 64
@@ -269,23 +281,47 @@ class _Call:
 
 
 class Database:
-    """One connection, used from one thread at a time.
+    """One connection, used from one thread at a time: a SQLite file or a PostgreSQL database.
 
     `run` calls queue up for the database thread, which takes all that are waiting (up to
     `MAX_BATCH`) and runs them in one transaction, each inside a savepoint of its own: a call
     that raises is rolled back to its savepoint alone, and every caller hears its result only
     after the one COMMIT. Under load, that is one commit and one wake-up of the event loop
     for many calls instead of one each (group commit); alone, a call runs as it always did.
+    A PostgreSQL connection that was lost (the server restarted) is opened again before the
+    next transaction; the calls of the transaction it broke hear the error.
     """
 
-    def __init__(self, path: Path, sealer: Sealer | None = None) -> None:
-        self.path = path
-        self.conn = connect(path, sealer)
+    def __init__(self, location: Path | str, sealer: Sealer | None = None) -> None:
+        """``sealer`` seals and opens the store's sensitive values (`server_shim.store.sealing`)."""
+        self.location = location
+        self.sealer = sealer
+        self.dialect = POSTGRESQL if is_postgresql(location) else SQLITE
+        self.path = Path(location) if self.dialect == SQLITE else None
+        self.conn: Any = self._open()
+        self._begin = "BEGIN IMMEDIATE" if self.dialect == SQLITE else "BEGIN"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
         self._lock = threading.Lock()
         self._pending: collections.deque[_Call] = collections.deque()
         self._pending_lock = threading.Lock()
         self._draining = False
+
+    def _open(self) -> Any:
+        if self.dialect == SQLITE:
+            conn: Any = dialects.connect(Path(self.location), MIGRATIONS)
+        else:
+            conn = dialects.connect_postgresql(str(self.location), MIGRATIONS)
+        conn.sealer = self.sealer  # what `sealing.of(conn)` finds
+        return conn
+
+    def _ready(self) -> None:
+        """Reopen a lost PostgreSQL connection (raises `ConfigError` while it cannot be)."""
+        if self.dialect == POSTGRESQL and self.conn.broken:
+            self.conn = self._open()
+
+    def describe(self) -> str:
+        """Where the data is, for messages (no password)."""
+        return str(self.path) if self.path is not None else redacted(str(self.location))
 
     def sync(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn(connection, *args)` in one transaction, here and now.
@@ -295,7 +331,8 @@ class Database:
         a COMMIT that failed otherwise leaves it open, which would fail every later call.
         """
         with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._ready()
+            self.conn.execute(self._begin)
             try:
                 result = fn(self.conn, *args)
                 self.conn.execute("COMMIT")
@@ -305,8 +342,10 @@ class Database:
             return result
 
     def _rollback(self) -> None:
+        if getattr(self.conn, "broken", False):
+            return
         if self.conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):  # the error being raised is the one to tell
+            with contextlib.suppress(Exception):  # the error being raised is the one to tell
                 self.conn.execute("ROLLBACK")
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
@@ -339,12 +378,12 @@ class Database:
         """Each call in a savepoint of one transaction: (True, result) or (False, exception)."""
         with self._lock:
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
+                self._ready()
+                self.conn.execute(self._begin)
                 outcomes = [self._one(call) for call in batch]
                 self.conn.execute("COMMIT")
             except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch happened
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
+                self._rollback()
                 return [(False, exc)] * len(batch)
         return outcomes
 
@@ -360,7 +399,12 @@ class Database:
         return True, result
 
     def rewrite(self) -> None:
-        """Rebuild the file and empty the write-ahead log, so that no freed page keeps old rows."""
+        """Rebuild the file and empty the write-ahead log, so that no freed page keeps old rows.
+
+        SQLite only: PostgreSQL's own VACUUM is the operator's to schedule.
+        """
+        if self.dialect != SQLITE:
+            return
         with self._lock:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self.conn.execute("VACUUM")

@@ -163,8 +163,9 @@ def revoke(conn: sqlite3.Connection, space: str, name: str) -> Machine:
     if machine is None:
         raise MachineNotFound(f"machine {name!r} does not exist in space {space!r}")
     conn.execute(
-        "INSERT OR REPLACE INTO revoked_certificates (thumbprint, machine_name, revoked_at, certificate)"
-        " VALUES (?, ?, ?, ?)",
+        "INSERT INTO revoked_certificates (thumbprint, machine_name, revoked_at, certificate)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (thumbprint) DO UPDATE SET machine_name = excluded.machine_name,"
+        " revoked_at = excluded.revoked_at, certificate = excluded.certificate",
         (machine.thumbprint, name, time.time(), machine.certificate),
     )
     conn.execute("DELETE FROM machines WHERE space = ? AND name = ?", (space, name))
@@ -192,6 +193,6 @@ def move_port(conn: sqlite3.Connection, thumbprint: str, port: int) -> Machine:
 def save_last_seen(conn: sqlite3.Connection, seen: dict[tuple[str, str], float]) -> None:
     """Persist when machines were last heard from (batched by the fleet), by (space, name)."""
     conn.executemany(
-        "UPDATE machines SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE space = ? AND name = ?",
-        [(stamp, space, name) for (space, name), stamp in seen.items()],
+        "UPDATE machines SET last_seen = ? WHERE space = ? AND name = ? AND COALESCE(last_seen, 0) < ?",
+        [(stamp, space, name, stamp) for (space, name), stamp in seen.items()],
     )

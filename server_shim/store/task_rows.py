@@ -12,6 +12,7 @@ as a task is read.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sqlite3
@@ -61,12 +62,16 @@ class TaskRecord:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, conn: sqlite3.Connection) -> TaskRecord:
-        """Build from a ``tasks`` row read on ``conn`` (one without a ``plans`` column gets no plans)."""
-        values = dict(row)
+        """Build from a ``tasks`` row read on ``conn`` (one without a ``plans`` column gets no plans);
+        columns that are not fields (the owning node's, say) are left out."""
+        values = {key: row[key] for key in row.keys() if key in _FIELDS}  # noqa: SIM118 - a row iterates values
         plans = json.loads(values["plans"]) if "plans" in values else {}
         values["plans"] = {name: Plan.from_json(sealing.unseal(conn, p)) for name, p in plans.items()}
         values["coordinator"] = json.loads(values["coordinator"])
         return cls(**values)
+
+
+_FIELDS = frozenset(field.name for field in dataclasses.fields(TaskRecord))
 
 
 def insert(conn: sqlite3.Connection, record: TaskRecord) -> None:
@@ -121,7 +126,9 @@ def get(conn: sqlite3.Connection, task_id: str, *, with_plans: bool = True) -> T
 
 def unfinished(conn: sqlite3.Connection) -> list[TaskRecord]:
     """Queued and running tasks, oldest first (what a starting server picks up)."""
-    rows = conn.execute("SELECT * FROM tasks WHERE state IN ('queued', 'running') ORDER BY created_at, rowid")
+    rows = conn.execute(
+        "SELECT * FROM tasks WHERE state IN ('queued', 'running') ORDER BY created_at, task_id"
+    )
     return [TaskRecord.from_row(row, conn) for row in rows]
 
 

@@ -57,6 +57,12 @@ class ServerConfig:
     polling_url: str = ""
     thumbprints: tuple[str, ...] = ()
     signing_key: str = ""  # empty: registered before signed requests, none pinned yet
+    urls: tuple[str, ...] = ()  # the other nodes' API URLs (register --server URL --server URL2)
+    polling_urls: tuple[str, ...] = ()  # the other nodes' polling URLs: one websocket to each
+
+    def every_polling_url(self) -> tuple[str, ...]:
+        """Where a polling tentacle keeps a websocket: its first server, then every other node."""
+        return tuple(dict.fromkeys(u for u in (self.polling_url, *self.polling_urls) if u))
 
     def __post_init__(self) -> None:
         for i, value in enumerate(self.thumbprints):

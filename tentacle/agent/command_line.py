@@ -45,7 +45,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _register_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     reg = sub.add_parser("register", help="register with a server using a token")
-    reg.add_argument("--server", required=True, help="the server's URL, e.g. https://deploy:8443")
+    reg.add_argument(
+        "--server",
+        required=True,
+        action="append",
+        help="the server's URL, e.g. https://deploy:8443; again for each node of a server with"
+        " several nodes (any one registers; a polling tentacle keeps a connection to every node)",
+    )
     reg.add_argument("--token", required=True, help="a registration token (server-shim token create)")
     reg.add_argument("--server-thumbprint", required=True, help="the server's SHA-256 thumbprint")
     reg.add_argument("--name", required=True, help="this machine's name on the server")
@@ -136,7 +142,8 @@ def cmd_register(paths: InstancePaths, args: argparse.Namespace) -> int:
 
     listen = parse_listen(args.listen, args.public_hostname) if args.listen else None
     reg = registration.Registration(
-        server=args.server,
+        server=args.server[0],
+        more_servers=tuple(args.server[1:]),
         token=args.token,
         server_thumbprint=args.server_thumbprint,
         name=args.name,

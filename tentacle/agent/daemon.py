@@ -68,7 +68,7 @@ class Agent:
         self.runner.register(self.service)
         self.stop = asyncio.Event()
         self.listener: ListeningServer | None = None
-        self.poller: PollingClient | None = None
+        self.pollers: list[PollingClient] = []  # one per server node
         self.bound_port: int | None = None
         self.started = asyncio.Event()
         self.state_file = StateFile(paths.state / STATE_FILE)
@@ -119,14 +119,12 @@ class Agent:
                 self._reporter = asyncio.create_task(reporting)
         else:
             ctx = client_context(ca, cert, key)
-            self.poller = PollingClient(
-                self.config.server.polling_url,
-                self.pins,
-                ctx,
-                self.service,
-                self.record_state,
-                self.config.heartbeat.interval,
-            )
+            self.pollers = [
+                PollingClient(
+                    url, self.pins, ctx, self.service, self.record_state, self.config.heartbeat.interval
+                )
+                for url in self.config.server.every_polling_url()
+            ]
 
     async def _report_port(self, ctx: ssl.SSLContext, port: int) -> None:
         """Tell the server which port we took, until it has it (it may not be up yet)."""
@@ -157,8 +155,8 @@ class Agent:
         sdnotify.ready(f"{self.config.mode} as {self.config.name}")
         watchdog = asyncio.create_task(sdnotify.watchdog_loop())
         try:
-            if self.poller is not None:
-                await self.poller.run(self.stop)
+            if self.pollers:
+                await asyncio.gather(*(poller.run(self.stop) for poller in self.pollers))
             else:
                 await self.stop.wait()
         finally:
@@ -188,8 +186,8 @@ class Agent:
         logging.getLogger().setLevel(fresh.log_level.upper())
         if self.listener is not None:
             self.listener.set_pins(self.pins)
-        if self.poller is not None:
-            self.poller.pins = self.pins
+        for poller in self.pollers:
+            poller.pins = self.pins
         event(log, "config.reloaded", thumbprints=",".join(sorted(self.pins)))
 
 

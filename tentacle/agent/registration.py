@@ -10,22 +10,26 @@ beside the server's thumbprint: from then on this tentacle acts only on signed r
 
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from cryptography import x509
 
 from tentacle.agent import agent_config as config_mod
 from tentacle.agent.agent_config import ListenConfig, ServerConfig, TentacleConfig
+from tentacle.common.logs import event
 from tentacle.common.paths import InstancePaths
-from tentacle.errors import TrustError, UsageError
+from tentacle.errors import TentacleError, TrustError, UsageError
 from tentacle.net import httpclient, pki
 from tentacle.net.tls import client_context, pinned_connector
 from tentacle.protocol import signing
 from tentacle.protocol.identity import check_name, normalize_thumbprint
 
 REGISTER_PATH = "/api/machines/register/v1"
+log = logging.getLogger("tentacle.agent.registration")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Registration:
     tenants: tuple[str, ...] = ()
     tenant_tags: tuple[str, ...] = ()
     tenanted_deployment: str | None = None  # untenanted | tenanted | both; None: the server decides
+    more_servers: tuple[str, ...] = ()  # other nodes of the same server (--server given again)
 
     def endpoint(self) -> str | None:
         """The URL the server will use to reach a listening tentacle."""
@@ -65,8 +70,9 @@ def validate(reg: Registration) -> Registration:
         thumb = normalize_thumbprint(reg.server_thumbprint)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    if not reg.server.startswith("https://"):
-        raise UsageError(f"--server must be an https:// URL, not {reg.server!r}")
+    for url in (reg.server, *reg.more_servers):
+        if not url.startswith("https://"):
+            raise UsageError(f"--server must be an https:// URL, not {url!r}")
     if not reg.environments or not reg.roles:
         raise UsageError("give at least one --environment and one --role")
     if reg.tenanted_deployment == "untenanted" and (reg.tenants or reg.tenant_tags):
@@ -110,16 +116,29 @@ async def register(paths: InstancePaths, reg: Registration) -> TentacleConfig:
     }
     if reg.tenanted_deployment is not None:
         body["tenantedDeployment"] = reg.tenanted_deployment
-    async with aiohttp.ClientSession(connector=pinned_connector([reg.server_thumbprint])) as session:
-        answer = await httpclient.call(
-            session,
-            "POST",
-            reg.server.rstrip("/") + REGISTER_PATH,
-            body=body,
-            ssl_context=client_context(None),
-        )
+    answer = await _ask_each(reg, body)
     cert, ca = _check_answer(answer, key)
     return _save(paths, reg, cert, ca, answer, _signing_key(answer))
+
+
+async def _ask_each(reg: Registration, body: Any) -> Any:
+    """Register with the first node that answers (the others may be down: any node will do)."""
+    urls = (reg.server, *reg.more_servers)
+    async with aiohttp.ClientSession(connector=pinned_connector([reg.server_thumbprint])) as session:
+        for number, url in enumerate(urls, start=1):
+            try:
+                return await httpclient.call(
+                    session,
+                    "POST",
+                    url.rstrip("/") + REGISTER_PATH,
+                    body=body,
+                    ssl_context=client_context(None),
+                )
+            except TentacleError as exc:
+                if not exc.retryable or number == len(urls):
+                    raise
+                event(log, "register.next_server", logging.WARNING, url=url, reason=exc.message)
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _check_answer(answer: object, key: pki.PrivateKey) -> tuple[x509.Certificate, x509.Certificate]:
@@ -159,6 +178,8 @@ def _save(
     pki.write_private(config_mod.file(paths, config_mod.CERT_FILE), pki.cert_pem(cert), 0o644)
     pki.write_private(config_mod.file(paths, config_mod.SERVER_CA_FILE), pki.cert_pem(ca), 0o644)
     polling_url = str(answer.get("pollingUrl") or "")
+    listed = answer.get("pollingUrls")
+    more = tuple(str(u) for u in listed if u != polling_url) if isinstance(listed, list) else ()
     config = TentacleConfig(
         name=reg.name,
         mode="polling" if reg.listen is None else "listening",
@@ -169,6 +190,8 @@ def _save(
             polling_url=polling_url,
             thumbprints=(reg.server_thumbprint,),
             signing_key=signing_key,
+            urls=reg.more_servers,
+            polling_urls=more,
         ),
         listen=reg.listen or ListenConfig(),
     )
