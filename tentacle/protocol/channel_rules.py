@@ -23,14 +23,16 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 import msgspec
 
 from tentacle.protocol.documents import PACKAGE_ID, TEXT, Name
-from tentacle.protocol.nuget_ranges import VersionRange
 from tentacle.protocol.nuget_versions import InvalidVersion, NuGetVersion, newest
 from tentacle.protocol.wire import Wire
+
+if TYPE_CHECKING:
+    from tentacle.protocol.nuget_ranges import VersionRange
 
 DEFAULT_CHANNEL: Final = "Default"
 MAX_CHANNELS: Final = 100
@@ -100,6 +102,9 @@ Channels = Annotated[tuple[Channel, ...], msgspec.Meta(max_length=MAX_CHANNELS)]
 
 @functools.lru_cache(maxsize=1024)
 def _range(text: str) -> VersionRange:
+    # Loaded with the first rule checked: a tentacle reads plans but never checks a channel's rules.
+    from tentacle.protocol.nuget_ranges import VersionRange
+
     return VersionRange.parse(text)
 
 

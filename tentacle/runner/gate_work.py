@@ -27,7 +27,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from tentacle.common.logs import event
 from tentacle.errors import TentacleError
@@ -36,8 +36,10 @@ from tentacle.protocol.rpc_messages import LogStream
 from tentacle.protocol.runner_machine import NOTHING_TO_DO, Gate, step_index
 from tentacle.protocol.states import ACQUISITION, PRE_ACQUISITION, GateState
 from tentacle.runner.job import Job
-from tentacle.runner.scripts import ScriptError, ScriptResult, ScriptSpec, run_script
 from tentacle.runner.task_store import TaskStore
+
+if TYPE_CHECKING:
+    from tentacle.runner.scripts import ScriptResult
 
 log = logging.getLogger("tentacle.runner.runner")
 
@@ -131,6 +133,9 @@ class GateWork:
 
     async def _step_work(self, job: Job, step: PlannedStep) -> Outcome:
         """Extract the step's package, then run its script."""
+        # Loaded with the first step: an idle tentacle keeps within its memory budget (bench idle).
+        from tentacle.runner.scripts import ScriptError, ScriptSpec, run_script
+
         try:
             workdir = await asyncio.to_thread(self._store.make_work_dir, job.task_id)
         except OSError as exc:
