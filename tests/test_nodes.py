@@ -218,3 +218,6 @@ def test_either_node_answers_for_the_whole_server(two_nodes: Cluster2) -> None:
     nodes = two_nodes.nodes(two_nodes.a)
     assert set(nodes) == {"a", "b"} and all(n["alive"] and n["state"] == "running" for n in nodes.values())
     assert {n["agents"] for n in nodes.values()} == {2}
+    # Each tentacle holds a link to both nodes, yet came online once, for the whole server.
+    came = two_nodes.b.call("GET", "/api/Default/events/v1?kind=machineOnline")["items"]
+    assert sorted(e["machineName"] for e in came) == ["listen-01", "poll-01"]

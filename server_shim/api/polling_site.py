@@ -88,7 +88,7 @@ async def poll(request: web.Request) -> web.StreamResponse:
         reason = f"closed ({ws.close_code})"
     finally:
         if fleet.detach(identified.key, link, reason) and not fleet.closing:
-            await fleet.mark(identified.key, False)
+            await fleet.mark(identified.key, False, reason)
     return ws
 
 

@@ -24,7 +24,6 @@ from server_shim.dispatch.links import Link, ListeningLink, PollingLink
 from server_shim.dispatch.presence import Presence
 from server_shim.dispatch.signer import Signer
 from server_shim.store import machine_rows as machines
-from server_shim.store import node_rows
 from server_shim.store.database import Database
 from server_shim.store.machine_rows import Machine
 from server_shim.store.spaces import DEFAULT_SPACE
@@ -58,16 +57,22 @@ class Fleet:
         self.closing = False
         self.on_forget: list[Callable[[str, str], None]] = []  # told (space, name) of each machine dropped
         self.signer: Signer | None = None  # set by the server: None sends everything unsigned
-        self.presence = Presence(db)  # records machineOnline and machineOffline events
-        self.node = ""  # this node's name: whose links `machine_presence` rows record
+        self.presence = Presence(db)  # this node's links in the database, and machineOnline/Offline
 
-    async def mark(self, key: Key, up: bool) -> None:
+    @property
+    def node(self) -> str:
+        """This node's name: whose links the database's presence rows record."""
+        return self.presence.node
+
+    @node.setter
+    def node(self, name: str) -> None:
+        self.presence.node = name
+
+    async def mark(self, key: Key, up: bool, reason: str | None = None, *, announce: bool = True) -> None:
         """Record in the database that this node holds (or lost) a link to the machine, so that
-        every node's machines list shows it; a failure is logged, the link goes on."""
-        try:
-            await self.db.run(node_rows.present, key[0], key[1], self.node, up)
-        except Exception as exc:
-            event(log, "machine.presence_failed", logging.WARNING, machine=key[1], reason=str(exc))
+        every node's machines list shows it, with the machine's online or offline event when
+        it is the first link up or the last one down (`server_shim.dispatch.presence`)."""
+        await self.presence.mark(key[0], key[1], up, reason, announce=announce)
 
     async def machine(self, name: str, space: str = DEFAULT_SPACE) -> Machine | None:
         """The registered machine `name` of `space`, or None; cached."""
@@ -95,8 +100,6 @@ class Fleet:
         self.polling[machine.key] = link
         self.touch(machine.key)
         event(log, "machine.online", space=machine.space, machine=machine.name, mode="polling")
-        if old is None:
-            self.presence.changed("machineOnline", *machine.key)
         return old
 
     def detach(self, key: Key, link: PollingLink, reason: str) -> bool:
@@ -108,7 +111,6 @@ class Fleet:
         self.touch(key)
         if not self.closing:  # the server stopping is one event (fleet.closed), not thousands
             event(log, "machine.offline", space=key[0], machine=key[1], mode="polling", reason=reason)
-            self.presence.changed("machineOffline", *key, reason)
         return True
 
     def link(self, machine: Machine) -> Link:
@@ -155,7 +157,7 @@ class Fleet:
                 await link.close()
         if key in self.online_listening or links[0] is not None:
             self.online_listening.discard(key)
-            await self.mark(key, False)
+            await self.mark(key, False, announce=False)  # machineRemoved says it
 
     async def check_once(self) -> None:
         """Ping every listening machine once; save lastSeen."""
@@ -171,7 +173,7 @@ class Fleet:
         except TentacleError as exc:
             if machine.key in self.online_listening:
                 self.online_listening.discard(machine.key)
-                await self.mark(machine.key, False)
+                await self.mark(machine.key, False, exc.message)
                 event(
                     log,
                     "machine.offline",
@@ -181,13 +183,11 @@ class Fleet:
                     mode="listening",
                     reason=exc.message,
                 )
-                self.presence.changed("machineOffline", *machine.key, exc.message)
             return
         if machine.key not in self.online_listening:
             await self.mark(machine.key, True)
             self.online_listening.add(machine.key)
             event(log, "machine.online", space=machine.space, machine=machine.name, mode="listening")
-            self.presence.changed("machineOnline", *machine.key)
 
     async def check_loop(self) -> None:
         """Run `check_once` forever, every `interval` seconds."""
@@ -203,7 +203,6 @@ class Fleet:
         self.closing = True
         links: list[Link] = [*self.polling.values(), *self.listening.values()]
         await asyncio.gather(*(link.close() for link in links), return_exceptions=True)
-        await self.presence.close()
         event(log, "fleet.closed", links=len(links))
 
 

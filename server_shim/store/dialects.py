@@ -35,6 +35,9 @@ _PG_TYPES = (
     (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
 )
 MIGRATION_LOCK = 0x7E47AC1E  # the advisory lock two PostgreSQL nodes take to migrate one at a time
+# Taken by each transaction that records an event, until it ends: events then commit in the order
+# of their numbers, so a reader paging `since=N` never passes one that commits later with a lower number.
+EVENT_ORDER_LOCK = 0x7E47E7E5
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ that something was queued; they read it after the commit, since their reads queu
 
 Events are numbered by ``seq`` across the server; `page` reads a space's after a number
 (an event of no space, a package pushed to the built-in feed, is in every space's list).
+On PostgreSQL several nodes write at once, and a sequence hands out numbers in the order
+transactions ask, not the order they commit: each transaction that records an event holds
+an advisory lock until it ends, so that events become visible in the order of their numbers
+and a reader at ``since=N`` misses none (a rolled-back number is a gap, never a late arrival).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from server_shim.store import delivery_rows, reaction_rows
+from server_shim.store import delivery_rows, dialects, reaction_rows
 from tentacle.protocol.reactions import Event, matches
 
 _listeners: list[Callable[[], None]] = []
@@ -67,6 +71,8 @@ def record(
     details: dict[str, Any] | None = None,
 ) -> Event:
     """Record an event (in the caller's transaction) and queue the deliveries it sets off."""
+    if dialects.dialect(conn) == dialects.POSTGRESQL:
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (dialects.EVENT_ORDER_LOCK,))
     now = time.time()
     row = conn.execute(
         "INSERT INTO events (space, kind, time, project, release_version, environments, tenant, machine,"

@@ -175,24 +175,36 @@ def save_owned(
     task_rows.save_progress(conn, task_id, state, error, coordinator)
 
 
-def present(conn: sqlite3.Connection, space: str, machine: str, node: str, up: bool) -> None:
-    """Record that ``node`` holds (or no longer holds) a link to the machine, seen now."""
+def present(conn: sqlite3.Connection, space: str, machine: str, node: str, up: bool) -> bool:
+    """Record that ``node`` holds (or no longer holds) a link to the machine, seen now; returns
+    whether the machine changed state across all nodes (its first link up, or its last one down).
+
+    The machine's row is written first whatever its last-seen, so that on PostgreSQL two nodes
+    changing the same machine's links take turns and each sees the other's row: a machine that
+    connects to three nodes comes online once, and goes offline once, when its last link drops.
+    """
     now = time.time()
     conn.execute(
-        "UPDATE machines SET last_seen = ? WHERE space = ? AND name = ? AND COALESCE(last_seen, 0) < ?",
-        (now, space, machine, now),
+        "UPDATE machines SET last_seen = CASE WHEN COALESCE(last_seen, 0) < ? THEN ? ELSE last_seen END"
+        " WHERE space = ? AND name = ?",
+        (now, now, space, machine),
     )
     if up:
-        conn.execute(
+        changed = conn.execute(
             "INSERT INTO machine_presence (space, machine, node, since) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (space, machine, node) DO NOTHING",
             (space, machine, node, now),
-        )
+        ).rowcount
     else:
-        conn.execute(
+        changed = conn.execute(
             "DELETE FROM machine_presence WHERE space = ? AND machine = ? AND node = ?",
             (space, machine, node),
-        )
+        ).rowcount
+    others = conn.execute(
+        "SELECT 1 FROM machine_presence WHERE space = ? AND machine = ? AND node <> ? LIMIT 1",
+        (space, machine, node),
+    ).fetchone()
+    return changed == 1 and others is None
 
 
 def take_unfinished(conn: sqlite3.Connection, me: str) -> list[TaskRecord]:
