@@ -29,6 +29,8 @@ become these where they happen: network ones in `tentacle.net.failures`, with
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 
@@ -158,3 +160,25 @@ class StorageError(TentacleError):
     def __init__(self, message: str, *, retryable: bool = False, details: dict[str, Any] | None = None):
         super().__init__(message, details=details)
         self.retryable = retryable
+
+
+def exit_code_of(prog: str, command: Callable[[], int]) -> int:
+    """Run a command's body; an error it ends with becomes one line on stderr and its exit code.
+
+    The one place where both command lines (`tentacle`, `server-shim`) turn errors into
+    exit codes: 1, 2 or 78 as the error says, 78 for a key or folder the user cannot read
+    (a setup problem: systemd does not restart-loop on it), 130 on Ctrl-C.
+    """
+    try:
+        return command()
+    except TentacleError as exc:
+        print(f"{prog}: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except PermissionError as exc:
+        print(
+            f"{prog}: error: {exc.filename}: permission denied (can the service user read it?)",
+            file=sys.stderr,
+        )
+        return 78
+    except KeyboardInterrupt:
+        return 130

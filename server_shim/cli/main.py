@@ -27,7 +27,7 @@ from server_shim.cli import (
 )
 from server_shim.cli.command import Command, build_parser
 from tentacle.common.paths import resolve
-from tentacle.errors import TentacleError
+from tentacle.errors import exit_code_of
 
 COMMANDS: list[Command] = [
     *server_commands.COMMANDS,
@@ -74,20 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `server-shim` command."""
     args = parser().parse_args(argv)
     command: Command = args.command
-    try:
-        return command.run(resolve("server-shim", args.home), args)
-    except TentacleError as exc:
-        print(f"server-shim: error: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    except PermissionError as exc:
-        # Unreadable keys or folders are a setup problem: exit 78 so systemd does not restart-loop.
-        print(
-            f"server-shim: error: {exc.filename}: permission denied (can the service user read it?)",
-            file=sys.stderr,
-        )
-        return 78
-    except KeyboardInterrupt:
-        return 130
+    return exit_code_of("server-shim", lambda: command.run(resolve("server-shim", args.home), args))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from tentacle.agent import agent_config as config_mod
 from tentacle.agent.agent_config import ListenConfig
 from tentacle.common.logs import setup_logging
 from tentacle.common.paths import InstancePaths, resolve
-from tentacle.errors import TentacleError, UsageError
+from tentacle.errors import UsageError, exit_code_of
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -325,20 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tentacle` command."""
     lean_frozenlist()
     args = _parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](resolve("tentacle", args.home), args)
-    except TentacleError as exc:
-        print(f"tentacle: error: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    except PermissionError as exc:
-        # Unreadable keys or folders are a setup problem: exit 78 so systemd does not restart-loop.
-        print(
-            f"tentacle: error: {exc.filename}: permission denied (can the service user read it?)",
-            file=sys.stderr,
-        )
-        return 78
-    except KeyboardInterrupt:
-        return 130
+    return exit_code_of("tentacle", lambda: COMMANDS[args.command](resolve("tentacle", args.home), args))
 
 
 if __name__ == "__main__":
