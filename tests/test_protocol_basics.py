@@ -168,3 +168,21 @@ def test_config_dump_reads_back() -> None:
 
     config = _Outer(name='quote " and \\ backslash', ratio=2.0, inner=_Inner(port=9, hosts=("a", "b")))
     assert configfile.load(_Outer, tomllib.loads(configfile.dump(config)), {}, "X") == config
+
+
+def test_a_missing_table_or_key_takes_the_fields_own_default() -> None:
+    """`[polling]` left out, or given without its port, keeps 10943: the field's default, not the class's."""
+    from server_shim.server_config import ServerConfig
+
+    base = {"public_url": "https://deploy.example:8443"}
+    for polling in ({}, {"polling": {"host": "127.0.0.1"}}):
+        loaded = configfile.load(ServerConfig, {**base, **polling}, {}, "SERVER_SHIM")
+        assert (loaded.listen.port, loaded.polling.port) == (8443, 10943)
+
+
+def test_a_shared_tables_check_names_the_table() -> None:
+    """A check written once for [listen] and [polling] says which one failed."""
+    from server_shim.server_config import ServerConfig
+
+    with pytest.raises(ConfigError, match=r"^polling\.port: must be 0-65535"):
+        configfile.load(ServerConfig, {"polling": {"port": 70000}}, {}, "SERVER_SHIM")

@@ -39,7 +39,9 @@ def load(cls: type[T], data: Mapping[str, Any], env: Mapping[str, str], prefix: 
     return _build(cls, data, env, prefix.upper(), "")
 
 
-def _build(cls: type[T], data: Any, env: Mapping[str, str], prefix: str, path: str) -> T:
+def _build(cls: type[T], data: Any, env: Mapping[str, str], prefix: str, path: str, base: Any = None) -> T:
+    """`cls` from the table ``data``; a key it lacks keeps its value in ``base`` (the field's
+    own default, e.g. port 10943 for ``[polling]``) or else the class's default."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path.rstrip('.') or 'config'}: must be a table")
     hints = typing.get_type_hints(cls)
@@ -52,21 +54,30 @@ def _build(cls: type[T], data: Any, env: Mapping[str, str], prefix: str, path: s
         key_path, variable = f"{path}{name}", f"{prefix}_{name.upper()}"
         hint = hints[name]
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, data.get(name, {}), env, variable, key_path + ".")
+            values[name] = _build(hint, data.get(name, {}), env, variable, key_path + ".", _default(field))
         elif variable in env:
             values[name] = _coerce(hint, _parse_env(env[variable], hint), f"{key_path} (${variable})")
         elif name in data:
             values[name] = _coerce(hint, data[name], key_path)
+        elif base is not None:
+            values[name] = getattr(base, name)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key_path}: missing")
-    return _construct(cls, values)
+    return _construct(cls, values, path)
 
 
-def _construct(cls: type[T], values: dict[str, Any]) -> T:
+def _default(field: dataclasses.Field[Any]) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
+
+
+def _construct(cls: type[T], values: dict[str, Any], path: str) -> T:
     try:
         return cls(**values)
-    except ValueError as exc:  # __post_init__ validation names its own key
-        raise ConfigError(str(exc)) from exc
+    except ValueError as exc:  # __post_init__ validation names its own key, within its table
+        message = str(exc)
+        raise ConfigError(message if message.startswith(path) else path + message) from exc
 
 
 def _parse_env(text: str, hint: Any) -> Any:
