@@ -282,5 +282,11 @@ async def run(paths: InstancePaths, config: ServerConfig) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop, sig.name)
+    # The unit's ExecReload sends SIGHUP, whose default action would end the server (and systemd
+    # counts that as a clean exit, so it would stay down). Nothing is re-read: the log says so.
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: event(log, "server.reload_ignored", logging.WARNING, apply="restart the server"),
+    )
     await server.serve()
     return 0

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from rigs.instances import Server, wait_until
 from tentacle.agent import agent_config as config
 from tentacle.agent.agent_config import TasksConfig
 from tentacle.common.paths import InstancePaths
@@ -140,3 +141,18 @@ async def test_sighup_reloads_the_configuration(
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(20)
+
+
+def test_sighup_leaves_the_server_serving(tmp_path: Path) -> None:
+    """`systemctl reload` (SIGHUP) must not end the server: it logs that nothing is re-read."""
+    server = Server(tmp_path / "server")
+    server.init()
+    server.start()
+    try:
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "server.reload_ignored" in server.log.read_text(), 30, what="the reload logged")
+        assert server.proc.poll() is None
+        assert server.call("GET", "/api/Default/machines/v1")["items"] == []
+    finally:
+        server.stop()
