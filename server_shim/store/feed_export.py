@@ -169,12 +169,7 @@ def _remove_other_folders(parent: Path, keep: set[str]) -> None:
 
 
 def _export_documents(db: Database, out_dir: Path, refs: list[PackageRef], urls: FeedUrls) -> None:
-    by_id: dict[str, list[str]] = {}
-    for ref in refs:
-        by_id.setdefault(ref.id.lower(), []).append(ref.version)
-    for lower_id, version_list in by_id.items():
-        _write_if_changed(out_dir / FLAT / lower_id / "index.json", documents.versions_index(version_list))
-    _remove_other_folders(out_dir / FLAT, set(by_id))
+    by_id = _write_flat_indexes(out_dir, refs)
     for semver2, hive in ((True, SEMVER2_HIVE), (False, SEMVER1_HIVE)):
         shown = set()
         for lower_id in by_id:
@@ -187,14 +182,20 @@ def _export_documents(db: Database, out_dir: Path, refs: list[PackageRef], urls:
     _write_if_changed(out_dir / "index.json", documents.service_index(urls))
 
 
-def _relative_documents(out_dir: Path, refs: list[PackageRef]) -> None:
-    """The flat container's indexes and a service index naming it relatively (tentacles only)."""
+def _write_flat_indexes(out_dir: Path, refs: list[PackageRef]) -> dict[str, list[str]]:
+    """Each id's version list in the flat container (and no folder of an id gone); versions by id."""
     by_id: dict[str, list[str]] = {}
     for ref in refs:
         by_id.setdefault(ref.id.lower(), []).append(ref.version)
     for lower_id, version_list in by_id.items():
         _write_if_changed(out_dir / FLAT / lower_id / "index.json", documents.versions_index(version_list))
     _remove_other_folders(out_dir / FLAT, set(by_id))
+    return by_id
+
+
+def _relative_documents(out_dir: Path, refs: list[PackageRef]) -> None:
+    """The flat container's indexes and a service index naming it relatively (tentacles only)."""
+    _write_flat_indexes(out_dir, refs)
     resource = {"@id": FLAT, "@type": "PackageBaseAddress/3.0.0", "comment": "Package files by lowercase id"}
     _write_if_changed(out_dir / "index.json", {"version": "3.0.0", "resources": [resource]})
 
