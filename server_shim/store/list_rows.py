@@ -15,7 +15,8 @@ millisecond (SQLite writes a real in JSON with 15 digits: an unrounded one would
 from Python's), or ISO 8601 UTC to the second where the API shows a date (``lastSeen``).
 Tasks page by keyset: ``after=TASKID`` continues below that task in (createdAt, taskId)
 order, an index range whatever the depth; ``skip`` still works, at the cost of the rows
-it skips.
+it skips. A task list's totalCount sums the few rows of ``task_counts`` that match its
+filters (`server_shim.store.task_counts`), not the tasks: its cost does not grow with them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from server_shim.store import task_counts
 from server_shim.store.database import POSTGRESQL, dialect
 
 Kind = Literal["value", "json", "epoch", "iso"]
@@ -169,8 +171,7 @@ def tasks_query(
     if project:
         where.append("project = ?")
         params.append(project)
-    count = f"SELECT COUNT(*) FROM tasks WHERE {' AND '.join(where)}"  # noqa: S608 - fixed fragments
-    counted = tuple(params)
+    count, counted = task_counts.total(space, state, project)
     if after:
         where.append("(created_at, task_id) < (SELECT created_at, task_id FROM tasks WHERE task_id = ?)")
         params.append(after)
