@@ -171,7 +171,7 @@ def one_backend(
     server.init()
     paths = resolve("server-shim", str(server.home))
     location = server_config.load(paths).database_location(paths)
-    result: dict[str, Any] = {"populate_seconds": {}}
+    result: dict[Any, Any] = {"populate_seconds": {}}  # sizes (int) and names
     held = 0
     server.start()
     try:
@@ -184,7 +184,7 @@ def one_backend(
     return result
 
 
-def _rows(backend: str, figures: dict[str, Any], sizes: tuple[int, ...]) -> list[tuple[str, str, str, str]]:
+def _rows(backend: str, figures: dict[Any, Any], sizes: tuple[int, ...]) -> list[tuple[str, str, str, str]]:
     rows = []
     for size in sizes:
         f = figures[size]
