@@ -18,7 +18,7 @@ import pytest
 from rigs.pgcluster import Cluster
 from server_shim import server_config
 from server_shim.cli import main as server_cli
-from server_shim.store import log_rows, machine_rows
+from server_shim.store import log_rows, machine_rows, task_counts
 from server_shim.store import task_rows as tasks
 from server_shim.store.database import MIGRATIONS, Database, schema_version
 from server_shim.store.log_rows import Batch, LogRow
@@ -192,7 +192,8 @@ def test_a_server_older_than_its_database_refuses_to_start(db_location: Path | s
 
 
 async def test_migrate_moves_a_sqlite_server_to_postgresql(tmp_path: Path, pg_cluster: Cluster) -> None:
-    """`server-shim migrate --from sqlite:PATH --to URL` copies everything, and the server runs on it."""
+    """`server-shim migrate --from sqlite:PATH --to URL` copies everything (the task counts rebuilt,
+    not doubled by the target's triggers), and the server runs on it."""
     home = tmp_path / "server"
     assert server_cli.main(init_argv(home, "")) == 0
     paths = resolve("server-shim", str(home))
@@ -211,6 +212,7 @@ async def test_migrate_moves_a_sqlite_server_to_postgresql(tmp_path: Path, pg_cl
     try:
         assert moved.sync(schema_version) == len(MIGRATIONS)
         assert moved.sync(lambda c: c.execute("SELECT COUNT(*) FROM task_log").fetchone()[0]) == 40
+        assert moved.sync(task_counts.count, "Default") == 47 and moved.sync(task_counts.drift) == []
     finally:
         moved.close()
     again = await start_server(paths)

@@ -265,6 +265,51 @@ MIGRATIONS: list[str | Dialects] = [
     CREATE INDEX tasks_by_space_project_age ON tasks(space, project, created_at, task_id);
     CREATE INDEX task_log_by_task_seq ON task_log(task_id, seq);
     """,
+    # Issue 16: how many tasks each (space, project, state) has, so that a task list's totalCount
+    # sums a few rows instead of counting the table (server_shim.store.task_counts). Triggers keep
+    # it in the writing transaction, whoever writes: each change adds +1/-1 with an upsert. On
+    # PostgreSQL a writer first takes the lock that events take (dialects.EVENT_ORDER_LOCK, held
+    # to the commit), so the count rows are locked by one transaction at a time: no deadlock.
+    Dialects(
+        sqlite="""
+    CREATE TABLE task_counts (space TEXT NOT NULL, project TEXT NOT NULL, state TEXT NOT NULL,
+        n INTEGER NOT NULL, PRIMARY KEY (space, project, state));
+    INSERT INTO task_counts SELECT space, project, state, COUNT(*) FROM tasks GROUP BY space, project, state;
+    CREATE TRIGGER task_counts_insert AFTER INSERT ON tasks BEGIN
+        INSERT INTO task_counts VALUES (NEW.space, NEW.project, NEW.state, 1)
+            ON CONFLICT (space, project, state) DO UPDATE SET n = n + 1; END;
+    CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks BEGIN
+        UPDATE task_counts SET n = n - 1
+            WHERE space = OLD.space AND project = OLD.project AND state = OLD.state; END;
+    CREATE TRIGGER task_counts_update AFTER UPDATE OF space, project, state ON tasks
+        WHEN (OLD.space, OLD.project, OLD.state) IS NOT (NEW.space, NEW.project, NEW.state) BEGIN
+        UPDATE task_counts SET n = n - 1
+            WHERE space = OLD.space AND project = OLD.project AND state = OLD.state;
+        INSERT INTO task_counts VALUES (NEW.space, NEW.project, NEW.state, 1)
+            ON CONFLICT (space, project, state) DO UPDATE SET n = n + 1; END;
+    """,
+        postgresql="""
+    CREATE TABLE task_counts (space TEXT NOT NULL, project TEXT NOT NULL, state TEXT NOT NULL,
+        n BIGINT NOT NULL, PRIMARY KEY (space, project, state));
+    INSERT INTO task_counts SELECT space, project, state, COUNT(*) FROM tasks GROUP BY space, project, state;
+    CREATE FUNCTION task_counts_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_advisory_xact_lock(2118641637);  -- dialects.EVENT_ORDER_LOCK, taken first
+        INSERT INTO task_counts AS c (space, project, state, n)
+            SELECT * FROM (
+                SELECT OLD.space, OLD.project, OLD.state, -1 WHERE TG_OP <> 'INSERT'
+                UNION ALL SELECT NEW.space, NEW.project, NEW.state, 1 WHERE TG_OP <> 'DELETE'
+            ) AS change (space, project, state, n) ORDER BY space, project, state
+            ON CONFLICT (space, project, state) DO UPDATE SET n = c.n + EXCLUDED.n;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER task_counts_insert_delete AFTER INSERT OR DELETE ON tasks
+        FOR EACH ROW EXECUTE FUNCTION task_counts_follow();
+    CREATE TRIGGER task_counts_update AFTER UPDATE OF space, project, state ON tasks FOR EACH ROW
+        WHEN ((OLD.space, OLD.project, OLD.state) IS DISTINCT FROM (NEW.space, NEW.project, NEW.state))
+        EXECUTE FUNCTION task_counts_follow();
+    """,
+    ),
 ]
 
 

@@ -3,11 +3,11 @@
 How it works. A list is a `Listing`: its JSON fields (each a key, an SQL expression and a
 kind), the page query (filters, order, LIMIT/OFFSET or a keyset cursor) and the count.
 `page_json` sends one statement that returns the whole answer, ``{"items": [...],
-"totalCount": N}``, as one text value: PostgreSQL builds it with ``json_build_object`` and
-``json_agg``, SQLite with ``json_object`` and ``json_group_array``; the API writes those
-bytes as they come. `page_python` reads the same rows and builds the same answer in
-Python (the way lists were served before, kept as the reference the tests compare with
-and the baseline of ``bench lists``).
+"totalCount": N}``, as one text value: PostgreSQL builds it with ``json_agg`` of the page's
+rows as records and ``json_build_object``, SQLite with ``json_object`` and
+``json_group_array``; the API writes those bytes as they come. `page_python` reads the
+same rows and builds the same answer in Python (the way lists were served before, kept as
+the reference the tests compare with and the baseline of ``bench lists``).
 
 The two dialects agree on everything but the JSON functions, the cast of a JSON text
 column and the date format, which `_Dialect` names. Times are epoch seconds rounded to the
@@ -15,7 +15,8 @@ millisecond (SQLite writes a real in JSON with 15 digits: an unrounded one would
 from Python's), or ISO 8601 UTC to the second where the API shows a date (``lastSeen``).
 Tasks page by keyset: ``after=TASKID`` continues below that task in (createdAt, taskId)
 order, an index range whatever the depth; ``skip`` still works, at the cost of the rows
-it skips.
+it skips. A task list's totalCount sums the few rows of ``task_counts`` that match its
+filters (`server_shim.store.task_counts`), not the tasks: its cost does not grow with them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from server_shim.store import task_counts
 from server_shim.store.database import POSTGRESQL, dialect
 
 Kind = Literal["value", "json", "epoch", "iso"]
@@ -98,14 +100,34 @@ def _value_sql(d: _Dialect, field: Field) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _json_statement(name: str, fields: tuple[Field, ...], source: str, count: str, order: str) -> str:
-    """The one statement that returns the answer as JSON text (cached per list and filter shape)."""
+    """The one statement that returns the answer as JSON text (cached per list and filter shape).
+
+    The count's parameters come first in both, then the page's.
+    """
     d = _DIALECTS[name]
+    if name == POSTGRESQL:
+        return _pg_statement(d, fields, source, count, order)
     pairs = ", ".join(f"'{f.key}', {_value_sql(d, f)}" for f in fields)
     item = d.obj.format(pairs=pairs)
     items = f"COALESCE({d.agg.format(item=item, order=order)}, {d.empty})"
     whole = d.obj.format(pairs=f"'items', {items}, 'totalCount', ({count})")
-    text = "::text" if name == POSTGRESQL else ""
-    return f"SELECT {whole}{text} FROM (SELECT * {source}) AS page"  # noqa: S608 - our own fragments
+    return f"SELECT {whole} FROM (SELECT * {source}) AS page"  # noqa: S608 - our own fragments
+
+
+def _pg_statement(d: _Dialect, fields: tuple[Field, ...], source: str, count: str, order: str) -> str:
+    """PostgreSQL: ``json_agg`` of the page's rows as records whose columns are the keys.
+
+    A record becomes compact JSON (``{"a":1}``) in one pass, where ``json_build_object`` per row
+    takes a third longer and writes ``{"a" : 1}``. The records are aggregated from a subquery
+    sorted after its LIMIT, in that order.
+    """
+    columns = ", ".join(f'{_value_sql(d, f)} AS "{f.key}"' for f in fields)
+    rows = f"SELECT {columns} FROM (SELECT * {source}) AS page ORDER BY {order}"  # noqa: S608 - ours
+    items = f"COALESCE((SELECT json_agg(item) FROM ({rows}) AS item), {d.empty})"  # noqa: S608 - ours
+    return (
+        f"WITH counted(n) AS ({count})"  # noqa: S608 - our own fragments
+        f" SELECT json_build_object('items', {items}, 'totalCount', (SELECT n FROM counted))::text"
+    )
 
 
 def page_json(conn: sqlite3.Connection, fields: Sequence[Field], query: Query) -> bytes:
@@ -169,8 +191,7 @@ def tasks_query(
     if project:
         where.append("project = ?")
         params.append(project)
-    count = f"SELECT COUNT(*) FROM tasks WHERE {' AND '.join(where)}"  # noqa: S608 - fixed fragments
-    counted = tuple(params)
+    count, counted = task_counts.total(space, state, project)
     if after:
         where.append("(created_at, task_id) < (SELECT created_at, task_id FROM tasks WHERE task_id = ?)")
         params.append(after)

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from server_shim.store import events, sealing
+from server_shim.store import events, sealing, task_counts
 from tentacle.errors import NotFound
 from tentacle.protocol.plan import Plan
 
@@ -183,7 +183,7 @@ def get_many(conn: sqlite3.Connection, space: str, task_ids: Sequence[str]) -> l
 
 def page(conn: sqlite3.Connection, space: str, skip: int, take: int) -> tuple[int, list[TaskRecord]]:
     """(how many tasks `space` has, the `take` newest after skipping `skip`), without plans."""
-    total = conn.execute("SELECT COUNT(*) FROM tasks WHERE space = ?", (space,)).fetchone()[0]
+    total = task_counts.count(conn, space)
     rows = conn.execute(
         f"{_HEADER} WHERE space = ? ORDER BY created_at DESC, task_id LIMIT ? OFFSET ?",
         (space, take, skip),

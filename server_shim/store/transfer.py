@@ -4,8 +4,11 @@ Both ends are opened (and so migrated to this server's schema) first: the tables
 columns are then the same on both sides. Tables go parents first (by their foreign keys),
 in batches of `BATCH` rows, in one transaction on the target: a copy that fails leaves
 the target as it was. The target must hold no server yet. Node rows and machine presence
-are not copied: they describe running processes, not data. PostgreSQL's identity
-sequences are moved past the copied keys, so that the next log line numbers on.
+are not copied: they describe running processes, not data. ``task_counts`` is not copied
+either: the target's triggers count the tasks as they arrive, and the copy ends by counting
+them again from the copied table (`task_counts.rebuild`), so the lists' totals are the
+target's own whatever the source held. PostgreSQL's identity sequences are moved past the
+copied keys, so that the next log line numbers on.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from server_shim.store import node_rows
+from server_shim.store import node_rows, task_counts
 from server_shim.store.database import POSTGRESQL, Database
 from tentacle.errors import Conflict
 
 BATCH = 5000
-SKIPPED = frozenset({"nodes", "machine_presence", "schema_migrations", "sqlite_sequence"})
+SKIPPED = frozenset({"nodes", "machine_presence", "schema_migrations", "sqlite_sequence", "task_counts"})
 
 
 def tables(conn: sqlite3.Connection) -> list[str]:
@@ -67,6 +70,7 @@ def _copy_all(conn: Any, source: Database, order: list[str]) -> dict[str, int]:
         while rows := source.sync(_page, table, names, counts[table]):
             conn.executemany(insert, rows)
             counts[table] += len(rows)
+    task_counts.rebuild(conn)
     if getattr(conn, "dialect", "") == POSTGRESQL:  # the next log line numbers after the copied ones
         conn.execute(
             "SELECT setval(pg_get_serial_sequence('task_log', 'seq'),"
