@@ -265,6 +265,12 @@ MIGRATIONS: list[str | Dialects] = [
     CREATE INDEX tasks_by_space_project_age ON tasks(space, project, created_at, task_id);
     CREATE INDEX task_log_by_task_seq ON task_log(task_id, seq);
     """,
+    # Plan-signing keys shared by every node (issues 15/16): each key's private half, sealed with
+    # the server's encryption key (server_shim.store.signing_keys). NULL: a key made before, held
+    # as a file in a node's home until that node's next start stores it.
+    """
+    ALTER TABLE signing_keys ADD COLUMN private_key TEXT;
+    """,
 ]
 
 
