@@ -47,8 +47,8 @@ def db(db_location: Path | str, sealer: Sealer) -> Iterator[Database]:
 
 
 def _current_public(db: Database) -> str:
-    row = db.sync(lambda conn: conn.execute("SELECT public_key FROM signing_keys WHERE current = 1").fetchone())
-    return str(row[0])
+    query = "SELECT public_key FROM signing_keys WHERE current = 1"
+    return str(db.sync(lambda conn: conn.execute(query).fetchone())[0])
 
 
 def _signs_as_current(ring: Keyring, db: Database) -> None:
