@@ -2,7 +2,9 @@
 
 A keyring opened from the database alone (no key files: another node's home) holds every
 key and signs with the current one; a rotation or a retirement made through one keyring
-reaches another that reads the rows again. A copied database reveals no private key, and
+reaches another that reads the rows again, and a node still signing with the key it read
+before another node's rotation is refused once, reads the keys again and is heard (both
+transports, real tentacles). A copied database reveals no private key, and
 a key made before the database held them gets its sealed copy at the first start of a node
 that has its file. (Two real nodes with real tentacles: tests/test_nodes.py.)
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -22,12 +25,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rigs.pgcluster import bin_dir
-from server_shim.store import signing_keys
+from server_shim.dispatch.signer import Signer
+from server_shim.store import machine_rows, signing_keys
 from server_shim.store.database import Database
 from server_shim.store.sealing import Sealer
 from server_shim.store.signing_keys import KEY_DIR, Keyring
 from tentacle.errors import ConfigError, StorageError
 from tentacle.protocol import signing
+from tentacle.protocol.rpc_messages import TASK_FINISH, UNKNOWN_TASK, StopParams
+from tests.conftest import LiveServer, Tentacles, eventually
 
 PARAMS = b'{"taskId":"T-1"}'
 
@@ -152,3 +158,35 @@ def test_a_node_with_another_encryption_key_is_refused_naming_both(
     stranger = Database(db_location, Sealer(os.urandom(32)))
     with contextlib.closing(stranger), pytest.raises(StorageError, match="another home's key"):
         stranger.sync(Keyring.open, tmp_path / "b")
+
+
+async def test_a_node_refused_after_another_nodes_rotation_reads_the_keys_and_sends_again(
+    live_server: LiveServer, tentacles: Tentacles, mode: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Node b read the keys before node a rotated and handed the tentacle its new key: b's signed
+    call is refused once, b reads the keys again (no file, no restart) and the call goes through."""
+    await tentacles.bring_online(mode, {"web-01": ("web",)})
+    node_a = live_server.server
+    machine = await node_a.db.run(machine_rows.find, "Default", "web-01")
+    assert machine is not None
+    # Node b: its own home (no key file), the same database; no courier loop, so it reads no more.
+    node_b = Signer(node_a.db, await node_a.db.run(Keyring.open, tmp_path / "b", tmp_path / "b-state"))
+    link = node_a.fleet.link(machine)
+    finish = StopParams(task_id="T-none")
+    assert (await node_b.call(machine, link, TASK_FINISH, finish, 10.0)).state == UNKNOWN_TASK
+    old = node_b.keyring.current
+    status, rotated = await live_server.api("POST", "/api/signing-keys/rotate/v1", {})
+    assert status == 201, rotated
+    new = rotated["keyId"]
+
+    async def handed_over() -> bool:
+        return bool(await node_a.db.run(signing_keys.pinned, machine.thumbprint) == new)
+
+    await eventually(handed_over, 10)
+    assert node_b.keyring.current == old != new
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert (await node_b.call(machine, link, TASK_FINISH, finish, 10.0)).state == UNKNOWN_TASK
+    assert node_b.keyring.current == new
+    assert caplog.text.count("trust.bad_signature") == 1 and "signing.refused" in caplog.text
+    assert not (tmp_path / "b" / KEY_DIR).exists() and not (tmp_path / "b-state" / KEY_DIR).exists()
