@@ -237,6 +237,10 @@ def _holds_only(node: Server, key_id: str) -> bool:
     return [key["keyId"] for key in _signing_status(node)["keys"]] == [key_id]
 
 
+def _no_file(node: Server, key_id: str) -> bool:
+    return not list(node.home.rglob(f"{key_id}.key"))
+
+
 def _signing_status(node: Server) -> dict[str, Any]:
     status: dict[str, Any] = json.loads(node.cli("signing-key", "status", "--json", "--server", node.url))
     return status
@@ -248,6 +252,7 @@ def test_a_key_rotated_on_one_node_signs_the_other_nodes_deployments(two_nodes: 
     old key is retired from both nodes."""
     a, b = two_nodes.a, two_nodes.b
     old = _signing_status(b)["currentKeyId"]
+    assert not _no_file(b, old)  # `node join` copied the first key's file to b
     new = a.cli("signing-key", "rotate", "--server", a.url)
     # At once: b may sign the first step with the key it held, which a is handing over meanwhile.
     task_id = _deploy(b)
@@ -264,3 +269,4 @@ def test_a_key_rotated_on_one_node_signs_the_other_nodes_deployments(two_nodes: 
     assert status["currentKeyId"] == new and status["pending"] == []
     for node in (a, b):
         wait_until(functools.partial(_holds_only, node, new), 30, what=f"the old key retired on {node.node}")
+        wait_until(functools.partial(_no_file, node, old), 10, what=f"its file gone from {node.node}")
