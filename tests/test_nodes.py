@@ -3,7 +3,8 @@
 A deployment to a listening and a polling tentacle survives ``kill -9`` of the node that
 owns it: the other node takes it over within the lease and finishes it, every step once
 on every target, every line in the log once. ``node drain`` hands a running task over
-without failing it and stops the node. API requests go to either node alike.
+without failing it and stops the node. API requests go to either node alike. A signing
+key rotated on one node is used by the other at once, with no file copied and no restart.
 """
 
 from __future__ import annotations
@@ -221,3 +222,51 @@ def test_either_node_answers_for_the_whole_server(two_nodes: Cluster2) -> None:
     # Each tentacle holds a link to both nodes, yet came online once, for the whole server.
     came = two_nodes.b.call("GET", "/api/Default/events/v1?kind=machineOnline")["items"]
     assert sorted(e["machineName"] for e in came) == ["listen-01", "poll-01"]
+
+
+def _pinned_key_id(home: Path) -> str:
+    """The signing key a tentacle holds to now (`tentacle status --json`)."""
+    return str(json.loads(run_cli("tentacle", "--home", str(home), "status", "--json"))["signingKeyId"])
+
+
+def _pins(home: Path, key_id: str) -> bool:
+    return _pinned_key_id(home) == key_id
+
+
+def _holds_only(node: Server, key_id: str) -> bool:
+    return [key["keyId"] for key in _signing_status(node)["keys"]] == [key_id]
+
+
+def _no_file(node: Server, key_id: str) -> bool:
+    return not list(node.home.rglob(f"{key_id}.key"))
+
+
+def _signing_status(node: Server) -> dict[str, Any]:
+    status: dict[str, Any] = json.loads(node.cli("signing-key", "status", "--json", "--server", node.url))
+    return status
+
+
+def test_a_key_rotated_on_one_node_signs_the_other_nodes_deployments(two_nodes: Cluster2) -> None:
+    """`signing-key rotate` on a: both tentacles pin the new key; b, with no key file copied and
+    no restart, drives a deployment to both that succeeds, and shows the new key current; the
+    old key is retired from both nodes."""
+    a, b = two_nodes.a, two_nodes.b
+    old = _signing_status(b)["currentKeyId"]
+    assert not _no_file(b, old)  # `node join` copied the first key's file to b
+    new = a.cli("signing-key", "rotate", "--server", a.url)
+    # At once: b may sign the first step with the key it held, which a is handing over meanwhile.
+    task_id = _deploy(b)
+    assert new != old and not list(b.home.rglob(f"{new}.key"))  # b's home never gets the file
+    wait_until(lambda: _owner(b, task_id) in ("a", "b"), 10, what="the task owned")
+    assert _owner(b, task_id) == "b"  # b made it, so b drives it and signs its plans
+    tentacle_homes = [two_nodes.marks.parent / name for name in ("t-listen", "t-poll")]
+    for home in tentacle_homes:
+        wait_until(functools.partial(_pins, home, new), 30, what=f"{home.name} pins the new key")
+    task = _finished(b, task_id, 60)  # its second step starts after the hand-over: signed by the new key
+    assert task["state"] == "success", (task, _log_texts(b, task_id))
+    assert _marks(two_nodes) == {"listen-01": ["slow listen-01", "fast"], "poll-01": ["slow poll-01", "fast"]}
+    status = _signing_status(b)
+    assert status["currentKeyId"] == new and status["pending"] == []
+    for node in (a, b):
+        wait_until(functools.partial(_holds_only, node, new), 30, what=f"the old key retired on {node.node}")
+        wait_until(functools.partial(_no_file, node, old), 10, what=f"its file gone from {node.node}")

@@ -203,6 +203,8 @@ def _legacy_home(fleet: RealFleet) -> None:
             " VALUES ('Default', 'Vault', '1.0.0', ?, '{}', ?)",
             (json.dumps({**doc, "runbooks": {}}), time.time()),
         )
+        # Nor were signing keys sealed then: such a home keeps them as files only.
+        conn.execute("UPDATE signing_keys SET private_key = NULL")
     conn.close()
     assert SECRET.encode() in _database_bytes(fleet)
 

@@ -39,6 +39,7 @@ async def rotate(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     """The keys held and the machines that have not pinned the current one."""
     signer = request.app[SIGNER]
+    await signer.refresh()  # as the database has it now, whichever node rotated
     current = signer.keyring.current
     usage = await request.app[DB].run(signing_keys.usage)
     pending = await request.app[DB].run(signing_keys.pending, current)

@@ -132,10 +132,10 @@ class Fleet:
     async def call(self, machine: Machine, call: Call[P, R], params: P, timeout: float = 30.0) -> R:
         """Send one request to a machine, whichever its mode, signed if its method is; the result struct."""
         link = self.link(machine)
-        seal = None
         if self.signer is not None and call.method in SIGNED_METHODS:
-            seal = await self.signer.seal_for(machine, link)
-        result = await link.call(call, params, timeout, seal=seal)
+            result = await self.signer.call(machine, link, call, params, timeout)
+        else:
+            result = await link.call(call, params, timeout)
         self.touch(machine.key)
         return result
 

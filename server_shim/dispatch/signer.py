@@ -14,6 +14,13 @@ stay until no registered machine pins them, then go (`signing_keys.retire_unused
 A machine that never comes back keeps its old key alive in the home, listed by
 ``server-shim signing-key status``, until ``machines remove`` takes it off the books.
 
+Several nodes share the keys through the database (`server_shim.store.signing_keys`): each
+node reads them again every `REFRESH_EVERY` seconds (`refresh`, from the courier's loop),
+before each hand-over, and at once when a tentacle refuses a signature; a refused call is
+sent once more after that (`call`), which is safe, as a tentacle acts on nothing it
+refuses. So a rotation on one node is used by all of them within seconds, and a request a
+node signed with the key it held a moment ago still gets through.
+
 Machines registered before signing existed pinned nothing: they get the current key
 with an unsigned ``trust.rotate`` (the tentacle takes a first key on trust, over its
 pinned TLS connection). A tentacle too old to know ``trust.rotate`` answers
@@ -29,7 +36,7 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
 
@@ -42,12 +49,17 @@ from tentacle.common.logs import event
 from tentacle.errors import RemoteError, TentacleError, TrustError
 from tentacle.protocol import signing
 from tentacle.protocol.messages import Request
-from tentacle.protocol.rpc_messages import TRUST_ROTATE, RotateParams
+from tentacle.protocol.rpc_messages import TRUST_ROTATE, Call, RotateParams
+from tentacle.protocol.wire import Wire
 
 log = logging.getLogger("server_shim.dispatch.signer")
 RETRY_UNSUPPORTED = 600.0
 HAND_OVER_TIMEOUT = 30.0
 COURIER_BATCH = 64  # hand-overs at once
+REFRESH_EVERY = 2.0  # seconds between readings of the keys another node may have changed
+FRESH_ENOUGH = 1.0  # a hand-over reads the keys again unless they were read this lately
+P = TypeVar("P", bound=Wire)
+R = TypeVar("R", bound=Wire)
 
 
 class Reach(Protocol):
@@ -70,11 +82,48 @@ class Signer:
         self._locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
         self._settled = False
+        self._keys_lock = asyncio.Lock()  # a reading of the keys and a rotation never interleave
+        self._read_at = time.monotonic()
 
     @classmethod
     def open(cls, db: Database, config_dir: Path, state_dir: Path) -> Signer:
         """The signer of a home (its first key made when it has none)."""
         return cls(db, db.sync(Keyring.open, config_dir, state_dir))
+
+    async def call(self, machine: Machine, link: Link, call: Call[P, R], params: P, timeout: float) -> R:
+        """Send a signed call; refused for its signature, once more after reading the keys again."""
+        try:
+            return await link.call(call, params, timeout, seal=await self.seal_for(machine, link))
+        except RemoteError as exc:
+            if exc.remote_code != "BadSignature":
+                raise
+            event(log, "signing.refused", logging.WARNING, machine=machine.name, reason=exc.message)
+        self.pins.pop(machine.thumbprint, None)  # another node may have handed it a key since
+        await self.refresh()
+        return await link.call(call, params, timeout, seal=await self.seal_for(machine, link))
+
+    async def refresh(self, fresh_enough: float = 0.0) -> bool:
+        """Read the keys again (unless read within ``fresh_enough`` s); whether they changed."""
+        async with self._keys_lock:
+            if time.monotonic() - self._read_at < fresh_enough:
+                return False
+            found = await self.db.run(self.keyring.read)
+            self._read_at = time.monotonic()
+            before = (self.keyring.current, set(self.keyring.keys))
+            dropped = self.keyring.take(found)
+        if before == (self.keyring.current, set(self.keyring.keys)):
+            return False
+        self.pins.clear()  # re-read from the database: other nodes' hand-overs changed them
+        self._settled = False
+        self._wake.set()
+        event(
+            log,
+            "signing.keys_read",
+            key=self.keyring.current,
+            previous=before[0],
+            retired=",".join(dropped) or "none",
+        )
+        return True
 
     async def seal_for(self, machine: Machine, link: Link) -> Seal | None:
         """How to sign requests to ``machine`` (after a hand-over if needed); None: unsigned."""
@@ -88,6 +137,11 @@ class Signer:
         if time.monotonic() < self.unsupported.get(machine.thumbprint, 0.0):
             return None
         async with self._locks.setdefault(machine.thumbprint, asyncio.Lock()):
+            # Hand over the newest key, whichever node made it; a pinned key not held here is one
+            # another node made and handed over since this node last read the keys.
+            held = (await self._pinned(machine)) in (None, *self.keyring.keys)
+            await self.refresh(FRESH_ENOUGH if held else 0.0)
+            current = self.keyring.current
             pinned = await self._pinned(machine)
             if pinned == current:
                 return current
@@ -110,7 +164,11 @@ class Signer:
             if exc.remote_code != "BadSignature":
                 raise
             # It may hold the current key already (the answer to an earlier hand-over was lost,
-            # or this database lost its row): then the hand-over signed by that key is a repeat.
+            # this database lost its row, or another node handed it a key made since): then the
+            # hand-over signed by the newest key is a repeat.
+            await self.refresh()
+            current = self.keyring.current
+            params = RotateParams(key_id=current, public_key=self.keyring.public(current))
             await link.call(TRUST_ROTATE, params, HAND_OVER_TIMEOUT, seal=self._by(machine, current))
         await self.db.run(signing_keys.pin, machine.thumbprint, current)
         self.pins[machine.thumbprint] = current
@@ -138,8 +196,10 @@ class Signer:
 
     async def rotate(self) -> tuple[str, str]:
         """Make a new current key and wake the courier; (new key id, previous key id)."""
-        previous = self.keyring.current
-        current = await self.db.run(self.keyring.add)
+        async with self._keys_lock:
+            previous = self.keyring.current
+            current, key = await self.db.run(self.keyring.create)
+            self.keyring.keys, self.keyring.current = {**self.keyring.keys, current: key}, current
         event(log, "signing.key_rotated", key=current, previous=previous)
         self._settled = False
         self._wake.set()
@@ -153,15 +213,21 @@ class Signer:
             self._wake.set()
 
     async def courier_loop(self, fleet: Reach, interval: float) -> None:
-        """Hand the current key to every online machine that lacks it, every ``interval`` s."""
+        """Read the keys every `REFRESH_EVERY` s; hand the current key to every online machine
+        that lacks it every ``interval`` s, and at once after a rotation here or elsewhere."""
+        due = 0.0
         while True:
             try:
-                await self.courier_pass(fleet)
+                await self.refresh()
+                if self._wake.is_set() or time.monotonic() >= due:
+                    self._wake.clear()
+                    due = time.monotonic() + interval
+                    await self.courier_pass(fleet)
             except Exception:
                 log.exception("signing.courier_failed")
-            self._wake.clear()
+                self._wake.clear()  # a failing database is tried at the next tick, not in a spin
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                await asyncio.wait_for(self._wake.wait(), min(interval, REFRESH_EVERY))
 
     async def courier_pass(self, fleet: Reach) -> int:
         """One pass: hand over to the online machines that need it; retire unused keys. How many left."""

@@ -310,6 +310,12 @@ MIGRATIONS: list[str | Dialects] = [
         EXECUTE FUNCTION task_counts_follow();
     """,
     ),
+    # Plan-signing keys shared by every node (issues 15/16): each key's private half, sealed with
+    # the server's encryption key (server_shim.store.signing_keys). NULL: a key made before, held
+    # as a file in a node's home until that node's next start stores it.
+    """
+    ALTER TABLE signing_keys ADD COLUMN private_key TEXT;
+    """,
 ]
 
 
