@@ -22,7 +22,7 @@ from tentacle.common.paths import InstancePaths
 from tentacle.net.tls import client_context
 from tests.conftest import CountingServer, LiveServer, shim_command, start_server, stop_server
 from tests.hostile import paths, replaced
-from tests.test_process import example
+from tests.process_helpers import example
 
 MiB = 1024 * 1024
 PROJECT = "OctoPetShop"
