@@ -30,53 +30,20 @@ import base64
 import json
 import os
 import struct
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from rigs.rogue_answers import Answers, Behaviour, huge
 from tentacle.agent import agent_config, registration
 from tentacle.agent.agent_config import ListenConfig
 from tentacle.agent.listening import report_port
 from tentacle.common.paths import InstancePaths, resolve
 from tentacle.net.tls import client_context, server_context
 
-CHUNK = 1024 * 1024
-KINDS = ("normal", "huge", "malformed", "out_of_range", "silent", "dribble", "flood", "hold")
-
-
-@dataclass
-class Behaviour:
-    """How the rogue answers one method (see the module docstring)."""
-
-    kind: str = "normal"
-    size: int = 0  # huge: bytes
-    delay: float = 0.2  # dribble: seconds between bytes
-    lines: int = 10_000  # flood: lines in all
-    width: int = 100  # flood: characters per line
-    sized: bool = True  # huge, listening: with a Content-Length (False: chunked)
-
-    @classmethod
-    def parse(cls, text: str) -> tuple[str, Behaviour]:
-        """``method=kind[:size]`` as on the command line."""
-        method, _, spec = text.partition("=")
-        kind, _, size = spec.partition(":")
-        if kind not in KINDS:
-            raise ValueError(f"{text}: kind must be one of {', '.join(KINDS)}")
-        return method, cls(kind=kind, size=int(size or 0), lines=int(size or 10_000))
-
-
-@dataclass
-class _Task:
-    """What the rogue remembers of a task: the gates it was given, its lines, whether it was cancelled."""
-
-    gates: dict[int, str] = field(default_factory=dict)
-    version: int = 1
-    cancelled: bool = False
+__all__ = ["Behaviour", "RogueAgent"]
 
 
 class RogueAgent:
@@ -84,9 +51,7 @@ class RogueAgent:
 
     def __init__(self, home: Path, behaviours: dict[str, Behaviour] | None = None) -> None:
         self.paths: InstancePaths = resolve("tentacle", str(home))
-        self.behaviours = behaviours or {}
-        self.tasks: dict[str, _Task] = {}
-        self.calls: list[str] = []  # every method asked, in order
+        self.answers = Answers(behaviours or {}, lambda: (self.config.name, self.config.mode))
         self._runner: web.AppRunner | None = None
         self._polling: asyncio.Task[None] | None = None
 
@@ -113,6 +78,16 @@ class RogueAgent:
             listen=listen,
         )
         await registration.register(self.paths, reg)
+
+    @property
+    def behaviours(self) -> dict[str, Behaviour]:
+        """How it answers, by method name: change an entry and the next call is answered so."""
+        return self.answers.behaviours
+
+    @property
+    def calls(self) -> list[str]:
+        """Every method asked, in order (pushes as ``push.<HTTP method>``)."""
+        return self.answers.calls
 
     @property
     def config(self) -> agent_config.TentacleConfig:
@@ -150,102 +125,6 @@ class RogueAgent:
             await asyncio.gather(self._polling, return_exceptions=True)
             self._polling = None
 
-    # --- answers ----------------------------------------------------------------------
-
-    def behaviour(self, method: str) -> Behaviour:
-        """How to answer ``method`` now."""
-        return self.behaviours.get(method, Behaviour())
-
-    def answer(self, request: dict[str, Any]) -> bytes:
-        """The whole answer to a request, as the behaviour says (for all kinds but huge and silent)."""
-        method, rid = request.get("method", ""), request.get("id", "x")
-        kind = self.behaviour(method).kind
-        if kind == "malformed":
-            return (
-                b'{"kind": "response", "id": '
-                + json.dumps(rid).encode()
-                + b', "result": {"taskId": [not json'
-            )
-        result = self._result(method, request.get("params") or {})
-        if kind == "out_of_range":
-            result = _out_of_range(method, result)
-        return json.dumps({"kind": "response", "id": rid, "result": result}).encode()
-
-    def _result(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        task_id = str(params.get("taskId") or params.get("plan", {}).get("taskId") or "none")
-        task = self.tasks.setdefault(task_id, _Task())
-        if method == "ping":
-            return {
-                "name": self.config.name,
-                "mode": self.config.mode,
-                "version": "rogue",
-                "time": time.time(),
-            }
-        if method == "task.gate":
-            task.gates[int(params["gateIndex"])] = str(params["gateName"])
-            task.version += 1
-            return {"taskId": task_id, "accepted": True}
-        if method in ("task.cancel", "task.finish"):
-            task.cancelled = task.cancelled or method == "task.cancel"
-            task.version += 1
-            return {"taskId": task_id, "state": "cancelled" if task.cancelled else "success"}
-        if method == "task.status":
-            return self._status(task_id, task, params)
-        return {"taskId": task_id, "state": "running"}
-
-    def _status(self, task_id: str, task: _Task, params: dict[str, Any]) -> dict[str, Any]:
-        flood = self.behaviour("task.status")
-        since = int(params.get("logSince", 0))
-        lines: list[dict[str, Any]] = []
-        if flood.kind == "flood":
-            last = min(flood.lines, since + 1000)
-            text = "x" * flood.width
-            lines = [
-                {
-                    "seq": seq,
-                    "time": time.time(),
-                    "stream": "stdout",
-                    "step": "flood",
-                    "text": f"{seq} {text}",
-                }
-                for seq in range(since + 1, last + 1)
-            ]
-        more = bool(lines) and lines[-1]["seq"] < flood.lines
-        holding = flood.kind == "hold" or (flood.kind == "flood" and more)
-        state = "cancelled" if task.cancelled else ("running" if holding else "success")
-        gates = [{"index": i, "name": n, "state": state, "reason": ""} for i, n in sorted(task.gates.items())]
-        return {
-            "taskId": task_id,
-            "state": "running",
-            "version": task.version,
-            "gates": gates,
-            "log": lines,
-            "more": more,
-        }
-
-    async def prepared(self, request: dict[str, Any]) -> bytes:
-        """The answer, after a short long-poll wait for task.status (as a real tentacle waits)."""
-        if self.behaviour("task.status").kind != "flood" and request.get("method") == "task.status":
-            await asyncio.sleep(min(float((request.get("params") or {}).get("wait", 0)), 0.5))
-        return self.answer(request)
-
-    async def _body(self, request: dict[str, Any], data: bytes | None = None) -> AsyncIterator[bytes]:
-        """The answer's bytes as the behaviour sends them."""
-        behaviour = self.behaviour(request.get("method", ""))
-        if behaviour.kind == "silent":
-            await asyncio.Event().wait()
-        if behaviour.kind == "huge":
-            async for chunk in _huge(request.get("id", "x"), behaviour.size):
-                yield chunk
-            return
-        data = data if data is not None else await self.prepared(request)
-        if behaviour.kind == "dribble":
-            for index in range(len(data)):
-                yield data[index : index + 1]
-                await asyncio.sleep(behaviour.delay)
-            return
-        yield data
-
     # --- listening --------------------------------------------------------------------
 
     async def _listen(self, port: int) -> int:
@@ -268,19 +147,19 @@ class RogueAgent:
 
     async def _rpc(self, request: web.Request) -> web.StreamResponse:
         body = json.loads(await request.read())
-        self.calls.append(str(body.get("method")))
-        behaviour = self.behaviour(body.get("method", ""))
+        self.answers.calls.append(str(body.get("method")))
+        behaviour = self.answers.behaviour(body.get("method", ""))
         if behaviour.kind == "silent":  # not even the headers
             await asyncio.Event().wait()
         answer = web.StreamResponse(headers={"Content-Type": "application/json"})
-        data = None if behaviour.kind == "huge" else await self.prepared(body)
+        data = None if behaviour.kind == "huge" else await self.answers.prepared(body)
         if behaviour.kind == "huge" and behaviour.sized:
             answer.content_length = behaviour.size
         elif data is not None:
             answer.content_length = len(data)
         await answer.prepare(request)
         try:
-            async for chunk in self._body(body, data):
+            async for chunk in self.answers.body(body, data):
                 await answer.write(chunk)
         except (ConnectionError, RuntimeError):
             return answer  # the server hung up: what the test wants to see
@@ -289,8 +168,8 @@ class RogueAgent:
 
     async def _push(self, request: web.Request) -> web.StreamResponse:
         """Package pushes: answered as the ``push`` behaviour says (normal: "I have it")."""
-        self.calls.append(f"push.{request.method}")
-        behaviour = self.behaviour("push")
+        self.answers.calls.append(f"push.{request.method}")
+        behaviour = self.answers.behaviour("push")
         if behaviour.kind == "silent":
             await asyncio.Event().wait()
         answer = web.StreamResponse(status=200)
@@ -298,7 +177,7 @@ class RogueAgent:
             answer.content_length = behaviour.size
         await answer.prepare(request)
         if behaviour.kind == "huge" and request.method != "HEAD":
-            async for chunk in _huge("push", behaviour.size):
+            async for chunk in huge("push", behaviour.size):
                 await answer.write(chunk)
         return answer
 
@@ -342,38 +221,17 @@ class RogueAgent:
     async def _answer_frame(
         self, request: dict[str, Any], writer: asyncio.StreamWriter, lock: asyncio.Lock
     ) -> None:
-        self.calls.append(str(request.get("method")))
-        behaviour = self.behaviour(request.get("method", ""))
+        self.answers.calls.append(str(request.get("method")))
+        behaviour = self.answers.behaviour(request.get("method", ""))
         if behaviour.kind == "silent":
             return
-        data = None if behaviour.kind == "huge" else await self.prepared(request)
+        data = None if behaviour.kind == "huge" else await self.answers.prepared(request)
         length = behaviour.size if data is None else len(data)
         async with lock:  # a frame's bytes go out together: a dribbled one holds the socket
             writer.write(_frame_header(0x1, length))
-            async for chunk in self._body(request, data):
+            async for chunk in self.answers.body(request, data):
                 writer.write(chunk)
                 await writer.drain()
-
-
-async def _huge(request_id: str, size: int) -> AsyncIterator[bytes]:
-    """``size`` bytes that start like a response and never finish being one."""
-    head = b'{"kind": "response", "id": ' + json.dumps(request_id).encode() + b', "result": {"name": "'
-    yield head
-    sent, block = len(head), b"A" * CHUNK
-    while sent < size:
-        piece = block[: min(CHUNK, size - sent)]
-        yield piece
-        sent += len(piece)
-
-
-def _out_of_range(method: str, result: dict[str, Any]) -> dict[str, Any]:
-    """The same result with a field out of its range (what a broken or hostile agent sends)."""
-    if method == "task.status":
-        line = {"seq": 2**70, "time": time.time(), "stream": "stdout", "step": "x", "text": "overflow"}
-        return {**result, "log": [line], "more": False}
-    if method == "ping":
-        return {**result, "time": -1}
-    return {**result, "taskId": "../" * 100}
 
 
 def _frame_header(opcode: int, length: int) -> bytes:

@@ -22,7 +22,7 @@ from server_shim.store import project_rows as projects
 from tentacle.protocol.process import parse_process
 from tests.conftest import LiveServer, Tentacles, eventually
 from tests.deploying import apply, deploy, release, step, wait_task
-from tests.test_feed import make_zip
+from tests.feed_helpers import make_zip
 
 
 async def page(live: LiveServer, query: str = "", space: str = "Default") -> dict[str, Any]:

@@ -1,108 +1,32 @@
-"""The built-in feed: push, resolve, mirror feeds, static export, CLI, and its HTTPS routes."""
+"""The built-in feed: push, resolve, and its HTTPS routes (mirror feeds, static export and the
+command line: tests/test_feed_mirrors.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import io
-import json
 import os
-import ssl
-import tarfile
-import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
-from multidict import CIMultiDict
 
 from server_shim import server_config
-from server_shim.cli import main as cli
-from server_shim.store import feed_export
 from server_shim.store import feed_store as feed
 from server_shim.store import machine_rows as machines
-from server_shim.store.database import Database
-from server_shim.store.feed_store import (
-    FeedCorrupt,
-    FeedError,
-    PackageConflict,
-    PackageError,
-    PackageNotFound,
-    PackageTooLarge,
-)
-from tentacle.common.paths import InstancePaths
+from server_shim.store.feed_store import PackageConflict, PackageError, PackageNotFound, PackageTooLarge
 from tentacle.net.tls import client_context
-from tentacle.protocol.plan import PackageRef
-from tests.conftest import Identity, LiveServer
-
-# --- package files ---------------------------------------------------------------------------
-
-
-def nuspec(package_id: str, version: str) -> bytes:
-    """A minimal .nuspec in the current schema namespace."""
-    return (
-        '<?xml version="1.0" encoding="utf-8"?>\n'
-        '<package xmlns="http://schemas.microsoft.com/packaging/2013/05/nuspec.xsd">'
-        f"<metadata><id>{package_id}</id><version>{version}</version><authors>me</authors></metadata>"
-        "</package>"
-    ).encode()
-
-
-def make_nupkg(path: Path, package_id: str, version: str, payload: bytes = b"hello") -> Path:
-    """A real .nupkg: a zip with a root .nuspec and one content file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(f"{package_id}.nuspec", nuspec(package_id, version))
-        archive.writestr("content/readme.txt", payload)
-    return path
-
-
-def make_zip(path: Path, payload: bytes = b"hello") -> Path:
-    """A real zip with one file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("readme.txt", payload)
-    return path
-
-
-def make_tar_gz(path: Path, payload: bytes = b"hello") -> Path:
-    """A real gzip-compressed tar with one file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as archive:
-        info = tarfile.TarInfo("readme.txt")
-        info.size = len(payload)
-        archive.addfile(info, io.BytesIO(payload))
-    return path
-
-
-def sha512_of(path: Path) -> str:
-    """The hex SHA-512 of a file."""
-    return hashlib.sha512(path.read_bytes()).hexdigest()
-
-
-@dataclass
-class Store:
-    """A database and feed folder, and a folder to build package files in."""
-
-    db: Database
-    feed_dir: Path
-    src: Path
-
-    def push(self, path: Path) -> PackageRef:
-        """Push one file into this feed."""
-        return feed.push(self.db, self.feed_dir, path)
-
-
-@pytest.fixture
-def store(tmp_path: Path, db_location: Path | str) -> Iterator[Store]:
-    """An empty built-in feed."""
-    db = Database(db_location)
-    yield Store(db, tmp_path / "state" / "feed", tmp_path / "src")
-    db.close()
-
+from tests.conftest import LiveServer
+from tests.feed_helpers import (
+    Store,
+    _context,
+    get,
+    make_nupkg,
+    make_tar_gz,
+    make_zip,
+    push_live,
+    push_versions,
+    sha512_of,
+)
+from tests.feed_helpers import store as store
 
 # --- push -----------------------------------------------------------------------------------
 
@@ -233,12 +157,6 @@ def test_repush_of_other_bytes_conflicts(store: Store, second_version: str) -> N
 # --- resolve and versions -------------------------------------------------------------------
 
 
-def push_versions(store: Store, package_id: str, version_list: list[str]) -> None:
-    """Push one small zip per version."""
-    for version in version_list:
-        store.push(make_zip(store.src / f"{package_id}.{version}.zip", version.encode()))
-
-
 def test_resolve_newest_stable_exact_and_missing(store: Store) -> None:
     """None picks the newest stable; an exact version matches by NuGet equality; absent is named."""
     push_versions(store, "Web", ["1.0.0", "2.0.0", "1.10.0", "2.1.0-beta"])
@@ -264,178 +182,7 @@ def test_versions_in_nuget_order(store: Store) -> None:
     assert store.db.sync(feed.versions, "other") == []
 
 
-# --- mirror feeds ---------------------------------------------------------------------------
-
-
-def test_add_feed_replaces_and_lists(store: Store) -> None:
-    """A named mirror feed keeps its URLs in order without duplicates; re-adding replaces it."""
-    one, two = "https://mirror-a.example/feed/index.json", "https://mirror-b.example:8443/index.json"
-    store.db.sync(feed.add_feed, "near", [one, two, one])
-    assert store.db.sync(feed.feed_mirrors) == {"near": [one, two]}
-    store.db.sync(feed.add_feed, "near", [two])
-    store.db.sync(feed.add_feed, "far", [one])
-    assert store.db.sync(feed.feed_mirrors) == {"far": [one], "near": [two]}
-
-
-@pytest.mark.parametrize(
-    ("name", "mirrors", "why"),
-    [
-        ("builtin", ["https://m.example/index.json"], "reserved"),
-        ("Builtin", ["https://m.example/index.json"], "reserved"),
-        ("near", [], "at least one"),
-        ("near", ["http://m.example/index.json"], "https://"),
-        ("near", ["https:///index.json"], "https://"),
-        ("near", ["https://user:pw@m.example/index.json"], "credentials"),
-        ("bad name", ["https://m.example/index.json"], "letters, digits"),
-    ],
-)
-def test_add_feed_refuses_bad_definitions(store: Store, name: str, mirrors: list[str], why: str) -> None:
-    """Reserved names, empty lists and non-https URLs are refused; nothing is stored."""
-    with pytest.raises(FeedError, match=why):
-        store.db.sync(feed.add_feed, name, mirrors)
-    assert store.db.sync(feed.feed_mirrors) == {}
-
-
-# --- static export --------------------------------------------------------------------------
-
-
-BASE = "https://mirror.example/feed/"
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file's content."""
-    return json.loads(path.read_text())
-
-
-def test_export_writes_a_static_v3_feed(store: Store, tmp_path: Path) -> None:
-    """index.json, per-package version lists and the package files, in the flat-container layout."""
-    push_versions(store, "My.App", ["1.10.0", "1.2.0-RC"])
-    nupkg = store.push(make_nupkg(store.src / "x.nupkg", "Other", "3.0.0"))
-    out = tmp_path / "export"
-    report = feed_export.export(store.db, store.feed_dir, out, "https://mirror.example/tentacle")
-    assert (report.packages, report.copied, report.skipped) == (3, 3, 0)
-    resource = read_json(out / "index.json")["resources"][0]
-    assert (resource["@type"], resource["@id"]) == (
-        "PackageBaseAddress/3.0.0",
-        "https://mirror.example/tentacle/flatcontainer/",
-    )
-    assert read_json(out / "flatcontainer/my.app/index.json") == {"versions": ["1.2.0-rc", "1.10.0"]}
-    assert read_json(out / "flatcontainer/other/index.json") == {"versions": ["3.0.0"]}
-    exported = out / "flatcontainer/other/3.0.0/other.3.0.0.nupkg"
-    assert sha512_of(exported) == nupkg.sha512
-    rc = store.db.sync(feed.resolve, "My.App", "1.2.0-rc")
-    exported_rc = out / "flatcontainer/my.app/1.2.0-rc/my.app.1.2.0-rc.zip"
-    assert exported_rc.read_bytes() == feed.file_path(store.feed_dir, rc).read_bytes()
-    assert exported.stat().st_mode & 0o777 == 0o644  # a web server's own user must read it
-
-
-def test_export_is_incremental(store: Store, tmp_path: Path) -> None:
-    """A second export copies nothing; a new version copies one file; a lost file is copied again."""
-    push_versions(store, "Web", ["1.0.0", "1.1.0"])
-    out = tmp_path / "export"
-    feed_export.export(store.db, store.feed_dir, out, BASE)
-    index = out / "flatcontainer/web/index.json"
-    index_mtime = index.stat().st_mtime_ns
-    again = feed_export.export(store.db, store.feed_dir, out, BASE)
-    assert (again.copied, again.skipped, again.bytes_copied) == (0, 2, 0)
-    assert index.stat().st_mtime_ns == index_mtime  # unchanged index files are not rewritten
-    added = store.push(make_zip(store.src / "Web.2.0.0.zip", b"two"))
-    newer = feed_export.export(store.db, store.feed_dir, out, BASE)
-    assert (newer.copied, newer.skipped, newer.bytes_copied) == (1, 2, added.size)
-    assert read_json(index) == {"versions": ["1.0.0", "1.1.0", "2.0.0"]}
-    (out / "flatcontainer/web/1.0.0/web.1.0.0.zip").unlink()
-    repaired = feed_export.export(store.db, store.feed_dir, out, BASE)
-    assert (repaired.copied, repaired.skipped) == (1, 2)
-    leftovers = [p.name for p in out.rglob(".*") if p.name != feed_export.MANIFEST_FILE]
-    assert leftovers == []  # no temp files left behind
-
-
-def test_export_refuses_a_corrupted_store(store: Store, tmp_path: Path) -> None:
-    """A stored file whose bytes changed since push is not exported."""
-    ref = store.push(make_zip(store.src / "Web.1.0.0.zip"))
-    feed.file_path(store.feed_dir, ref).write_bytes(b"tampered")
-    with pytest.raises(FeedCorrupt, match="does not match the sha512"):
-        feed_export.export(store.db, store.feed_dir, tmp_path / "export", BASE)
-    assert not (tmp_path / "export/flatcontainer/web/1.0.0/web.1.0.0.zip").exists()
-
-
-def test_export_refuses_a_bad_base_url(store: Store, tmp_path: Path) -> None:
-    """--base-url must be an http(s) URL."""
-    with pytest.raises(FeedError, match="base-url"):
-        feed_export.export(store.db, store.feed_dir, tmp_path / "export", "ftp://mirror.example/")
-
-
-# --- command line -------------------------------------------------------------------------
-
-
-def test_cli_push_prints_one_line_per_package_and_fails_on_bad_files(
-    server_home: InstancePaths, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`package push` prints ID VERSION sha512= size= per file; a bad file is named, exit 1."""
-    good = make_tar_gz(tmp_path / "src/Octo.Web.1.0.0.tar.gz")
-    bad = make_zip(tmp_path / "src/broken.nupkg")
-    home = ["--home", str(server_home.config)]
-    assert cli.main([*home, "package", "push", str(good), str(bad)]) == 1
-    out, err = capsys.readouterr()
-    assert out == f"Octo.Web 1.0.0 sha512={sha512_of(good)} size={good.stat().st_size}\n"
-    assert "broken.nupkg: a .nupkg needs exactly one .nuspec" in err
-    assert cli.main([*home, "package", "push", str(good)]) == 0
-
-
-def test_cli_feed_add_list_and_export(
-    server_home: InstancePaths, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`feed add` names mirrors, `feed list --json` shows them and builtin, `feed export` writes."""
-    home = ["--home", str(server_home.config)]
-    url = "https://mirror.example/index.json"
-    assert cli.main([*home, "feed", "add", "near", "--mirror", url]) == 0
-    assert cli.main([*home, "feed", "add", "builtin", "--mirror", url]) == 2
-    assert cli.main([*home, "package", "push", str(make_zip(tmp_path / "src/Web.1.0.0.zip"))]) == 0
-    capsys.readouterr()
-    assert cli.main([*home, "feed", "list", "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
-    assert listed == [
-        {"name": "builtin", "kind": "builtin", "packages": 1, "mirrors": []},
-        {"name": "near", "kind": "mirrors", "mirrors": [url]},
-    ]
-    out = tmp_path / "export"
-    assert cli.main([*home, "feed", "export", str(out), "--base-url", "https://m.example"]) == 0
-    assert "1 copied" in capsys.readouterr().out
-    assert (out / "flatcontainer/web/1.0.0/web.1.0.0.zip").is_file()
-
-
 # --- HTTPS routes on a real server ----------------------------------------------------------
-
-
-def _context(live: LiveServer, identity: Identity) -> ssl.SSLContext:
-    return client_context(live.paths.config / server_config.CA_CERT, identity.cert, identity.key)
-
-
-@dataclass
-class Answer:
-    """An HTTP response, read."""
-
-    status: int
-    headers: CIMultiDict[str]
-    body: bytes
-
-    def json(self) -> Any:
-        """The body as JSON."""
-        return json.loads(self.body)
-
-
-async def get(url: str, tls: ssl.SSLContext, headers: dict[str, str] | None = None) -> Answer:
-    """One GET over a fresh connection."""
-    async with (
-        aiohttp.ClientSession(auto_decompress=False) as session,
-        session.get(url, ssl=tls, headers=headers or {}) as resp,
-    ):
-        return Answer(resp.status, resp.headers.copy(), await resp.read())
-
-
-async def push_live(live: LiveServer, path: Path) -> PackageRef:
-    """Push into the running server's feed, as `package push` would."""
-    return await asyncio.to_thread(feed.push, live.server.db, feed.store_dir(live.paths.state), path)
 
 
 async def test_registered_tentacle_reads_the_feed(live_server: LiveServer, tmp_path: Path) -> None:

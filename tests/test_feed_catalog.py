@@ -16,8 +16,8 @@ from server_shim.store import feed_store as feed
 from tentacle.protocol import nuget_documents as documents
 from tentacle.protocol.nuget_documents import CatalogEntry, FeedUrls
 from tests.conftest import LiveServer
+from tests.feed_helpers import make_zip
 from tests.nuget_tools import make_package
-from tests.test_feed import make_zip
 from tests.test_feed_protocol import call
 
 DEPENDS = (

@@ -15,7 +15,7 @@ from server_shim.store import accounts
 from server_shim.store.database import Database
 from tentacle.common.paths import InstancePaths
 from tentacle.net import pki
-from tests.test_feed import make_zip
+from tests.feed_helpers import make_zip
 
 
 def test_api_key_create_with_scopes(server_home: InstancePaths, capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,8 +22,8 @@ from server_shim.store import feed_store as feed
 from tentacle.net.tls import client_context
 from tests.conftest import LiveServer, start_server, stop_server
 from tests.deploying import apply, release, step
+from tests.feed_helpers import Answer, _context, get, make_zip, push_live
 from tests.nuget_tools import make_package
-from tests.test_feed import Answer, _context, get, make_zip, push_live
 
 
 def tls(live: LiveServer) -> Any:

@@ -46,7 +46,7 @@ from tentacle.protocol.plan import Plan, PlanError
 from tentacle.protocol.process import ProcessError, parse_process
 from tests import hostile
 from tests.conftest import LiveServer, init_argv, start_server, stop_server, tentacle_context
-from tests.test_feed import make_nupkg
+from tests.feed_helpers import make_nupkg
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the tests share one server
 MiB = 1024 * 1024

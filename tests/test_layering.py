@@ -4,7 +4,8 @@
 - tentacle never imports server_shim; server_shim imports only tentacle.protocol,
   tentacle.common, tentacle.net and tentacle.errors of the agent;
 - inside the server, api -> dispatch -> store, never back;
-- no import cycles between modules; no two modules share a name.
+- no import cycles between modules; no two modules share a name;
+- no module over 500 lines, no class over 200.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ IO_MODULES = {
 }
 SERVER_MAY_USE = ("tentacle.protocol", "tentacle.common", "tentacle.net", "tentacle.errors")
 SERVER_LAYERS = {"api": 0, "dispatch": 1, "store": 2}
+MODULE_LINES, CLASS_LINES = 500, 200
 
 
 def _imports(path: Path) -> set[str]:
@@ -164,6 +166,24 @@ def test_no_two_modules_share_a_name() -> None:
     assert {name: where for name, where in seen.items() if len(where) > 1} == {}
 
 
+def _oversized(path: Path) -> list[str]:
+    """What in ``path`` is over the size limits: the module itself, or any class in it."""
+    text = path.read_text()
+    lines = len(text.splitlines())
+    found = [f"{path.name}: {lines} lines"] if lines > MODULE_LINES else []
+    for node in ast.walk(ast.parse(text, filename=str(path))):
+        if isinstance(node, ast.ClassDef):
+            length = (node.end_lineno or node.lineno) - node.lineno + 1
+            if length > CLASS_LINES:
+                found.append(f"{path.name}: class {node.name} is {length} lines")
+    return found
+
+
+def test_no_module_over_500_lines_and_no_class_over_200() -> None:
+    """Every module of the tree, tests included, is at most 500 lines and every class at most 200."""
+    assert [problem for path in _sources(*PACKAGES) for problem in _oversized(path)] == []
+
+
 def test_the_checks_see_a_violation(tmp_path: Path) -> None:
     """The import scanner and the cycle finder see what they look for (so the tests above can fail)."""
     sample = tmp_path / "x.py"
@@ -171,3 +191,9 @@ def test_the_checks_see_a_violation(tmp_path: Path) -> None:
     assert _imports(sample) == {"socket", "server_shim.app", "server_shim.app.Server"}
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+    big = tmp_path / "big.py"
+    big.write_text("class Big:\n" + "    x = 1\n" * CLASS_LINES + "\n" * (MODULE_LINES - CLASS_LINES))
+    assert _oversized(big) == [
+        f"big.py: {MODULE_LINES + 1} lines",
+        f"big.py: class Big is {CLASS_LINES + 1} lines",
+    ]

@@ -30,7 +30,7 @@ from tests.conftest import LiveServer, Tentacles
 from tests.deploying import apply, deploy, release, wait_task
 from tests.deploying import step as deploy_step
 from tests.deploying import texts as server_texts
-from tests.test_tasks import EVERYTHING_READ, FINAL, Agent, gate_of, make_plan, step, texts
+from tests.tasks_helpers import EVERYTHING_READ, FINAL, Agent, gate_of, make_plan, step, texts
 
 pytestmark = pytest.mark.timeout(180)
 

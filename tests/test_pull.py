@@ -10,15 +10,11 @@ the wire is read back from nginx's access log.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import http.client
-import io
 import logging
-import os
-import threading
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -38,89 +34,14 @@ from rigs.nginx_mirror import (  # the *_fixture imports provide the pki, mirror
     write_feed,
 )
 from tentacle.net.tls import client_context
-from tentacle.packages.cache import PackageCache
 from tentacle.packages.download import AcquisitionError, package_path
-from tentacle.packages.mirror_client import MirrorClient, Timeouts
-from tentacle.packages.mirror_ranking import MirrorRanker, package_base_address
-from tentacle.packages.pull import Acquirer
 from tentacle.protocol.backoff import Backoff
 from tentacle.protocol.identity import thumbprint
-from tentacle.protocol.plan import Plan, PlannedPackage
+from tests.pull_helpers import PLAN, SIZE, AcquirerFactory, with_mirrors
+from tests.pull_helpers import acquirers as acquirers
+from tests.pull_helpers import package as package
 
 pytestmark = pytest.mark.timeout(30)
-
-FAST = Timeouts(connect=2.0, stall=2.0, probe=2.0)
-PLAN = Plan(
-    task_id="task-1",
-    kind="deployment",
-    project_name="OctoPetShop",
-    release_version="1.0.0",
-    environment_name="Dev",
-    machine_name="web-01",
-    steps=(),
-)
-SIZE = 6 * 1024 * 1024
-
-
-def zip_package(size: int) -> bytes:
-    """A real .zip package about `size` bytes big (a readme and random, stored payload)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        archive.writestr("readme.txt", b"OctoPetShop web")
-        archive.writestr("bin/payload.bin", os.urandom(size))
-    return buffer.getvalue()
-
-
-@pytest.fixture
-def package(tmp_path: Path) -> FeedPackage:
-    """OctoPetShop.Web 1.0.0 as a .zip in a feed directory."""
-    return write_feed(tmp_path / "feed", "OctoPetShop.Web", "1.0.0", zip_package(SIZE))
-
-
-AcquirerFactory = Callable[..., Acquirer]
-
-
-@pytest.fixture
-async def acquirers(tmp_path: Path, pki: Pki) -> AsyncIterator[AcquirerFactory]:
-    """Makes Acquirers with the tentacle's client certificate (or none); closes them at the end."""
-    made: list[Acquirer] = []
-
-    def make(
-        *,
-        cert: bool = True,
-        local: Mapping[str, Sequence[str]] | None = None,
-        server: str | None = None,
-        cache: str = "cache",
-        server_pins: frozenset[str] = frozenset(),
-        backoff: Backoff | None = None,
-    ) -> Acquirer:
-        ctx = client_context(pki.ca, pki.client_cert, pki.client_key) if cert else client_context(pki.ca)
-        acquirer = Acquirer(
-            PackageCache(tmp_path / cache / "packages"),
-            ctx,
-            local,
-            server,
-            ranker=patient(),
-            timeouts=FAST,
-            server_pins=server_pins,
-            backoff=backoff,
-        )
-        made.append(acquirer)
-        return acquirer
-
-    yield make
-    for acquirer in made:
-        await acquirer.close()
-
-
-def patient() -> MirrorRanker:
-    """A ranker that waits for every probe (a loaded machine must not reorder what tests assert)."""
-    return MirrorRanker(rank_wait=10.0)
-
-
-def with_mirrors(pkg: PlannedPackage, *urls: str) -> PlannedPackage:
-    """The plan entry with these mirror candidates."""
-    return msgspec.structs.replace(pkg, mirrors=urls)
 
 
 # --- pulling ---------------------------------------------------------------------------
@@ -338,57 +259,7 @@ async def test_a_complete_partial_is_verified_and_stored_without_network(
     assert path.read_bytes() == package.path.read_bytes()
 
 
-# --- the cache in front of the network -------------------------------------------------
-
-
-async def test_a_cached_package_needs_no_network(
-    package: FeedPackage,
-    mirrors: Mirrors,
-    acquirers: AcquirerFactory,
-) -> None:
-    """After one pull, nginx is stopped; a new acquirer on the same cache still gets the file."""
-    mirror = mirrors.start(package.root)
-    pkg = with_mirrors(package.planned, mirror.index_url)
-    first = await acquirers()(PLAN, pkg)
-    mirror.stop()
-    second = acquirers()
-    assert await second(PLAN, pkg) == first
-    assert second.reports == {}
-
-
-async def test_concurrent_acquisitions_of_one_package_download_once(
-    package: FeedPackage,
-    mirrors: Mirrors,
-    acquirers: AcquirerFactory,
-) -> None:
-    """Two tasks acquiring the same package at once cause one GET of it on the mirror."""
-    mirror = mirrors.start(package.root)
-    acquirer = acquirers()
-    pkg = with_mirrors(package.planned, mirror.index_url)
-    other = msgspec.structs.replace(PLAN, task_id="task-2")
-    first, second = await asyncio.gather(acquirer(PLAN, pkg), acquirer(other, pkg))
-    assert first == second
-    assert len(mirror.requests(pkg.file_name, at_least=1)) == 1
-
-
-async def test_acquired_packages_stay_leased_until_the_task_ends(
-    package: FeedPackage,
-    mirrors: Mirrors,
-    acquirers: AcquirerFactory,
-) -> None:
-    """Eviction under pressure skips a running task's package; after release it may go."""
-    mirror = mirrors.start(package.root)
-    acquirer = acquirers()
-    path = await acquirer(PLAN, with_mirrors(package.planned, mirror.index_url))
-    acquirer.cache.min_free_share = 0.999999  # any real disk is "full" by this measure
-    assert acquirer.cache.evict() == []
-    assert path.exists()
-    acquirer.release(PLAN.task_id)
-    assert acquirer.cache.evict() == [package.planned.sha512]
-    assert not path.exists()
-
-
-# --- sources, ranking and errors -------------------------------------------------------
+# --- sources -----------------------------------------------------------------------
 
 
 async def test_push_fetches_from_the_server_feed(
@@ -464,116 +335,3 @@ async def test_the_server_feed_is_pinned_so_another_ca_certificate_cannot_pose_a
     real = thumbprint(x509.load_pem_x509_certificate(pki.server_cert.read_bytes()).public_bytes(Encoding.DER))
     trusted = acquirers(server=impostor.index_url, server_pins=frozenset({real}), cache="other")
     assert (await trusted(PLAN, pkg)).read_bytes() == package.path.read_bytes()
-
-
-async def test_every_failure_is_named_with_its_mirror(
-    tmp_path: Path,
-    package: FeedPackage,
-    mirrors: Mirrors,
-    acquirers: AcquirerFactory,
-    dead_port: int,
-) -> None:
-    """When no mirror delivers, the error lists each one tried with its own reason; it is retryable
-    only when every mirror's failure may pass (a 404 will not)."""
-    dead = f"https://127.0.0.1:{dead_port}/index.json"
-    elsewhere = write_feed(tmp_path / "other", "Other.Package", "2.0.0", b"other")
-    lacking = mirrors.start(elsewhere.root)
-    acquirer = acquirers()
-    with pytest.raises(AcquisitionError) as caught:
-        await acquirer(PLAN, with_mirrors(package.planned, dead, lacking.index_url))
-    assert caught.value.message == (
-        f"OctoPetShop.Web 1.0.0: {lacking.index_url}: HTTP 404 (Not Found); {dead}: connection refused"
-    )
-    assert not caught.value.retryable
-    assert not acquirer.cache.partial(package.planned.sha512).path.exists()
-    with pytest.raises(AcquisitionError) as caught:
-        await acquirer(PLAN, with_mirrors(package.planned, dead))
-    assert caught.value.message == f"OctoPetShop.Web 1.0.0: {dead}: connection refused"
-    assert caught.value.retryable
-
-
-async def test_latency_is_measured_once_and_remembered(
-    package: FeedPackage,
-    mirrors: Mirrors,
-    pki: Pki,
-) -> None:
-    """Ranking twice within the ttl probes each mirror's service index only once."""
-    near = mirrors.start(package.root, "near")
-    client = MirrorClient(client_context(pki.ca, pki.client_cert, pki.client_key), FAST)
-    ranker = patient()
-    for _ in range(2):
-        assert await ranker.rank(client, [near.index_url]) == [near.index_url]
-    assert len(near.requests("/index.json", at_least=1)) == 1
-    latency = ranker.latency(near.index_url)
-    assert latency is not None and 0 < latency < 2
-
-
-def test_service_index_base_address_is_resolved_against_the_index_url() -> None:
-    """A relative @id joins the index URL; an absolute one is kept; a slash is ensured."""
-    index = "https://mirror:8443/nuget/v3/index.json"
-    relative = {"resources": [{"@id": "flatcontainer/", "@type": "PackageBaseAddress/3.0.0"}]}
-    absolute = {"resources": [{"@id": "https://cdn/flat", "@type": "PackageBaseAddress/3.0.0"}]}
-    assert package_base_address(index, relative) == "https://mirror:8443/nuget/v3/flatcontainer/"
-    assert package_base_address(index, absolute) == "https://cdn/flat/"
-
-
-def test_package_path_uses_the_normalized_lowercase_version() -> None:
-    """'1.0' becomes '1.0.0' and ids are lowercased, as a NuGet flat container lays files out."""
-    pkg = PlannedPackage(
-        id="OctoPetShop.Web", version="1.0-Beta", sha512="0" * 128, size=1, file_name="x y.zip"
-    )
-    assert package_path(pkg) == "octopetshop.web/1.0.0-beta/x%20y.zip"
-
-
-async def test_cancelling_an_acquisition_stops_the_download(
-    package: FeedPackage,
-    mirrors: Mirrors,
-    proxies: list[TcpProxy],
-    pki: Pki,
-    tmp_path: Path,
-) -> None:
-    """Cancelled mid-stream, it ends at once, stops its threads, and a later pull resumes."""
-    mirror = mirrors.start(package.root)
-    crawler = await TcpProxy(mirror.port, stall_after=SIZE // 2).start()
-    proxies.append(crawler)
-    ctx = client_context(pki.ca, pki.client_cert, pki.client_key)
-    slow = Timeouts(connect=2.0, stall=30.0, probe=2.0)
-    acquirer = Acquirer(PackageCache(tmp_path / "cache"), ctx, timeouts=slow)
-    earlier = set(threading.enumerate())  # other tests' threads are not this download's
-    task = asyncio.create_task(acquirer(PLAN, with_mirrors(package.planned, crawler.index_url)))
-    await asyncio.wait_for(crawler.stalled.wait(), 10)
-    await asyncio.sleep(0.5)  # the reader drains the socket, then blocks waiting for more
-    workers = [
-        t for t in set(threading.enumerate()) - earlier if t.name.startswith(("tentacle-pull", "partial-"))
-    ]
-    assert workers, "the download runs no worker thread: the test no longer tests anything"
-    start = time.monotonic()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert time.monotonic() - start < 2
-    for worker in workers:  # each has handed over its result; it may still be returning
-        await asyncio.to_thread(worker.join, 2)
-    assert not [worker.name for worker in workers if worker.is_alive()]
-    partial = acquirer.cache.partial(package.planned.sha512)
-    assert partial.size() > 0 and partial.validator() is not None
-    await acquirer.close()
-    again = Acquirer(PackageCache(tmp_path / "cache"), ctx, timeouts=FAST)
-    path = await again(PLAN, with_mirrors(package.planned, mirror.index_url))
-    assert path.read_bytes() == package.path.read_bytes()
-    ranges = [line.range for line in mirror.requests(package.planned.file_name, at_least=2)]
-    assert f"bytes={partial_size_before(again)}-" in ranges
-    await again.close()
-
-
-def partial_size_before(acquirer: Acquirer) -> int:
-    """Where the acquirer's last download resumed from."""
-    [report] = acquirer.reports.values()
-    return report.attempts[-1].resumed_from
-
-
-def test_the_test_package_is_what_the_plan_says(package: FeedPackage) -> None:
-    """The fixture's plan entry matches its file (so the other tests prove what they claim)."""
-    data = package.path.read_bytes()
-    assert package.planned.sha512 == hashlib.sha512(data).hexdigest()
-    assert package.planned.size == len(data)

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from server_shim.store import project_rows as projects
-from tests.test_projects import Shim, error_of
-from tests.test_projects import shim as shim
+from tests.projects_helpers import Shim, error_of
+from tests.projects_helpers import shim as shim
 
 WEB, DB = "Shop.Web", "Shop.Db"
 RANGE = "[2.1,2.2)"

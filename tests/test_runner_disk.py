@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_tasks import EVERYTHING_READ, FINAL, Agent, gate_of, make_plan, step, texts
+from tests.tasks_helpers import EVERYTHING_READ, FINAL, Agent, gate_of, make_plan, step, texts
 
 pytestmark = pytest.mark.timeout(60)
 

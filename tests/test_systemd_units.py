@@ -1,5 +1,6 @@
-"""The systemd side: unit files (checked by systemd's own tools), service install,
-sd_notify over real datagram sockets, and journald-friendly log lines.
+"""The systemd unit files, checked by systemd's own tools (service install:
+tests/test_service_install.py; sd_notify: tests/test_sd_notify.py; log lines:
+tests/test_log_lines.py).
 
 The sandbox test runs CPython under the unit's own system call filter and
 MemoryDenyWriteExecute, applied with libseccomp as systemd applies them, so a setting
@@ -8,38 +9,25 @@ that would break the daemon fails here rather than on a target host.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import errno
 import json
-import logging
 import os
 import re
-import socket
 import subprocess
 import sys
-import textwrap
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
-from tentacle.common import sdnotify
-from tentacle.common.logs import event, format_fields
-from tentacle.common.units import (
-    ServiceError,
-    default_units,
-    install_service,
-    render_unit,
-    uninstall_service,
-)
-from tentacle.errors import ConfigError, UsageError
+from tentacle.common.units import default_units, render_unit
+from tentacle.errors import UsageError
+from tests.units_helpers import EXECUTABLE, _directives
 
 REPO = Path(__file__).resolve().parent.parent
-EXECUTABLE = sys.executable  # verify needs ExecStart= to name a real program
 
 
 class Profile(NamedTuple):
@@ -71,16 +59,6 @@ def _write_unit(directory: Path, profile: str) -> Path:
     path = directory / f"{profile}.service"
     path.write_text(text)
     return path
-
-
-def _directives(text: str) -> dict[str, list[str]]:
-    """Every ``Key=value`` of a unit, in order, keys that repeat keeping each value."""
-    values: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if "=" in line and not line.startswith(("#", "[")):
-            key, value = line.split("=", 1)
-            values.setdefault(key, []).append(value)
-    return values
 
 
 # --- unit files, judged by systemd ------------------------------------------------------
@@ -351,359 +329,3 @@ def test_cpython_runs_under_the_units_syscall_filter_and_mdwe(tmp_path: Path, pr
     expected = ["tls pong", "bash step-ran", "zstd True", f"wx {errno.EPERM}"]
     assert lines[:4] == expected
     assert lines[4] == f"filters {len(filters)}"
-
-
-# --- service install --------------------------------------------------------------------
-
-
-class Recorder:
-    """The ``run`` seam of install_service: records commands, fails the one named."""
-
-    def __init__(self, fail: str | None = None) -> None:
-        """Record every command; answer ``fail`` (a subcommand) with exit 1."""
-        self.calls: list[list[str]] = []
-        self.fail = fail
-
-    def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        """Record ``argv`` and pretend it ran."""
-        self.calls.append(list(argv))
-        if self.fail in argv:
-            return subprocess.CompletedProcess(list(argv), 1, "", "Access denied\n")
-        return subprocess.CompletedProcess(list(argv), 0, "", "")
-
-
-@pytest.fixture
-def booted(tmp_path: Path) -> Path:
-    """A marker directory standing for /run/systemd/system on a systemd host."""
-    marker = tmp_path / "run-systemd-system"
-    marker.mkdir()
-    return marker
-
-
-@pytest.fixture
-def unit_dir(tmp_path: Path) -> Path:
-    """An empty directory standing for /etc/systemd/system."""
-    directory = tmp_path / "units"
-    directory.mkdir()
-    return directory
-
-
-def test_dry_run_returns_the_unit_and_changes_nothing(
-    unit_dir: Path, booted: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """--dry-run returns the unit it would write, and runs, writes and prints nothing."""
-    recorder = Recorder()
-    text = install_service(
-        "tentacle",
-        executable="/usr/local/bin/tentacle",
-        dry_run=True,
-        start=True,
-        unit_dir=unit_dir,
-        run=recorder,
-        booted_marker=booted,
-    )
-    assert text == default_units()["tentacle.service"]
-    assert capsys.readouterr().out == ""
-    assert list(unit_dir.iterdir()) == []
-    assert recorder.calls == []
-
-
-def test_install_writes_enables_and_starts_on_a_systemd_host(unit_dir: Path, booted: Path) -> None:
-    """install writes the unit (0644), then daemon-reload, enable and start."""
-    recorder = Recorder()
-    text = install_service(
-        "server-shim",
-        executable=EXECUTABLE,
-        user="nobody",
-        start=True,
-        unit_dir=unit_dir,
-        run=recorder,
-        booted_marker=booted,
-    )
-    path = unit_dir / "server-shim.service"
-    assert path.read_text() == text
-    assert text == render_unit("server-shim", executable=EXECUTABLE, user="nobody")
-    assert path.stat().st_mode & 0o777 == 0o644
-    assert recorder.calls == [
-        ["systemctl", "daemon-reload"],
-        ["systemctl", "enable", "server-shim.service"],
-        ["systemctl", "start", "server-shim.service"],
-    ]
-
-
-def test_install_creates_a_missing_user_and_names_the_instance(unit_dir: Path, tmp_path: Path) -> None:
-    """A missing user is created with useradd; a --home instance gets its own unit name."""
-    recorder = Recorder()
-    user = f"tt{uuid.uuid4().hex[:12]}"
-    home = tmp_path / "blue"
-    install_service(
-        "tentacle",
-        executable=[EXECUTABLE, "-m", "tentacle"],
-        home=str(home),
-        user=user,
-        start=True,
-        unit_dir=unit_dir,
-        run=recorder,
-        booted_marker=tmp_path / "not-booted",
-    )
-    assert recorder.calls == [
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
-        ["systemctl", "enable", "tentacle-blue.service"],
-    ]
-    values = _directives((unit_dir / "tentacle-blue.service").read_text())
-    assert values["ExecStart"] == [f"{EXECUTABLE} -m tentacle --home {home} run"]
-    assert values["User"] == [user]
-
-
-def test_install_as_root_creates_no_user(unit_dir: Path, booted: Path) -> None:
-    """The root profile runs as root: no useradd, no User= line."""
-    recorder = Recorder()
-    install_service(
-        "tentacle",
-        executable=EXECUTABLE,
-        as_root=True,
-        unit_dir=unit_dir,
-        run=recorder,
-        booted_marker=booted,
-    )
-    assert [call[0] for call in recorder.calls] == ["systemctl", "systemctl"]
-    assert "User" not in _directives((unit_dir / "tentacle.service").read_text())
-
-
-def test_systemctl_failure_is_a_service_error(unit_dir: Path, booted: Path) -> None:
-    """A failing systemctl command raises ServiceError naming the command and its reason."""
-    with pytest.raises(ServiceError, match=r"systemctl enable tentacle.service failed \(exit 1\)"):
-        install_service(
-            "tentacle",
-            executable=EXECUTABLE,
-            user="nobody",
-            unit_dir=unit_dir,
-            run=Recorder(fail="enable"),
-            booted_marker=booted,
-        )
-
-
-def test_install_without_root_is_a_clear_error(tmp_path: Path) -> None:
-    """Someone who cannot write the unit directory is told that it needs root."""
-    unit_dir = tmp_path / "units"
-    unit_dir.mkdir(mode=0o555)
-    code = textwrap.dedent(
-        """
-        import sys
-        from pathlib import Path
-        from tentacle.common.units import ServiceError, install_service
-        try:
-            install_service("tentacle", executable=sys.executable, user="nobody",
-                            unit_dir=Path(sys.argv[1]), run=lambda argv: sys.exit("ran"))
-        except ServiceError as exc:
-            print(exc.exit_code, exc)
-        """
-    )
-    argv = [sys.executable, "-c", code, str(unit_dir)]
-    if os.geteuid() == 0:
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
-    result = subprocess.run(argv, capture_output=True, text=True, check=True, cwd="/")
-    assert result.stdout.strip() == f"1 cannot write {unit_dir}: installing a service needs root (try sudo)"
-
-
-def test_uninstall_stops_disables_and_removes(unit_dir: Path, booted: Path) -> None:
-    """uninstall stops and disables the unit, deletes it, then reloads systemd."""
-    install_service("tentacle", executable=EXECUTABLE, user="nobody", unit_dir=unit_dir, run=Recorder())
-    recorder = Recorder()
-    name = uninstall_service("tentacle", unit_dir=unit_dir, run=recorder, booted_marker=booted)
-    assert name == "tentacle"
-    assert list(unit_dir.iterdir()) == []
-    assert recorder.calls == [
-        ["systemctl", "stop", "tentacle.service"],
-        ["systemctl", "disable", "tentacle.service"],
-        ["systemctl", "daemon-reload"],
-    ]
-
-
-def test_uninstall_of_a_missing_unit_does_nothing(unit_dir: Path, booted: Path) -> None:
-    """Removing a unit that is not installed runs nothing and succeeds."""
-    recorder = Recorder()
-    uninstall_service("server-shim", home="/srv/x", unit_dir=unit_dir, run=recorder, booted_marker=booted)
-    assert recorder.calls == []
-
-
-# --- sd_notify ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
-    """A datagram socket bound where $NOTIFY_SOCKET points, as systemd provides it."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
-        path = tmp_path / "notify"
-        receiver.bind(str(path))
-        receiver.settimeout(5)
-        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
-        yield receiver
-
-
-def test_ready_sends_ready_and_status(notify_socket: socket.socket) -> None:
-    """ready() sends READY=1 with a one-line STATUS."""
-    assert sdnotify.ready("listening on\n:10933") is True
-    assert notify_socket.recv(4096) == b"READY=1\nSTATUS=listening on :10933"
-
-
-def test_status_stopping_and_reloading_messages(notify_socket: socket.socket) -> None:
-    """status(), stopping() and reloading() send the fields systemd expects."""
-    sdnotify.status("idle")
-    sdnotify.stopping()
-    sdnotify.reloading()
-    assert notify_socket.recv(4096) == b"STATUS=idle"
-    assert notify_socket.recv(4096) == b"STOPPING=1"
-    assert re.fullmatch(rb"RELOADING=1\nMONOTONIC_USEC=\d+", notify_socket.recv(4096))
-
-
-def test_abstract_notify_socket(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An @name NOTIFY_SOCKET reaches a socket in the abstract namespace."""
-    name = f"tentacle-test-{uuid.uuid4().hex}"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
-        receiver.bind(b"\0" + name.encode())
-        receiver.settimeout(5)
-        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
-        assert sdnotify.notify("READY=1") is True
-        assert receiver.recv(4096) == b"READY=1"
-
-
-def test_notify_outside_systemd_is_a_quiet_no(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without NOTIFY_SOCKET every helper returns False and nothing is sent."""
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    assert sdnotify.ready("up") is False
-    assert sdnotify.stopping() is False
-
-
-def test_notify_failures_are_swallowed_and_logged_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A socket nobody listens on makes notify return False, logging one warning only."""
-    monkeypatch.setattr(sdnotify, "_failure_logged", False)  # fresh process state
-    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
-    with caplog.at_level(logging.WARNING, logger="tentacle.common.sdnotify"):
-        assert sdnotify.notify("WATCHDOG=1") is False
-        assert sdnotify.notify("WATCHDOG=1") is False
-    assert [record.getMessage().split()[0] for record in caplog.records] == ["sdnotify.failed"]
-
-
-@pytest.mark.parametrize(
-    ("usec", "pid", "interval"),
-    [
-        ("30000000", None, 15.0),
-        ("30000000", "own", 15.0),
-        ("30000000", "1", None),
-        ("0", None, None),
-        ("soon", None, None),
-        (None, None, None),
-    ],
-)
-def test_watchdog_interval(
-    monkeypatch: pytest.MonkeyPatch, usec: str | None, pid: str | None, interval: float | None
-) -> None:
-    """Half of WATCHDOG_USEC in seconds, only for the process WATCHDOG_PID names."""
-    for name, value in (("WATCHDOG_USEC", usec), ("WATCHDOG_PID", pid)):
-        if value is None:
-            monkeypatch.delenv(name, raising=False)
-        else:
-            monkeypatch.setenv(name, str(os.getpid()) if value == "own" else value)
-    assert sdnotify.watchdog_interval() == interval
-
-
-async def test_watchdog_loop_pings_at_the_interval(
-    notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """watchdog_loop sends WATCHDOG=1 repeatedly at half the watchdog timeout."""
-    monkeypatch.setenv("WATCHDOG_USEC", "40000")  # a ping every 20 ms
-    monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    notify_socket.setblocking(False)
-    loop = asyncio.get_running_loop()
-    task = asyncio.create_task(sdnotify.watchdog_loop())
-    try:
-        pings = [await asyncio.wait_for(loop.sock_recv(notify_socket, 64), 5) for _ in range(3)]
-    finally:
-        task.cancel()
-    assert pings == [b"WATCHDOG=1"] * 3
-
-
-async def test_watchdog_loop_ends_without_a_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without WATCHDOG_USEC the loop returns at once."""
-    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
-    await asyncio.wait_for(sdnotify.watchdog_loop(), 1)
-
-
-# --- logs ---------------------------------------------------------------------------------
-
-LOGGING_SCRIPT = """
-import logging
-from tentacle.common.logs import event, setup_logging
-setup_logging("info")
-setup_logging("info")  # a second call must not double every line
-log = logging.getLogger("tentacle.test")
-event(log, "package.mirror_failed", logging.WARNING, mirror="https://m1", error="timed out")
-event(log, "step.started", step="Deploy web")
-event(log, "debug.hidden", logging.DEBUG)
-try:
-    1 / 0
-except ZeroDivisionError:
-    log.exception("step.crashed")
-"""
-
-
-def _run_logging(tmp_path: Path, *, journal: bool) -> list[str]:
-    """Run LOGGING_SCRIPT with stdout to a file, JOURNAL_STREAM naming it or not."""
-    output = tmp_path / "stdout"
-    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
-    with output.open("w") as stdout:
-        if journal:
-            stat = os.fstat(stdout.fileno())
-            env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
-        subprocess.run([sys.executable, "-c", LOGGING_SCRIPT], stdout=stdout, env=env, check=True)
-    return output.read_text().splitlines()
-
-
-def test_journal_lines_carry_syslog_priorities(tmp_path: Path) -> None:
-    """When stdout is the journal, each line starts with <priority> and has no timestamp."""
-    lines = _run_logging(tmp_path, journal=True)
-    assert lines[:3] == [
-        '<4>package.mirror_failed mirror=https://m1 error="timed out"',
-        '<6>step.started step="Deploy web"',
-        "<3>step.crashed",
-    ]
-    assert lines[3] == "<3>Traceback (most recent call last):"
-    assert all(line.startswith("<3>") for line in lines[3:])
-    assert lines[-1] == "<3>ZeroDivisionError: division by zero"
-
-
-def test_terminal_lines_carry_timestamp_and_level(tmp_path: Path) -> None:
-    """Elsewhere each event line starts with an ISO timestamp and the level word."""
-    lines = _run_logging(tmp_path, journal=False)
-    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
-    assert re.fullmatch(stamp + r' WARNING package\.mirror_failed mirror=\S+ error="timed out"', lines[0])
-    assert re.fullmatch(stamp + r' INFO step\.started step="Deploy web"', lines[1])
-    assert re.fullmatch(stamp + r" ERROR step\.crashed", lines[2])
-    assert not any("debug.hidden" in line for line in lines)
-
-
-def test_fields_are_quoted_only_when_needed() -> None:
-    """Plain words stay bare; spaces, quotes, '=', newlines and empties are JSON-quoted."""
-    rendered = format_fields(
-        a="plain", b="two words", c='say "hi"', d="k=v", e="", f="line\nbreak", g=True, h=3
-    )
-    assert rendered == ('a=plain b="two words" c="say \\"hi\\"" d="k=v" e="" f="line\\nbreak" g=true h=3')
-
-
-def test_event_logs_name_and_fields(caplog: pytest.LogCaptureFixture) -> None:
-    """event() logs one record whose message is the event name and its fields."""
-    with caplog.at_level(logging.INFO, logger="tentacle.test"):
-        event(logging.getLogger("tentacle.test"), "package.verified", id="Web", size=10)
-    assert [r.getMessage() for r in caplog.records] == ["package.verified id=Web size=10"]
-    assert caplog.records[0].funcName == "test_event_logs_name_and_fields"
-
-
-def test_unknown_log_level_is_a_config_error() -> None:
-    """An unknown level is a configuration error (exit 78) naming the choices."""
-    from tentacle.common.logs import setup_logging
-
-    with pytest.raises(ConfigError, match="'loud' is not one of debug, info"):
-        setup_logging("loud")

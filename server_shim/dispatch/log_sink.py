@@ -28,6 +28,8 @@ from server_shim.store.database import Database
 from server_shim.store.log_rows import Batch, Key, LogRow, LogTotals
 from tentacle.common.logs import event
 from tentacle.errors import StorageError
+from tentacle.protocol.masking import Masker
+from tentacle.protocol.rpc_messages import StatusResult
 
 log = logging.getLogger("server_shim.dispatch.log_sink")
 BATCH_LINES: Final = 10_000  # lines per transaction: big enough to be fast, short enough not to hold others
@@ -136,3 +138,22 @@ class LogSink:
         """Wake everyone waiting on progress (each waits on the event it saw)."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+
+def masked_rows(masker: Masker, status: StatusResult) -> list[LogRow]:
+    """A status answer's lines as the store takes them, masked again (and valid UTF-8)."""
+    mask = masker.mask
+    return [
+        (line.seq, line.time, line.stream.value, _text(line.step), _text(mask(line.text)))
+        for line in status.log
+    ]
+
+
+def _text(value: str) -> str:
+    """``value`` storable as UTF-8 text in either database: a lone surrogate (JSON allows
+    ``\\ud800``) and a NUL (which PostgreSQL's text cannot hold) become U+FFFD."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")

@@ -22,11 +22,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar, cast
 
 from server_shim.dispatch import books
-from server_shim.dispatch.log_sink import LogSink
+from server_shim.dispatch.log_sink import LogSink, masked_rows
+from server_shim.dispatch.target_calls import TargetCalls, TargetGone
 from server_shim.store import log_rows
 from server_shim.store.database import Database
-from server_shim.store.log_rows import LogRow
-from server_shim.store.machine_rows import Machine
 from server_shim.store.node_rows import LeaseLost
 from server_shim.store.task_rows import TaskRecord
 from tentacle.common.logs import event
@@ -62,12 +61,7 @@ log = logging.getLogger("server_shim.dispatch.task_run")
 STATUS_WAIT = 20.0
 CALL_TIMEOUT = 30.0
 P = TypeVar("P", bound=Wire)
-R = TypeVar("R", bound=Wire)
 GateHook = Callable[[str, Plan, str], Awaitable[None]]  # (space, the target's plan, the gate's name)
-
-
-class TargetGone(Exception):
-    """This target cannot take part any more (not reachable for too long, refused, removed)."""
 
 
 class Host(Protocol):
@@ -75,14 +69,9 @@ class Host(Protocol):
 
     db: Database
     sink: LogSink
+    targets: TargetCalls
     gate_hooks: list[GateHook]
     cancel_timeout: float
-
-    async def call_until(self, run: TaskRun, name: str, call: Call[P, R], params: P, timeout: float) -> R:
-        """Call a target, retrying what may pass; raises `TargetGone`."""
-
-    async def machine_of(self, space: str, name: str, task_created: float | None = None) -> Machine:
-        """The machine a task created then may call by this name; `TargetGone` if removed or replaced."""
 
     async def finished(self, run: TaskRun) -> None:
         """The task ended: drain, release its machines, start the next."""
@@ -220,7 +209,7 @@ class TaskRun:
         replaced since the task began: it gets none of the task's packages either.
         """
         await self.started[name].wait()
-        await self.host.machine_of(self.record.space, name, self.record.created_at)
+        await self.host.targets.machine_of(self.record.space, name, self.record.created_at)
         for hook in self.host.gate_hooks:
             try:
                 await unless_halted(
@@ -238,7 +227,7 @@ class TaskRun:
         """Deliver one idempotent call, retrying until it lands or the target is gone."""
         try:
             await self.started[name].wait()
-            await self.host.call_until(self, name, call, params, timeout=CALL_TIMEOUT)
+            await self.host.targets.call_until(self, name, call, params, timeout=CALL_TIMEOUT)
         except TargetGone as exc:
             await self.event(functools.partial(_lost, name, str(exc)))
 
@@ -258,11 +247,13 @@ class TaskRun:
         version, started = 0, False
         while not self.finished.is_set():
             if not started:
-                await self.host.call_until(self, name, TASK_START, start, timeout=CALL_TIMEOUT)
+                await self.host.targets.call_until(self, name, TASK_START, start, timeout=CALL_TIMEOUT)
                 started = True
                 self.started[name].set()
             params = StatusParams(task_id=self.task_id, log_since=since, version=version, wait=STATUS_WAIT)
-            status = await self.host.call_until(self, name, TASK_STATUS, params, timeout=STATUS_WAIT + 15)
+            status = await self.host.targets.call_until(
+                self, name, TASK_STATUS, params, timeout=STATUS_WAIT + 15
+            )
             since = await self.relay(name, status, since)
             version = status.version
             if status.state == UNKNOWN_TASK:
@@ -272,7 +263,7 @@ class TaskRun:
 
     async def relay(self, name: str, status: StatusResult, since: int) -> int:
         """Hand one answer's lines and gate results on; returns the last line number read."""
-        lines = self.rows(status)
+        lines = masked_rows(self.masker, status)
         if status.more:  # lines are waiting on the tentacle: what stops things goes first
             await self._report_gates(name, status, ends_only=True)
             await self.host.sink.put(self.task_id, name, lines)
@@ -281,10 +272,6 @@ class TaskRun:
             await self.host.sink.flush(self.task_id, name)
             await self._report_gates(name, status)
         return max(since, lines[-1][0]) if lines else since
-
-    def rows(self, status: StatusResult) -> list[LogRow]:
-        """The answer's lines as the store takes them, masked again here."""
-        return masked_rows(self.masker, status)
 
     async def _report_gates(self, name: str, status: StatusResult, *, ends_only: bool = False) -> None:
         """Feed each gate that ended to the coordinator (repeats are ignored); ``ends_only``: no successes."""
@@ -306,25 +293,6 @@ def _lost(name: str, reason: str, c: TaskCoordinator) -> list[Action]:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def masked_rows(masker: Masker, status: StatusResult) -> list[LogRow]:
-    """A status answer's lines as the store takes them, masked again (and valid UTF-8)."""
-    mask = masker.mask
-    return [
-        (line.seq, line.time, line.stream.value, _text(line.step), _text(mask(line.text)))
-        for line in status.log
-    ]
-
-
-def _text(value: str) -> str:
-    """``value`` storable as UTF-8 text in either database: a lone surrogate (JSON allows
-    ``\\ud800``) and a NUL (which PostgreSQL's text cannot hold) become U+FFFD."""
-    if "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-    if value.isascii():
-        return value
-    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 async def unless_halted(halted: asyncio.Event, work: Awaitable[None]) -> None:

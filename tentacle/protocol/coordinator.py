@@ -137,6 +137,10 @@ class _Target:
     reason: str | None = None
 
 
+# A task's own fields, as `_setup` takes them and a snapshot keeps them: its state, current
+# gate, error, first failure and cancel reason.
+_Fields = tuple[TaskState, int, str | None, str | None, str | None]
+_NOT_STARTED: Final[_Fields] = (TaskState.QUEUED, 0, None, None, None)
 _RUNNING: Final = TargetState.RUNNING
 # A target in one of these has not failed (yet): it can still be lost, or read cancelled at the end.
 _ALIVE: Final = frozenset({TargetState.WAITING, TargetState.RUNNING, TargetState.SUCCESS})
@@ -152,18 +156,16 @@ class TaskCoordinator:
         self._setup(task_id, gates, labels, {name: _Target(work[name]) for name in plans})
 
     def _setup(
-        self, task_id: str, gates: tuple[str, ...], labels: tuple[str, ...], targets: dict[str, _Target]
+        self,
+        task_id: str,
+        gates: tuple[str, ...],
+        labels: tuple[str, ...],
+        targets: dict[str, _Target],
+        fields: _Fields = _NOT_STARTED,
     ) -> None:
-        """Set every field to a task that has not started."""
-        self.task_id = task_id
-        self.gates = gates
-        self._labels = labels
-        self._targets = targets
-        self._current = 0
-        self._state = TaskState.QUEUED
-        self._error: str | None = None
-        self._failure: str | None = None
-        self._cancel_reason: str | None = None
+        """Set every field: by default to a task that has not started."""
+        self.task_id, self.gates, self._labels, self._targets = task_id, gates, labels, targets
+        self._state, self._current, self._error, self._failure, self._cancel_reason = fields
 
     @property
     def state(self) -> TaskState:
@@ -341,10 +343,8 @@ class TaskCoordinator:
         decoded = _decode_snapshot(snapshot)
         coordinator = cls.__new__(cls)
         targets = {t.machine_name: _Target(frozenset(t.work), t.state, t.reason) for t in decoded.targets}
-        coordinator._setup(decoded.task_id, decoded.gates, decoded.gate_labels, targets)
-        coordinator._current, coordinator._state = decoded.current, decoded.state
-        coordinator._error, coordinator._failure = decoded.error, decoded.failure
-        coordinator._cancel_reason = decoded.cancel_reason
+        fields = (decoded.state, decoded.current, decoded.error, decoded.failure, decoded.cancel_reason)
+        coordinator._setup(decoded.task_id, decoded.gates, decoded.gate_labels, targets, fields)
         return coordinator
 
 
@@ -358,7 +358,7 @@ def _snapshot(
     task_id: str,
     gates: tuple[str, ...],
     labels: tuple[str, ...],
-    fields: tuple[TaskState, int, str | None, str | None, str | None],
+    fields: _Fields,
     targets: tuple[SnapshotTarget, ...],
 ) -> Snapshot:
     """The `Snapshot` of a coordinator: ``fields`` are its state, gate, error, failure and cancel reason."""
