@@ -88,7 +88,7 @@ async def register(request: web.Request) -> web.Response:
     )
 
     def commit(conn: sqlite3.Connection) -> Machine | None:
-        allowed = accounts.use_token(conn, body.token, environments, roles, body.name)
+        allowed = accounts.check_token(conn, body.token, environments, roles, body.name, use=True)
         _check_space_and_tenants(conn, machine)
         existing = machines.find(conn, machine.space, machine.name)
         if existing is not None and body.force:

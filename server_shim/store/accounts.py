@@ -133,8 +133,11 @@ def check_token(
     environments: Sequence[str] = (),
     roles: Sequence[str] = (),
     name: str | None = None,
+    *,
+    use: bool = False,
 ) -> Token:
-    """What the token allows; TokenRefused unless it can register now, these claims and this name."""
+    """What the token allows; TokenRefused unless it can register now, these claims and this name.
+    With ``use``, one use is counted (call so in the transaction that registers the machine)."""
     row = conn.execute(
         "SELECT uses_left, expires_at, environments, roles, machine FROM tokens WHERE token_hash = ?",
         (digest(token),),
@@ -160,20 +163,9 @@ def check_token(
             f"name: this token was made for machine {machine!r} and cannot register {name!r}",
             details={"field": "name"},
         )
+    if use:
+        conn.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ?", (digest(token),))
     return Token(tuple(json.loads(row["environments"])), tuple(json.loads(row["roles"])), machine)
-
-
-def use_token(
-    conn: sqlite3.Connection,
-    token: str,
-    environments: Sequence[str] = (),
-    roles: Sequence[str] = (),
-    name: str | None = None,
-) -> Token:
-    """Count one use (call in the transaction that registers the machine); what it allows."""
-    allowed = check_token(conn, token, environments, roles, name)
-    conn.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ?", (digest(token),))
-    return allowed
 
 
 @dataclass(frozen=True)
