@@ -156,7 +156,7 @@ class Server:
     @property
     def log(self) -> Path:
         """The output of the latest start."""
-        return self.home.parent / f"server-{self.starts}.log"
+        return self.home.parent / f"{self.home.name}-{self.starts}.log"  # one file per home, nodes too
 
     def init(self) -> None:
         """`server-shim init` on 127.0.0.1, port 0 for both sites."""
