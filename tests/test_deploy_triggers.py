@@ -89,3 +89,21 @@ async def test_a_project_without_a_release_fails_the_delivery(live_server: LiveS
     assert delivery["state"] == "failed" and delivery["error"] == "project 'Shop' has no release to deploy"
     status, page = await live_server.api("GET", "/api/Default/events/v1?kind=reactionFailed")
     assert status == 200 and page["items"][0]["details"]["reaction"] == "ship"
+
+
+async def test_a_deploy_set_off_by_its_own_deployment_is_skipped(
+    live_server: LiveServer, tentacles: Tentacles
+) -> None:
+    """Deploying a project again on the end of its own deployment to that environment would
+    loop forever: the delivery succeeds, saying so, and no second deployment is made."""
+    await tentacles.bring_online("polling", {"web-1": ("web",)})
+    await apply(live_server, SHOP)
+    version = await release(live_server, "Shop", "1.0.0")
+    doc = {"trigger": {"events": ["deploymentSucceeded"]}, "action": TARGET_TRIGGER["action"]}
+    await put_reaction(live_server, "again", doc)
+    first = await deploy(live_server, "Shop", version)
+    assert (await wait_task(live_server, first))["state"] == "success"
+    [delivery] = await settled(live_server, "again", 1)
+    assert delivery["state"] == "succeeded"
+    assert "a deployment of Shop to Dev set this off (a loop)" in delivery["attempts"][0]["log"]
+    assert [e["taskId"] for e in await queued_tasks(live_server)] == [first]

@@ -9,7 +9,8 @@ or already has that release or a task on the way with it.
 The task is created and the delivery's success recorded in one transaction: a server
 killed at any point either did both or neither, so a delivery never deploys twice.
 A refusal (no release, no targets) fails the delivery for good; a storage failure is
-retried.
+retried. A deployment set off by an event of a deployment of the same project to the same
+environment is skipped (succeeding, saying why): it would set itself off again, forever.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from server_shim.store import deploy_history, deployments
 from server_shim.store import machine_rows as machines
 from server_shim.store import project_rows as projects
 from server_shim.store.delivery_rows import Attempt, Due
+from server_shim.store.events import DEPLOYMENT_KINDS
 from server_shim.store.project_rows import Release
 from server_shim.store.task_rows import TaskRecord
 from tentacle.errors import NotFound, TentacleError
@@ -69,6 +71,9 @@ def _deploy(
     release = projects.latest_release(conn, space, project)
     if release is None:
         raise NoRelease(f"project {project!r} has no release to deploy")
+    if _loops(due, project, env):
+        _done(conn, due, started, clock, f"skipped: a deployment of {project} to {env} set this off (a loop)")
+        return []
     machine = due.payload.machine_name if due.payload.kind in TARGET_KINDS else None
     if machine is not None:
         skip = _skip_reason(conn, space, env, release, machine)
@@ -90,6 +95,13 @@ def _deploy(
     to = f" (machine {machine})" if machine else ""
     _done(conn, due, started, clock, f"task {record.task_id}: {project} {release.version} to {env}{to}")
     return [record]
+
+
+def _loops(due: Due, project: str, env: str) -> bool:
+    """Whether the event is one of a deployment that this action would start again."""
+    event = due.payload
+    same = event.project_name == project and env in event.environment_names
+    return same and event.kind in DEPLOYMENT_KINDS.values()
 
 
 def _done(conn: sqlite3.Connection, due: Due, started: float, clock: float, log: str) -> None:
