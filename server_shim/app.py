@@ -42,6 +42,7 @@ from server_shim.dispatch.fleet import Fleet
 from server_shim.dispatch.nodes import Node
 from server_shim.dispatch.pusher import Pusher
 from server_shim.dispatch.reactor import Reactor
+from server_shim.dispatch.retention import Retention
 from server_shim.dispatch.signer import Signer
 from server_shim.server_config import ServerConfig
 from server_shim.store import feed_store as feed
@@ -111,6 +112,7 @@ class Server:
         self.bound = Bound()
         self._runners: list[web.AppRunner] = []
         self._courier: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
 
     def api_app(self) -> web.Application:
         """The API application."""
@@ -207,6 +209,7 @@ class Server:
         await self.dispatcher.start()
         self._node_loop = asyncio.create_task(self.node.loop())
         self._courier = asyncio.create_task(self.signer.courier_loop(self.fleet, self.config.checks.interval))
+        self._retention = asyncio.create_task(Retention(self.db, self.config.events.keep_days).loop())
         await self.reactor.start()
         event(log, "server.started", api=self.bound.api, polling=self.bound.polling, node=self.node.name)
 
@@ -238,9 +241,10 @@ class Server:
                 await site.stop()
         if self._node_loop is not None:
             self._node_loop.cancel()
-        if self._courier is not None:
-            self._courier.cancel()
-            await asyncio.gather(self._courier, return_exceptions=True)
+        for loop in (self._courier, self._retention):
+            if loop is not None:
+                loop.cancel()
+                await asyncio.gather(loop, return_exceptions=True)
         await self.reactor.close()
         await self.dispatcher.close()
         with contextlib.suppress(Exception):  # the others take its tasks at once, not after the lease

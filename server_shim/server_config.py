@@ -94,6 +94,17 @@ class Feed:
 
 
 @dataclass(frozen=True)
+class Events:
+    """How long events and finished deliveries are kept (days; 0 keeps them forever)."""
+
+    keep_days: float = 90.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.keep_days <= 36500:
+            raise ValueError(f"events.keep_days: must be 0-36500 days (0: forever), not {self.keep_days}")
+
+
+@dataclass(frozen=True)
 class Connections:
     """Deadlines (seconds) and bounds for every client connection; see `server_shim.api.slow_clients`.
 
@@ -137,6 +148,7 @@ class ServerConfig:
     checks: Checks = field(default_factory=Checks)
     tasks: Tasks = field(default_factory=Tasks)
     feed: Feed = field(default_factory=Feed)
+    events: Events = field(default_factory=Events)
     connections: Connections = field(default_factory=Connections)
 
     def __post_init__(self) -> None:

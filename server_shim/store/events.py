@@ -256,3 +256,24 @@ def _from_row(row: sqlite3.Row) -> Event:
 def last_seq(conn: sqlite3.Connection) -> int:
     """The number of the latest event (0 when there is none)."""
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+
+def prune(conn: sqlite3.Connection, before: float, batch: int) -> int:
+    """Delete at most ``batch`` events recorded before ``before`` and as many deliveries that
+    ended before it (with their attempts); how many rows went. A pending delivery stays,
+    however old: it carries its own copy of its event."""
+    gone = conn.execute(
+        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE time < ? ORDER BY seq LIMIT ?)",
+        (before, batch),
+    ).rowcount
+    ended = [
+        (row[0],)
+        for row in conn.execute(
+            "SELECT delivery_id FROM deliveries WHERE state <> 'pending' AND finished_at < ?"
+            " ORDER BY seq LIMIT ?",
+            (before, batch),
+        )
+    ]
+    conn.executemany("DELETE FROM delivery_attempts WHERE delivery_id = ?", ended)
+    conn.executemany("DELETE FROM deliveries WHERE delivery_id = ?", ended)
+    return int(gone) + len(ended)
