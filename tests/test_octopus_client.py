@@ -248,13 +248,13 @@ async def test_a_failed_deployment_and_a_cancelled_one(fleet: LiveServer, octopu
 
 
 def _readme_example() -> str:
-    """The TypeScript example of the README's "Using Octopus tooling" section, as written there."""
-    section = (ROOT / "README.md").read_text().split("## Using Octopus tooling", 1)[1]
+    """The TypeScript example of docs/octopus.md ("Using Octopus tooling"), as written there."""
+    section = (ROOT / "docs" / "octopus.md").read_text().split("# Using Octopus tooling", 1)[1]
     return section.split("```ts\n", 1)[1].split("```", 1)[0]
 
 
 async def test_the_readme_example_runs_as_written(fleet: LiveServer, tmp_path: Path) -> None:
-    """The README's client code, with this server's URL and key (and Dev for Production), deploys."""
+    """docs/octopus.md's client code, with this server's URL and key (Dev for Production), deploys."""
     code = _readme_example()
     for shown, real in (
         ("https://deploy.example:8443", fleet.url),

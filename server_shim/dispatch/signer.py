@@ -111,6 +111,8 @@ class Signer:
             self._read_at = time.monotonic()
             before = (self.keyring.current, set(self.keyring.keys))
             dropped = self.keyring.take(found)
+            if dropped:  # file deletes wait on the disk: not on the event loop
+                await asyncio.to_thread(self.keyring.remove_files, dropped)
         if before == (self.keyring.current, set(self.keyring.keys)):
             return False
         self.pins.clear()  # re-read from the database: other nodes' hand-overs changed them
@@ -242,6 +244,7 @@ class Signer:
         retired = await self.db.run(signing_keys.retire_unused)
         if retired:
             self.keyring.forget(retired)
+            await asyncio.to_thread(self.keyring.remove_files, retired)
             event(log, "signing.keys_retired", keys=",".join(retired))
         left = len(await self.db.run(signing_keys.pending, self.keyring.current))
         self._settled = left == 0

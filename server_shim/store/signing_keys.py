@@ -135,13 +135,12 @@ class Keyring:
         """Hold what `read` found (unless its current key is one not held); the keys dropped.
 
         A key this node held that the database no longer lists was retired by another node:
-        it is dropped, and its file with it.
+        it is dropped (the caller removes its file: `remove_files`, off the event loop).
         """
         if found.current not in found.keys:
             return []  # a key made on a node that has not stored it yet: keep signing with ours
         dropped = [key_id for key_id in self.keys if key_id not in found.listed]
         self.keys, self.current = dict(found.keys), found.current
-        self._remove_files(dropped)
         return dropped
 
     def create(self, conn: sqlite3.Connection) -> tuple[str, Ed25519PrivateKey]:
@@ -183,7 +182,8 @@ class Keyring:
         found = [folder / f"{key_id}.key" for folder in self.folders if (folder / f"{key_id}.key").exists()]
         return found[0] if found else None
 
-    def _remove_files(self, key_ids: list[str]) -> None:
+    def remove_files(self, key_ids: list[str]) -> None:
+        """Delete the files of these keys, wherever they are (blocking: call from a thread)."""
         for key_id in key_ids:
             for folder in self.folders:
                 (folder / f"{key_id}.key").unlink(missing_ok=True)
@@ -193,9 +193,8 @@ class Keyring:
         return signing.public_text(self.keys[key_id].public_key())
 
     def forget(self, key_ids: list[str]) -> None:
-        """Drop retired keys, their files included."""
+        """Drop retired keys (the caller removes their files: `remove_files`)."""
         self.keys = {k: v for k, v in self.keys.items() if k not in key_ids}
-        self._remove_files(key_ids)
 
 
 def _key_of(pem: bytes, where: str) -> Ed25519PrivateKey:
