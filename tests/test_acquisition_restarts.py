@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -104,11 +105,13 @@ class Site:
         if self.mode == "listening":  # it reports the port it bound; then the server is told the link's
             log = self.tentacle_log
             await eventually(
-                lambda: log.read_text().count("listening.reported") > reported, 30, "port reported"
+                lambda: log.read_text().count("listening.reported") > reported,
+                30,
+                "port reported",
             )
-            self.link.retarget(
-                "127.0.0.1", json.loads((self.paths.state / "connection.json").read_text())["port"]
-            )
+            # The port this start bound, from its log line (the state file is written in the background).
+            [*_, port] = re.findall(r"listening\.started\b.*?\bport=(\d+)", log.read_text())
+            self.link.retarget("127.0.0.1", int(port))
             endpoint = await report_port(
                 self.server.url,
                 [await self.server.cli("show-thumbprint")],

@@ -59,3 +59,34 @@ async def test_a_lone_call_runs_and_answers_as_before(db_location: Path | str) -
         assert db.sync(_names) == ["Default", "X"]
     finally:
         db.close()
+
+
+def _refused_at_commit(conn: sqlite3.Connection) -> None:
+    """A write that passes its statements but that SQLite refuses at COMMIT (a deferred foreign
+    key, standing in for a disk that fills as the transaction is written)."""
+    conn.execute("PRAGMA defer_foreign_keys = ON")
+    conn.execute(
+        "INSERT INTO deliveries (delivery_id, space, reaction, kind, payload, state, attempts, created_at,"
+        " next_at) VALUES ('d-1', 'Default', 'no-such-reaction', 'test', '{}', 'pending', 0, 0, 0)"
+    )
+
+
+async def test_a_batch_refused_at_commit_still_answers_its_reads(tmp_path: Path) -> None:
+    """When COMMIT fails, nothing of the batch happened; each call then runs alone, so the write
+    fails by itself and the reads and other writes batched beside it succeed."""
+    db = Database(tmp_path / "server.db")
+    gate = threading.Event()
+    try:
+        blocker = asyncio.ensure_future(db.run(lambda conn: gate.wait(10)))
+        await asyncio.sleep(0.05)  # the database thread is now inside the blocker's batch
+        queued = [db.run(_names), db.run(_refused_at_commit), db.run(_add, "A"), db.run(_names)]
+        waiting = asyncio.gather(*queued, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        gate.set()
+        assert await blocker is True
+        before, refused, added, after = await waiting
+        assert before == ["Default"] and added == "A" and after == ["A", "Default"]
+        assert isinstance(refused, sqlite3.IntegrityError)
+        assert db.sync(_names) == ["A", "Default"]
+    finally:
+        db.close()

@@ -426,16 +426,36 @@ class Database:
                     loop.call_soon_threadsafe(_settle, settled)
 
     def _batch(self, batch: list[_Call]) -> list[tuple[bool, Any]]:
-        """Each call in a savepoint of one transaction: (True, result) or (False, exception)."""
+        """Each call in a savepoint of one transaction: (True, result) or (False, exception).
+
+        When the transaction fails as a whole (its COMMIT, say, on a full disk), nothing of it
+        happened, and each call is run again alone: a write the disk refuses fails by itself,
+        and the reads batched beside it still answer.
+        """
         with self._lock:
             try:
-                self._ready()
-                self.conn.execute(self._begin)
-                outcomes = [self._one(call) for call in batch]
-                self.conn.execute("COMMIT")
-            except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch happened
-                self._rollback()
-                return [(False, exc)] * len(batch)
+                return self._transaction(batch)
+            except Exception as exc:
+                if len(batch) == 1:
+                    return [(False, exc)]
+            outcomes: list[tuple[bool, Any]] = []
+            for call in batch:
+                try:
+                    outcomes.extend(self._transaction([call]))
+                except Exception as exc:
+                    outcomes.append((False, exc))
+            return outcomes
+
+    def _transaction(self, batch: list[_Call]) -> list[tuple[bool, Any]]:
+        """The calls in one transaction; raises, rolled back, when BEGIN or COMMIT fails."""
+        try:
+            self._ready()
+            self.conn.execute(self._begin)
+            outcomes = [self._one(call) for call in batch]
+            self.conn.execute("COMMIT")
+        except Exception:
+            self._rollback()
+            raise
         return outcomes
 
     def _one(self, call: _Call) -> tuple[bool, Any]:
