@@ -11,6 +11,10 @@ comes before any frame of ``tests/``, ``rigs/`` or ``bench/``: a test that calls
 synchronously (``db.sync``, `Agent(...)` in a fixture) blocks its own loop, which is the test's
 business, and is not judged here.
 
+Time inside asyncio's debug mode itself is not counted either: it reads source files
+(``linecache``, ``tokenize``) to remember where each task and handle was created, a disk read
+that a loaded machine can make last 100 ms whatever code creates the task.
+
 Two kinds of time inside a callback are not its doing, and are not counted: the garbage
 collector's (a full collection lands on whatever code allocates) and the time the loop thread
 was ready to run but the kernel ran something else (``/proc/thread-self/schedstat``: on two
@@ -41,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 PROJECT = (str(REPO / "tentacle") + "/", str(REPO / "server_shim") + "/")
 TESTS = tuple(str(REPO / name) + "/" for name in ("tests", "rigs", "bench"))
 SLOW = 0.1  # seconds: what counts as blocking
+DEBUG_MODE_READS = ("/linecache.py", "/tokenize.py")  # asyncio debug mode reading sources
 SAMPLE_AFTER = 0.05  # a callback running this long gets its stack sampled
 EVERY = 0.02
 
@@ -195,6 +200,8 @@ class LoopWatch:
         if seconds - self._collecting(now - seconds, now) - starved < SLOW:
             return
         frames = running.frames if running is not None else None
+        if frames is not None and any(f.filename.endswith(DEBUG_MODE_READS) for f in frames[-8:]):
+            return  # sampled inside debug mode's source reading (see the module's docstring)
         if frames is not None:
             if _owner(frames) == "project":
                 mine = [f for f in frames if f.filename.startswith(PROJECT)]

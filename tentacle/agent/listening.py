@@ -108,7 +108,10 @@ class ListeningServer:
         self.app = make_app(service, pins, extra_routes)
         self.ctx = ctx
         # Large reads: a pushed package is hundreds of MB, and 64 KiB pauses the socket often.
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, read_bufsize=1 << 22)
+        # A stop waits at most 5 s for requests in flight (the server calls again), not aiohttp's 60 s.
+        self.runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, read_bufsize=1 << 22, shutdown_timeout=5.0
+        )
 
     def set_pins(self, pins: frozenset[str]) -> None:
         """Trust a new set of server thumbprints (SIGHUP)."""
