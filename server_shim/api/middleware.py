@@ -126,7 +126,7 @@ async def read_raw(request: web.Request) -> bytes:
     """The request's body (at most 2 MiB, 413 beyond), read once: later calls get the same bytes."""
     raw = request.get(RAW_BODY)
     if raw is None:
-        raw = request[RAW_BODY] = await _read(request)
+        raw = request[RAW_BODY] = await read_limited(request, MAX_JSON_BYTES, "request body")
     return raw
 
 
@@ -145,17 +145,17 @@ async def read_document(request: web.Request) -> dict[str, Any]:
     return document
 
 
-async def _read(request: web.Request) -> bytes:
-    """The body's bytes; TooLarge as soon as they pass the limit, before the rest is read."""
-    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
-        raise TooLarge(f"request body over {MAX_JSON_BYTES} bytes")
+async def read_limited(request: web.Request, limit: int, what: str) -> bytes:
+    """The body's bytes; TooLarge as soon as they pass ``limit``, before the rest is read."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"{what} over {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     # read(n) returns what has arrived, not n bytes: loop, and stop as soon as it is too big.
     while chunk := await request.content.read(64 * 1024):
         size += len(chunk)
-        if size > MAX_JSON_BYTES:
-            raise TooLarge(f"request body over {MAX_JSON_BYTES} bytes")
+        if size > limit:
+            raise TooLarge(f"{what} over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -25,7 +25,7 @@ import msgspec
 from aiohttp import web
 
 from server_shim.api.bodies import refusal
-from server_shim.api.middleware import DB, answer, read_document
+from server_shim.api.middleware import DB, answer, read_document, read_limited
 from server_shim.api.reaction_bodies import (
     AttemptView,
     DeliveryList,
@@ -41,7 +41,7 @@ from server_shim.store import delivery_rows, events, reaction_rows
 from server_shim.store.events import iso
 from server_shim.store.reaction_rows import StoredReaction
 from tentacle.common.logs import event
-from tentacle.errors import BadJson, NotFound, TooLarge
+from tentacle.errors import BadJson, NotFound
 from tentacle.protocol.reactions import EVENT_KINDS, WEBHOOK_KIND, Event, Trigger, parse_reaction
 
 log = logging.getLogger("server_shim.api.reaction_routes")
@@ -212,7 +212,7 @@ async def hook(request: web.Request) -> web.Response:
     stored = await db.run(reaction_rows.find, space, name) if reaction_rows.NAME.match(name) else None
     if stored is None or not stored.reaction.trigger.webhook:
         raise HookNotFound(f"no reaction with a webhook trigger is named {name[:200]!r} in space {space!r}")
-    body = _hook_body(await _read_hook(request))
+    body = _hook_body(await read_limited(request, MAX_HOOK_BODY, "webhook body"))
     query = {key: value for key, value in request.query.items() if key != "apiKey"}
     payload = Event(
         seq=0,
@@ -224,19 +224,6 @@ async def hook(request: web.Request) -> web.Response:
     delivery_id = await db.run(events.enqueue_direct, space, name, payload)
     event(log, "hook.received", space=space, reaction=name, delivery=delivery_id)
     return answer(DeliveryQueued(delivery_id=delivery_id, reaction=name), 202)
-
-
-async def _read_hook(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_HOOK_BODY:
-        raise TooLarge(f"webhook body over {MAX_HOOK_BODY} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.read(64 * 1024):
-        size += len(chunk)
-        if size > MAX_HOOK_BODY:
-            raise TooLarge(f"webhook body over {MAX_HOOK_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _hook_body(raw: bytes) -> Any:
